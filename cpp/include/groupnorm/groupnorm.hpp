@@ -1,0 +1,155 @@
+// groupnorm: Group Normalization for CPU (and CUDA when built with GROUPNORM_CUDA).
+//
+// The public C++ API. One Problem value describes a call; the argument rules
+// live in validate() and are shared by every entry point (C++, C, Python,
+// CUDA). Errors are reported as a Result (status + message), never thrown.
+//
+//   y[n,c,s] = act( weight[c] * (x[n,c,s] - mean[n,g]) * rstd[n,g] + bias[c] )
+//   rstd[n,g] = 1 / sqrt(var[n,g] + eps), var biased, g = c / (C / G)
+//
+// Layouts: channels-first x is (N, C, S) and channels-last x is (N, S, C),
+// S the product of the spatial dims (1 when there are none).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace groupnorm {
+
+enum class DType : int { float32 = 0, float64 = 1, float16 = 2, bfloat16 = 3 };
+enum class Activation : int { none = 0, silu = 1 };
+enum class Status : int {
+  ok = 0,
+  null_pointer = 1,         // a required pointer is null
+  invalid_size = 2,         // batch/spatial < 0 or channels <= 0
+  invalid_groups = 3,       // groups <= 0 or channels % groups != 0
+  size_overflow = 4,        // N*C*S (in bytes) does not fit in int64 / size_t
+  invalid_eps = 5,          // eps is NaN or infinite
+  invalid_dtype = 6,        // unknown dtype, or param_dtype neither float32 nor dtype
+  invalid_activation = 7,   // unknown activation
+  invalid_combination = 8,  // e.g. skip_bias or sum_out without skip
+  workspace_too_small = 9,  // caller workspace smaller than *_workspace_bytes()
+  unsupported = 10,         // valid request this build cannot serve (e.g. CUDA off)
+  out_of_memory = 11,       // an internal allocation failed
+  device_error = 12,        // the CUDA runtime reported an error
+};
+const char* status_name(Status s);
+
+// 16-bit storage types: raw IEEE binary16 / bfloat16 bits.
+struct half { std::uint16_t bits; };
+struct bfloat16 { std::uint16_t bits; };
+
+template <class T> constexpr DType dtype_of();
+template <> constexpr DType dtype_of<float>() { return DType::float32; }
+template <> constexpr DType dtype_of<double>() { return DType::float64; }
+template <> constexpr DType dtype_of<half>() { return DType::float16; }
+template <> constexpr DType dtype_of<bfloat16>() { return DType::bfloat16; }
+
+std::size_t dtype_size(DType t);
+const char* dtype_name(DType t);
+// mean/rstd are float64 for float64 data, float32 otherwise.
+inline DType stats_dtype(DType t) { return t == DType::float64 ? DType::float64 : DType::float32; }
+
+// Everything a call depends on, except the data pointers.
+struct Problem {
+  std::int64_t batch = 0;        // N (0 is allowed: nothing to do)
+  std::int64_t channels = 0;     // C
+  std::int64_t groups = 0;       // G, C % G == 0
+  std::int64_t spatial = 1;      // product of spatial dims (S >= 0)
+  bool channels_last = false;    // (N, S, C) instead of (N, C, S)
+  double eps = 1e-5;             // any finite value (negative allowed, as in PyTorch)
+  Activation activation = Activation::none;
+  DType dtype = DType::float32;        // x, y, skip, sum_out, grad_y, grad_x
+  DType param_dtype = DType::float32;  // weight, bias, skip_bias, grad_weight, grad_bias:
+                                       // float32 or the same as dtype
+
+  std::int64_t channels_per_group() const { return groups > 0 ? channels / groups : 0; }
+  std::int64_t group_size() const { return channels_per_group() * spatial; }  // elements per (n, g)
+  std::int64_t numel() const { return batch * channels * spatial; }
+};
+
+struct Result {
+  Status status = Status::ok;
+  std::string message;
+  bool ok() const { return status == Status::ok; }
+  explicit operator bool() const { return ok(); }
+};
+
+// The one place the argument rules live: validate() checks the Problem; the
+// *_args checks add the pointer rules. forward()/backward() run both.
+Result validate(const Problem& p);
+// "none"/"" -> none, "silu" -> silu; anything else is invalid_argument.
+Result parse_activation(const char* name, Activation* out);
+
+struct ForwardArgs {
+  const void* x = nullptr;          // dtype, N*C*S elements
+  const void* weight = nullptr;     // param_dtype, C (optional: 1)
+  const void* bias = nullptr;       // param_dtype, C (optional: 0)
+  const void* skip = nullptr;       // dtype, like x (optional): normalizes x + skip (+ skip_bias)
+  const void* skip_bias = nullptr;  // param_dtype, C (optional, needs skip)
+  void* y = nullptr;                // dtype, like x; may alias x
+  void* sum_out = nullptr;          // dtype, like x (optional, needs skip): x + skip (+ skip_bias)
+  void* mean = nullptr;             // stats_dtype, N*G (optional)
+  void* rstd = nullptr;             // stats_dtype, N*G (optional)
+};
+
+struct BackwardArgs {
+  const void* grad_y = nullptr;  // dtype, like x
+  const void* x = nullptr;       // dtype: the forward's input (x + skip when skip was used)
+  const void* mean = nullptr;    // stats_dtype, N*G, from forward
+  const void* rstd = nullptr;    // stats_dtype, N*G, from forward
+  const void* weight = nullptr;  // param_dtype, C (optional)
+  const void* bias = nullptr;    // param_dtype, C (optional; used by the silu backward)
+  void* grad_x = nullptr;        // dtype, like x (optional); may alias grad_y
+  void* grad_weight = nullptr;   // param_dtype, C (optional)
+  void* grad_bias = nullptr;     // param_dtype, C (optional)
+};
+
+Result validate_args(const Problem& p, const ForwardArgs& a);
+Result validate_args(const Problem& p, const BackwardArgs& a);
+
+// An engine's own parallel-for: must call task(task_ctx, i) once for every i in
+// [0, n), on any threads, concurrently or not, and return when all are done.
+typedef void (*TaskFn)(void* task_ctx, std::int64_t i);
+typedef void (*ParallelFor)(void* engine_ctx, std::int64_t n, TaskFn task, void* task_ctx);
+
+struct Exec {
+  int num_threads = 0;                  // 0: get_num_threads()
+  ParallelFor parallel_for = nullptr;   // null: OpenMP (or serial in a no-OpenMP build)
+  void* parallel_ctx = nullptr;
+  void* workspace = nullptr;            // optional caller scratch: no allocation when it is
+  std::size_t workspace_bytes = 0;      //   at least *_workspace_bytes() bytes
+};
+
+// CPU entry points. Results depend only on the Problem and the data: bitwise the
+// same for any thread count, batch size, parallel-for and instruction set.
+std::size_t forward_workspace_bytes(const Problem& p, int num_threads = 0);
+std::size_t backward_workspace_bytes(const Problem& p, int num_threads = 0);
+Result forward(const Problem& p, const ForwardArgs& a, const Exec& e = Exec());
+Result backward(const Problem& p, const BackwardArgs& a, const Exec& e = Exec());
+
+// Threads used when Exec::num_threads is 0 (default: all hardware threads).
+void set_num_threads(int n);
+int get_num_threads();
+
+// Instruction-set dispatch: "portable", "avx2", "avx512", "neon". The best one the
+// CPU supports is chosen on first use; GROUPNORM_ISA=<name> in the environment
+// caps it. set_isa() fails (returns false) for an ISA this CPU or build lacks.
+const char* active_isa();
+bool set_isa(const char* name);
+// Names this CPU and build can run, best first, comma separated.
+const char* available_isas();
+
+// Typed convenience wrapper.
+template <class T>
+inline Result forward(Problem p, const T* x, const T* weight, const T* bias, T* y,
+                      void* mean = nullptr, void* rstd = nullptr, const Exec& e = Exec()) {
+  p.dtype = dtype_of<T>();
+  p.param_dtype = dtype_of<T>();
+  ForwardArgs a;
+  a.x = x; a.weight = weight; a.bias = bias; a.y = y; a.mean = mean; a.rstd = rstd;
+  return forward(p, a, e);
+}
+
+}  // namespace groupnorm

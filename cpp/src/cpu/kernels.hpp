@@ -1,0 +1,72 @@
+// Internal: what the per-instruction-set kernels look like to the scheduler.
+//
+// A tile is a 2-D block of one sample: `rows` rows of `cols` elements, rows
+// `stride` elements apart. Channels-first tiles are channels x spatial (the
+// channel is the row); channels-last tiles are spatial x channels (the channel
+// is the column). Per-channel parameters are arrays in the accumulation type A
+// (float, or double for float64 data), indexed from the tile's first channel.
+#pragma once
+
+#include <cstdint>
+
+namespace groupnorm {
+namespace detail {
+
+// Partial moments of a set of elements: count, mean, sum of squared deviations.
+struct Moments {
+  double n = 0, mean = 0, m2 = 0;
+};
+
+// Chan et al.'s pairwise update; always applied in a fixed order.
+inline void merge(Moments& a, const Moments& b) {
+  if (b.n == 0) return;
+  if (a.n == 0) { a = b; return; }
+  const double n = a.n + b.n;
+  const double d = b.mean - a.mean;
+  a.mean += d * (b.n / n);
+  a.m2 += b.m2 + d * d * (a.n * b.n / n);
+  a.n = n;
+}
+
+struct Tile {
+  std::int64_t rows = 0, cols = 0, stride = 0;
+  std::int64_t group_width = 1;  // channels-last: channels per group (cols is a multiple)
+  bool channels_last = false;
+  bool silu = false;
+  // data, already offset to the tile's first element
+  const void* x = nullptr;
+  const void* skip = nullptr;    // optional: x + skip (+ skip_bias) rounded to T
+  void* y = nullptr;             // forward output
+  void* sum_out = nullptr;       // optional: the rounded x + skip
+  const void* dy = nullptr;      // backward
+  void* dx = nullptr;
+  // per-channel arrays (type A)
+  const void* skip_bias = nullptr;
+  const void* mean = nullptr;    // group mean of the channel's group
+  const void* scale = nullptr;   // weight * rstd
+  const void* shift = nullptr;   // bias
+  const void* c2 = nullptr;      // backward: dx = scale*dz + c2*(x-mean) + c3
+  const void* c3 = nullptr;
+  void* scratch = nullptr;       // channels-last: 4 * cols elements of A
+};
+
+struct KernelSet {
+  // Moments of the tile. Channels-first: one Moments (the tile lies in one group).
+  // Channels-last: one Moments per group of the tile's columns.
+  void (*moments)(const Tile&, Moments* out);
+  // y = act((x - mean) * scale + shift); also writes sum_out when asked.
+  void (*apply)(const Tile&);
+  // Per channel of the tile: db += sum dz, ds += sum dz * (x - mean),
+  // dz = dy (through silu when asked). db/ds are indexed like the channels.
+  void (*backward_sums)(const Tile&, double* db, double* ds);
+  // dx = scale * dz + c2 * (x - mean) + c3.
+  void (*backward_apply)(const Tile&);
+};
+
+struct IsaKernels {
+  const char* name;
+  KernelSet by_dtype[4];  // indexed by DType
+};
+
+}  // namespace detail
+}  // namespace groupnorm

@@ -1,0 +1,613 @@
+// The CPU driver: cuts a call into tiles, runs them on threads, merges partial
+// moments, and turns statistics into per-channel scale and shift.
+//
+// Tiles (shape-only, so results never depend on threads or batch size):
+//   channels-first: a group is Cg rows of S contiguous elements. A tile is a
+//     block of whole channels (when S < kChunk) or one piece of a channel.
+//   channels-last: a band of whole groups over a range of spatial rows; the
+//     row count depends on Cg only.
+// Each tile's partial moments come from a two-pass sum over the tile (see
+// generic.hpp); partials merge with Chan's formula in tile order.
+//
+// Scheduling (free to depend on threads and cache; never changes results):
+//   mode A: whole sets (one sample's band of groups) go to threads; a thread
+//     reads a set once from memory for its moments and applies it from cache.
+//   mode B: when sets are too few or too big, consecutive sets form a step
+//     whose tiles are spread over all threads: moments, merge, apply, with
+//     each thread applying the tiles it just summed.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <limits>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "groupnorm/groupnorm.hpp"
+#include "kernels.hpp"
+#include "scalar.hpp"
+#include "threads.hpp"
+
+namespace groupnorm {
+namespace detail {
+
+const IsaKernels& active_kernels();  // dispatch.cpp
+
+namespace {
+
+constexpr std::int64_t kChunk = 16384;          // elements per tile, about
+constexpr std::int64_t kSerialBytes = 96 << 10; // below this, run on the calling thread
+
+struct Plan {
+  std::int64_t N, C, G, S, Cg;
+  bool cl;
+  std::size_t esize;
+  // tile grid of one group (cf) or one band (cl)
+  std::int64_t pieces = 1, piece_len = 0, chans_per_tile = 1;  // cf
+  std::int64_t rows_per_tile = 0;                              // cl
+  std::int64_t tiles_per_group = 0;                            // cf: per group; cl: per band
+  // sets
+  std::int64_t band = 1, nbands = 1, nsets = 0;
+  std::int64_t tiles_per_set = 0;
+  std::int64_t moments_per_tile = 1;  // cf 1, cl band
+  std::int64_t chans_per_set_tile = 1;  // channels a tile touches (for backward slots)
+  int threads = 1;
+  bool mode_a = true;
+  std::int64_t sets_per_step = 1;
+
+  std::int64_t band_groups(std::int64_t b) const { return std::min(band, G - b * band); }
+};
+
+Plan make_plan(const Problem& p, int threads, int streams) {
+  Plan pl;
+  pl.N = p.batch; pl.C = p.channels; pl.G = p.groups; pl.S = p.spatial;
+  pl.Cg = p.channels / p.groups;
+  pl.esize = dtype_size(p.dtype);
+  // (N, C) with no spatial dims is the same memory in both layouts; the
+  // channels-last kernels vectorize it across channels.
+  pl.cl = p.channels_last || p.spatial == 1;
+  const std::int64_t group_bytes = pl.Cg * pl.S * (std::int64_t)pl.esize * streams;
+  if (!pl.cl) {
+    if (pl.S >= kChunk) {
+      pl.pieces = (pl.S + kChunk - 1) / kChunk;
+      pl.piece_len = (pl.S + pl.pieces - 1) / pl.pieces;
+      pl.piece_len = std::min(pl.S, (pl.piece_len + 63) / 64 * 64);
+      pl.pieces = (pl.S + pl.piece_len - 1) / pl.piece_len;
+      pl.chans_per_tile = 1;
+      pl.tiles_per_group = pl.Cg * pl.pieces;
+    } else {
+      pl.piece_len = pl.S;
+      pl.chans_per_tile = std::min(pl.Cg, std::max<std::int64_t>(1, kChunk / std::max<std::int64_t>(pl.S, 1)));
+      pl.tiles_per_group = (pl.Cg + pl.chans_per_tile - 1) / pl.chans_per_tile;
+    }
+  } else {
+    pl.rows_per_tile = std::min(pl.S, std::max<std::int64_t>(16, kChunk / pl.Cg));
+    pl.rows_per_tile = std::max<std::int64_t>(pl.rows_per_tile, 1);
+    pl.tiles_per_group = (pl.S + pl.rows_per_tile - 1) / pl.rows_per_tile;
+  }
+
+  const std::int64_t total_bytes = p.numel() * (std::int64_t)pl.esize * (streams + 1);
+  int t = std::max(1, threads);
+  if (total_bytes < kSerialBytes) t = 1;
+  const std::int64_t budget = cache_budget(t);
+
+  if (!pl.cl) {
+    // several small groups per set keep per-set overhead low
+    pl.band = std::max<std::int64_t>(1, std::min<std::int64_t>(pl.G, (64 << 10) / std::max<std::int64_t>(group_bytes, 1)));
+    while (pl.band > 1 && pl.N * ((pl.G + pl.band - 1) / pl.band) < 4 * t) pl.band = (pl.band + 1) / 2;
+  } else {
+    // whole groups per band; at least 256 bytes of each row, at most the cache budget
+    const std::int64_t row_group_bytes = pl.Cg * (std::int64_t)pl.esize;
+    const std::int64_t min_band = std::min<std::int64_t>(pl.G, std::max<std::int64_t>(1, (256 + row_group_bytes - 1) / row_group_bytes));
+    std::int64_t fit = budget / std::max<std::int64_t>(group_bytes, 1);
+    pl.band = std::max(min_band, std::min(pl.G, fit));
+    // enough sets to keep every thread busy
+    while (pl.band > min_band && pl.N * ((pl.G + pl.band - 1) / pl.band) < t) pl.band = std::max(min_band, (pl.band + 1) / 2);
+  }
+  pl.nbands = (pl.G + pl.band - 1) / pl.band;
+  pl.nsets = pl.N * pl.nbands;
+  if (!pl.cl) {
+    pl.tiles_per_set = pl.band * pl.tiles_per_group;
+    pl.moments_per_tile = 1;
+    pl.chans_per_set_tile = pl.chans_per_tile;
+  } else {
+    pl.tiles_per_set = pl.tiles_per_group;
+    pl.moments_per_tile = pl.band;
+    pl.chans_per_set_tile = pl.band * pl.Cg;
+  }
+  const std::int64_t set_bytes = pl.band * group_bytes;
+  pl.threads = t;
+  pl.mode_a = t == 1 || (pl.nsets >= t && (pl.nsets % t == 0 || pl.nsets >= 4 * t) && set_bytes <= budget);
+  if (!pl.mode_a) {
+    pl.sets_per_step = std::max<std::int64_t>(1, (budget * t) / std::max<std::int64_t>(set_bytes, 1));
+    pl.sets_per_step = std::min(pl.sets_per_step, pl.nsets);
+  } else {
+    pl.threads = (int)std::min<std::int64_t>(t, std::max<std::int64_t>(pl.nsets, 1));
+  }
+  return pl;
+}
+
+// A tile of a set: where it starts, its shape, which groups/channels it covers.
+struct TileRef {
+  std::int64_t offset;     // element offset in x
+  std::int64_t rows, cols, stride;
+  std::int64_t chan0;      // first channel (n*C + c) it touches
+  std::int64_t nchan;      // channels it touches
+  std::int64_t group0;     // first group (n*G + g)
+  std::int64_t chunk;      // index of the tile inside its group (cf) or band (cl): merge order
+};
+
+TileRef tile_of(const Plan& pl, std::int64_t set, std::int64_t t) {
+  const std::int64_t n = set / pl.nbands, b = set % pl.nbands;
+  const std::int64_t g0 = b * pl.band;
+  TileRef r;
+  if (!pl.cl) {
+    const std::int64_t g = g0 + t / pl.tiles_per_group, j = t % pl.tiles_per_group;
+    std::int64_t c, rows, cols, s0;
+    if (pl.pieces > 1) {
+      c = j / pl.pieces;
+      const std::int64_t piece = j % pl.pieces;
+      s0 = piece * pl.piece_len;
+      rows = 1;
+      cols = std::min(pl.piece_len, pl.S - s0);
+    } else {
+      c = j * pl.chans_per_tile;
+      s0 = 0;
+      rows = std::min(pl.chans_per_tile, pl.Cg - c);
+      cols = pl.S;
+    }
+    r.chan0 = n * pl.C + g * pl.Cg + c;
+    r.offset = r.chan0 * pl.S + s0;
+    r.rows = rows; r.cols = cols; r.stride = pl.S;
+    r.nchan = rows;
+    r.group0 = n * pl.G + g;
+    r.chunk = j;
+  } else {
+    const std::int64_t r0 = t * pl.rows_per_tile;
+    r.rows = std::min(pl.rows_per_tile, pl.S - r0);
+    r.cols = pl.band_groups(b) * pl.Cg;
+    r.stride = pl.C;
+    r.offset = (n * pl.S + r0) * pl.C + g0 * pl.Cg;
+    r.chan0 = n * pl.C + g0 * pl.Cg;
+    r.nchan = r.cols;
+    r.group0 = n * pl.G + g0;
+    r.chunk = t;
+  }
+  return r;
+}
+
+std::int64_t set_groups(const Plan& pl, std::int64_t set) { return pl.band_groups(set % pl.nbands); }
+
+// Scratch carved from one buffer (the caller's workspace or one allocation).
+struct Arena {
+  char* base = nullptr;
+  std::size_t used = 0;
+  template <class X> X* take(std::int64_t n) {
+    used = (used + 63) / 64 * 64;
+    X* p = base ? reinterpret_cast<X*>(base + used) : nullptr;
+    used += sizeof(X) * (std::size_t)std::max<std::int64_t>(n, 0);
+    return p;
+  }
+};
+
+template <class A> struct Scratch {
+  A *mean_c, *scale_c, *shift_c, *c2_c, *c3_c, *skip_bias;  // per (n, c); skip_bias per c
+  double *gmean, *grstd;          // per (n, g)
+  Moments* slots;                 // mode B: per tile of a step
+  double *db, *ds;                // backward: per (n, c)
+  double *slot_db, *slot_ds;      // backward mode B: per tile channel of a step
+  A* worker;                      // per worker: 4 * C
+  Moments* running;               // per worker: 2 * G
+};
+
+template <class A> void carve(Arena& ar, const Plan& pl, bool backward, Scratch<A>& s) {
+  const std::int64_t NC = pl.N * pl.C, NG = pl.N * pl.G;
+  const std::int64_t step_tiles = pl.mode_a ? 0 : pl.sets_per_step * pl.tiles_per_set;
+  s.mean_c = ar.template take<A>(NC);
+  s.scale_c = ar.template take<A>(NC);
+  s.shift_c = ar.template take<A>(NC);
+  s.c2_c = backward ? ar.template take<A>(NC) : nullptr;
+  s.c3_c = backward ? ar.template take<A>(NC) : nullptr;
+  s.skip_bias = backward ? nullptr : ar.template take<A>(pl.C);
+  s.gmean = ar.template take<double>(NG);
+  s.grstd = ar.template take<double>(NG);
+  s.slots = backward ? nullptr : ar.template take<Moments>(step_tiles * pl.moments_per_tile);
+  s.db = backward ? ar.template take<double>(NC) : nullptr;
+  s.ds = backward ? ar.template take<double>(NC) : nullptr;
+  s.slot_db = backward ? ar.template take<double>(step_tiles * pl.chans_per_set_tile) : nullptr;
+  s.slot_ds = backward ? ar.template take<double>(step_tiles * pl.chans_per_set_tile) : nullptr;
+  s.worker = ar.template take<A>((std::int64_t)pl.threads * 4 * pl.C);
+  s.running = ar.template take<Moments>((std::int64_t)pl.threads * 2 * pl.G);
+}
+
+// Runs body with scratch from the caller's workspace or a fresh allocation.
+template <class A, class Body>
+Result with_scratch(const Plan& pl, bool backward, const Exec& e, Body body) {
+  Arena measure;
+  Scratch<A> s{};
+  carve<A>(measure, pl, backward, s);
+  const std::size_t need = measure.used + 64;
+  std::unique_ptr<char[]> owned;
+  char* base;
+  if (e.workspace) {
+    if (e.workspace_bytes < need)
+      return {Status::workspace_too_small, "workspace of " + std::to_string(e.workspace_bytes) +
+                                               " bytes is smaller than the " + std::to_string(need) + " needed"};
+    base = static_cast<char*>(e.workspace);
+  } else {
+    owned.reset(new (std::nothrow) char[need]);
+    if (!owned) return {Status::out_of_memory, "could not allocate " + std::to_string(need) + " bytes of scratch"};
+    base = owned.get();
+  }
+  Arena ar;
+  ar.base = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(base) + 63) / 64 * 64);
+  carve<A>(ar, pl, backward, s);
+  body(s);
+  return {};
+}
+
+template <class A> Tile make_tile(const Plan& pl, const TileRef& r, const Scratch<A>& s, std::size_t esize) {
+  Tile t;
+  t.rows = r.rows; t.cols = r.cols; t.stride = r.stride;
+  t.group_width = pl.Cg;
+  t.channels_last = pl.cl;
+  (void)esize;
+  const std::int64_t c_in_sample = r.chan0 % pl.C;
+  t.mean = s.mean_c + r.chan0;
+  t.scale = s.scale_c + r.chan0;
+  t.shift = s.shift_c + r.chan0;
+  if (s.c2_c) { t.c2 = s.c2_c + r.chan0; t.c3 = s.c3_c + r.chan0; }
+  if (s.skip_bias) t.skip_bias = s.skip_bias + c_in_sample;
+  return t;
+}
+
+inline const char* cptr(const void* p, std::int64_t off, std::size_t es) {
+  return p ? static_cast<const char*>(p) + off * (std::int64_t)es : nullptr;
+}
+inline char* mptr(void* p, std::int64_t off, std::size_t es) {
+  return p ? static_cast<char*>(p) + off * (std::int64_t)es : nullptr;
+}
+
+// ---------------------------------------------------------------- forward
+template <class A> struct Forward {
+  const Problem& p;
+  const ForwardArgs& a;
+  const Plan& pl;
+  const KernelSet& k;
+  Scratch<A>& s;
+
+  Tile tile(const TileRef& r, int worker) const {
+    Tile t = make_tile<A>(pl, r, s, pl.esize);
+    t.silu = p.activation == Activation::silu;
+    t.x = cptr(a.x, r.offset, pl.esize);
+    t.skip = cptr(a.skip, r.offset, pl.esize);
+    if (!a.skip) t.skip_bias = nullptr;
+    t.y = mptr(a.y, r.offset, pl.esize);
+    t.sum_out = mptr(a.sum_out, r.offset, pl.esize);
+    t.scratch = s.worker + (std::int64_t)worker * 4 * pl.C;
+    return t;
+  }
+
+  // statistics of group ng -> per-channel mean/scale/shift
+  void finish_group(std::int64_t ng, const Moments& m) const {
+    const double var = m.m2 / m.n;
+    const double rstd = 1.0 / std::sqrt(var + p.eps);
+    s.gmean[ng] = m.mean;
+    s.grstd[ng] = rstd;
+    const std::int64_t n = ng / pl.G, g = ng % pl.G;
+    for (std::int64_t c = g * pl.Cg; c < (g + 1) * pl.Cg; ++c) {
+      const double w = a.weight ? load_scalar(a.weight, p.param_dtype, c) : 1.0;
+      const double b = a.bias ? load_scalar(a.bias, p.param_dtype, c) : 0.0;
+      s.mean_c[n * pl.C + c] = (A)m.mean;
+      s.scale_c[n * pl.C + c] = (A)(w * rstd);
+      s.shift_c[n * pl.C + c] = (A)b;
+    }
+  }
+
+  void set_mode_a(std::int64_t set, int worker) const {
+    const std::int64_t ngr = set_groups(pl, set);
+    if (!pl.cl) {
+      for (std::int64_t gi = 0; gi < ngr; ++gi) {
+        const std::int64_t t0 = gi * pl.tiles_per_group;
+        Moments acc;
+        std::int64_t ng = 0;
+        for (std::int64_t t = t0; t < t0 + pl.tiles_per_group; ++t) {
+          const TileRef r = tile_of(pl, set, t);
+          ng = r.group0;
+          Moments m;
+          k.moments(tile(r, worker), &m);
+          merge(acc, m);
+        }
+        finish_group(ng, acc);
+        for (std::int64_t t = t0; t < t0 + pl.tiles_per_group; ++t) k.apply(tile(tile_of(pl, set, t), worker));
+      }
+    } else {
+      Moments* run = s.running + (std::int64_t)worker * 2 * pl.G;  // running totals
+      Moments* tile_out = run + pl.G;                                // one tile's partials
+      for (std::int64_t gi = 0; gi < ngr; ++gi) run[gi] = Moments();
+      std::int64_t group0 = 0;
+      for (std::int64_t t = 0; t < pl.tiles_per_set; ++t) {
+        const TileRef r = tile_of(pl, set, t);
+        group0 = r.group0;
+        k.moments(tile(r, worker), tile_out);
+        for (std::int64_t gi = 0; gi < ngr; ++gi) merge(run[gi], tile_out[gi]);
+      }
+      for (std::int64_t gi = 0; gi < ngr; ++gi) finish_group(group0 + gi, run[gi]);
+      for (std::int64_t t = 0; t < pl.tiles_per_set; ++t) k.apply(tile(tile_of(pl, set, t), worker));
+    }
+  }
+};
+
+template <class A> Result run_forward(const Problem& p, const ForwardArgs& a, const Exec& e, const Plan& pl,
+                                      const KernelSet& k) {
+  return with_scratch<A>(pl, false, e, [&](Scratch<A>& s) {
+    for (std::int64_t c = 0; c < pl.C; ++c)
+      s.skip_bias[c] = (A)(a.skip_bias ? load_scalar(a.skip_bias, p.param_dtype, c) : 0.0);
+    Forward<A> f{p, a, pl, k, s};
+    if (pl.mode_a) {
+      const int T = pl.threads;
+      run_workers(e, T, [&](int w) {
+        const std::int64_t b = pl.nsets * w / T, en = pl.nsets * (w + 1) / T;
+        for (std::int64_t set = b; set < en; ++set) f.set_mode_a(set, w);
+      });
+    } else {
+      const int T = pl.threads;
+      for (std::int64_t s0 = 0; s0 < pl.nsets; s0 += pl.sets_per_step) {
+        const std::int64_t s1 = std::min(pl.nsets, s0 + pl.sets_per_step);
+        const std::int64_t ntiles = (s1 - s0) * pl.tiles_per_set;
+        auto range = [&](int w, std::int64_t& b, std::int64_t& en) {
+          b = ntiles * w / T; en = ntiles * (w + 1) / T;
+        };
+        run_workers(e, T, [&](int w) {
+          std::int64_t b, en;
+          range(w, b, en);
+          for (std::int64_t i = b; i < en; ++i) {
+            const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
+            k.moments(f.tile(r, w), s.slots + i * pl.moments_per_tile);
+          }
+        });
+        // merge in tile order
+        for (std::int64_t set = s0; set < s1; ++set) {
+          const std::int64_t ngr = set_groups(pl, set);
+          const std::int64_t base = (set - s0) * pl.tiles_per_set;
+          const std::int64_t group0 = tile_of(pl, set, 0).group0;
+          for (std::int64_t gi = 0; gi < ngr; ++gi) {
+            Moments acc;
+            if (!pl.cl) {
+              for (std::int64_t j = 0; j < pl.tiles_per_group; ++j)
+                merge(acc, s.slots[base + gi * pl.tiles_per_group + j]);
+            } else {
+              for (std::int64_t j = 0; j < pl.tiles_per_set; ++j) merge(acc, s.slots[(base + j) * pl.moments_per_tile + gi]);
+            }
+            f.finish_group(group0 + gi, acc);
+          }
+        }
+        run_workers(e, T, [&](int w) {
+          std::int64_t b, en;
+          range(w, b, en);
+          for (std::int64_t i = b; i < en; ++i)
+            k.apply(f.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
+        });
+      }
+    }
+    const DType st = stats_dtype(p.dtype);
+    for (std::int64_t i = 0; i < pl.N * pl.G; ++i) {
+      if (a.mean) store_scalar(a.mean, st, i, s.gmean[i]);
+      if (a.rstd) store_scalar(a.rstd, st, i, s.grstd[i]);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- backward
+template <class A> struct Backward {
+  const Problem& p;
+  const BackwardArgs& a;
+  const Plan& pl;
+  const KernelSet& k;
+  Scratch<A>& s;
+
+  Tile tile(const TileRef& r, int worker) const {
+    Tile t = make_tile<A>(pl, r, s, pl.esize);
+    t.silu = p.activation == Activation::silu;
+    t.x = cptr(a.x, r.offset, pl.esize);
+    t.dy = cptr(a.grad_y, r.offset, pl.esize);
+    t.dx = mptr(a.grad_x, r.offset, pl.esize);
+    t.scratch = s.worker + (std::int64_t)worker * 4 * pl.C;
+    return t;
+  }
+
+  // coefficients of dx for group ng from its channels' db/ds
+  void finish_group(std::int64_t ng) const {
+    const std::int64_t n = ng / pl.G, g = ng % pl.G;
+    double s1 = 0, s2 = 0;
+    for (std::int64_t c = g * pl.Cg; c < (g + 1) * pl.Cg; ++c) {
+      const double w = a.weight ? load_scalar(a.weight, p.param_dtype, c) : 1.0;
+      s1 += w * s.db[n * pl.C + c];
+      s2 += w * s.ds[n * pl.C + c];
+    }
+    const double rstd = s.grstd[ng];
+    const double D = (double)pl.Cg * (double)pl.S;
+    const double c2 = -rstd * rstd * rstd * s2 / D;
+    const double c3 = -rstd * s1 / D;
+    for (std::int64_t c = g * pl.Cg; c < (g + 1) * pl.Cg; ++c) {
+      s.c2_c[n * pl.C + c] = (A)c2;
+      s.c3_c[n * pl.C + c] = (A)c3;
+    }
+  }
+
+  void set_mode_a(std::int64_t set, int worker) const {
+    const std::int64_t ngr = set_groups(pl, set);
+    std::int64_t group0 = tile_of(pl, set, 0).group0;
+    if (!pl.cl) {
+      for (std::int64_t gi = 0; gi < ngr; ++gi) {
+        const std::int64_t t0 = gi * pl.tiles_per_group;
+        for (std::int64_t t = t0; t < t0 + pl.tiles_per_group; ++t) {
+          const TileRef r = tile_of(pl, set, t);
+          k.backward_sums(tile(r, worker), s.db + r.chan0, s.ds + r.chan0);
+        }
+        finish_group(group0 + gi);
+        if (a.grad_x)
+          for (std::int64_t t = t0; t < t0 + pl.tiles_per_group; ++t) k.backward_apply(tile(tile_of(pl, set, t), worker));
+      }
+    } else {
+      for (std::int64_t t = 0; t < pl.tiles_per_set; ++t) {
+        const TileRef r = tile_of(pl, set, t);
+        k.backward_sums(tile(r, worker), s.db + r.chan0, s.ds + r.chan0);
+      }
+      for (std::int64_t gi = 0; gi < ngr; ++gi) finish_group(group0 + gi);
+      if (a.grad_x)
+        for (std::int64_t t = 0; t < pl.tiles_per_set; ++t) k.backward_apply(tile(tile_of(pl, set, t), worker));
+    }
+  }
+};
+
+template <class A> Result run_backward(const Problem& p, const BackwardArgs& a, const Exec& e, const Plan& pl,
+                                       const KernelSet& k) {
+  return with_scratch<A>(pl, true, e, [&](Scratch<A>& s) {
+    const DType st = stats_dtype(p.dtype);
+    for (std::int64_t ng = 0; ng < pl.N * pl.G; ++ng) {
+      s.gmean[ng] = load_scalar(a.mean, st, ng);
+      s.grstd[ng] = load_scalar(a.rstd, st, ng);
+      const std::int64_t n = ng / pl.G, g = ng % pl.G;
+      for (std::int64_t c = g * pl.Cg; c < (g + 1) * pl.Cg; ++c) {
+        const double w = a.weight ? load_scalar(a.weight, p.param_dtype, c) : 1.0;
+        const double b = a.bias ? load_scalar(a.bias, p.param_dtype, c) : 0.0;
+        s.mean_c[n * pl.C + c] = (A)s.gmean[ng];
+        s.scale_c[n * pl.C + c] = (A)(w * s.grstd[ng]);
+        s.shift_c[n * pl.C + c] = (A)b;
+        s.db[n * pl.C + c] = 0;
+        s.ds[n * pl.C + c] = 0;
+      }
+    }
+    Backward<A> bw{p, a, pl, k, s};
+    const int T = pl.threads;
+    if (pl.mode_a) {
+      run_workers(e, T, [&](int w) {
+        const std::int64_t b = pl.nsets * w / T, en = pl.nsets * (w + 1) / T;
+        for (std::int64_t set = b; set < en; ++set) bw.set_mode_a(set, w);
+      });
+    } else {
+      const std::int64_t ct = pl.chans_per_set_tile;
+      for (std::int64_t s0 = 0; s0 < pl.nsets; s0 += pl.sets_per_step) {
+        const std::int64_t s1 = std::min(pl.nsets, s0 + pl.sets_per_step);
+        const std::int64_t ntiles = (s1 - s0) * pl.tiles_per_set;
+        run_workers(e, T, [&](int w) {
+          const std::int64_t b = ntiles * w / T, en = ntiles * (w + 1) / T;
+          for (std::int64_t i = b; i < en; ++i) {
+            const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
+            double* db = s.slot_db + i * ct;
+            double* ds = s.slot_ds + i * ct;
+            std::fill(db, db + r.nchan, 0.0);
+            std::fill(ds, ds + r.nchan, 0.0);
+            k.backward_sums(bw.tile(r, w), db, ds);
+          }
+        });
+        for (std::int64_t i = 0; i < ntiles; ++i) {  // tile order = merge order
+          const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
+          for (std::int64_t c = 0; c < r.nchan; ++c) {
+            s.db[r.chan0 + c] += s.slot_db[i * ct + c];
+            s.ds[r.chan0 + c] += s.slot_ds[i * ct + c];
+          }
+        }
+        for (std::int64_t set = s0; set < s1; ++set) {
+          const std::int64_t group0 = tile_of(pl, set, 0).group0;
+          for (std::int64_t gi = 0; gi < set_groups(pl, set); ++gi) bw.finish_group(group0 + gi);
+        }
+        if (a.grad_x)
+          run_workers(e, T, [&](int w) {
+            const std::int64_t b = ntiles * w / T, en = ntiles * (w + 1) / T;
+            for (std::int64_t i = b; i < en; ++i)
+              k.backward_apply(bw.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
+          });
+      }
+    }
+    if (a.grad_weight || a.grad_bias) {
+      for (std::int64_t c = 0; c < pl.C; ++c) {
+        double gw = 0, gb = 0;
+        for (std::int64_t n = 0; n < pl.N; ++n) {
+          gw += s.grstd[n * pl.G + c / pl.Cg] * s.ds[n * pl.C + c];
+          gb += s.db[n * pl.C + c];
+        }
+        if (a.grad_weight) store_scalar(a.grad_weight, p.param_dtype, c, gw);
+        if (a.grad_bias) store_scalar(a.grad_bias, p.param_dtype, c, gb);
+      }
+    }
+  });
+}
+
+bool empty_call(const Problem& p) { return p.numel() == 0; }
+
+void fill_nan_stats(const Problem& p, void* mean, void* rstd) {
+  const DType st = stats_dtype(p.dtype);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (std::int64_t i = 0; i < p.batch * p.groups; ++i) {
+    if (mean) store_scalar(mean, st, i, nan);
+    if (rstd) store_scalar(rstd, st, i, nan);
+  }
+}
+
+}  // namespace
+}  // namespace detail
+
+using namespace detail;
+
+std::size_t forward_workspace_bytes(const Problem& p, int num_threads) {
+  if (!validate(p) || empty_call(p)) return 0;
+  Exec e;
+  e.num_threads = num_threads;
+  const Plan pl = make_plan(p, resolve_threads(e), 1);
+  Arena ar;
+  if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, false, s); }
+  else { Scratch<float> s{}; carve<float>(ar, pl, false, s); }
+  return ar.used + 64;
+}
+
+std::size_t backward_workspace_bytes(const Problem& p, int num_threads) {
+  if (!validate(p) || empty_call(p)) return 0;
+  Exec e;
+  e.num_threads = num_threads;
+  const Plan pl = make_plan(p, resolve_threads(e), 2);
+  Arena ar;
+  if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, true, s); }
+  else { Scratch<float> s{}; carve<float>(ar, pl, true, s); }
+  return ar.used + 64;
+}
+
+Result forward(const Problem& p, const ForwardArgs& a, const Exec& e) {
+  Result r = validate_args(p, a);
+  if (!r) return r;
+  if (empty_call(p)) {
+    if (p.spatial == 0) fill_nan_stats(p, a.mean, a.rstd);
+    return {};
+  }
+  const Plan pl = make_plan(p, resolve_threads(e), 1);
+  const KernelSet& k = active_kernels().by_dtype[(int)p.dtype];
+  try {
+    return p.dtype == DType::float64 ? run_forward<double>(p, a, e, pl, k) : run_forward<float>(p, a, e, pl, k);
+  } catch (const std::bad_alloc&) {
+    return {Status::out_of_memory, "out of memory"};
+  }
+}
+
+Result backward(const Problem& p, const BackwardArgs& a, const Exec& e) {
+  Result r = validate_args(p, a);
+  if (!r) return r;
+  if (empty_call(p)) {
+    for (std::int64_t c = 0; c < p.channels; ++c) {
+      if (a.grad_weight) store_scalar(a.grad_weight, p.param_dtype, c, 0.0);
+      if (a.grad_bias) store_scalar(a.grad_bias, p.param_dtype, c, 0.0);
+    }
+    return {};
+  }
+  const Plan pl = make_plan(p, resolve_threads(e), 2);
+  const KernelSet& k = active_kernels().by_dtype[(int)p.dtype];
+  try {
+    return p.dtype == DType::float64 ? run_backward<double>(p, a, e, pl, k) : run_backward<float>(p, a, e, pl, k);
+  } catch (const std::bad_alloc&) {
+    return {Status::out_of_memory, "out of memory"};
+  }
+}
+
+}  // namespace groupnorm

@@ -1,0 +1,130 @@
+"""Argument checks and dtype dispatch for the Python API (one place).
+
+Rules about the problem itself (groups, eps, activation) live in the C++ core
+and reach Python through its messages; this module checks the arrays: their
+types, shapes, dtypes, contiguity and writability.
+"""
+import operator
+
+import numpy as np
+import ml_dtypes
+
+from . import _core
+
+bfloat16 = np.dtype(ml_dtypes.bfloat16)
+
+# storage dtype -> core dtype code
+DTYPE_CODES = {
+    np.dtype(np.float32): _core.FLOAT32,
+    np.dtype(np.float64): _core.FLOAT64,
+    np.dtype(np.float16): _core.FLOAT16,
+    bfloat16: _core.BFLOAT16,
+}
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+
+
+def stats_dtype(dtype):
+    """mean/rstd dtype for data of `dtype`: float64 for float64, else float32."""
+    return _F64 if dtype == _F64 else _F32
+
+
+def as_input(x, name="x"):
+    """x as an ndarray of a supported float dtype, C-contiguous (copied only if needed)."""
+    if not isinstance(x, np.ndarray):
+        if hasattr(x, "__cuda_array_interface__"):
+            raise TypeError(f"{name} is a GPU array; this groupnorm build runs on the CPU only "
+                            "(rebuild with -C cmake.define.GROUPNORM_CUDA=ON)")
+        x = np.asarray(x)
+    if x.dtype not in DTYPE_CODES:
+        raise TypeError(f"{name} must be float64, float32, float16 or bfloat16, got {x.dtype}")
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def channels_of(x, channels_last):
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dims (N, C, *spatial), got shape {x.shape}")
+    return x.shape[-1] if channels_last else x.shape[1]
+
+
+def groups_of(num_groups):
+    try:
+        return operator.index(num_groups)
+    except TypeError:
+        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}") from None
+
+
+def params(weight, bias, x_dtype, channels, names=("weight", "bias")):
+    """weight/bias as contiguous arrays of one dtype (float32 or x's dtype) and shape (C,)."""
+    out = []
+    for p, name in zip((weight, bias), names):
+        if p is None:
+            out.append(None)
+            continue
+        p = np.asarray(p)
+        if p.dtype not in DTYPE_CODES:
+            raise TypeError(f"{name} must be a float array, got dtype {p.dtype}")
+        if p.shape != (channels,):
+            raise ValueError(f"{name} must have shape ({channels},), got {p.shape}")
+        out.append(p)
+    present = [p for p in out if p is not None]
+    if not present:
+        return out[0], out[1], _core.FLOAT32 if x_dtype != _F64 else _core.FLOAT64
+    pdtype = present[0].dtype
+    if any(p.dtype != pdtype for p in present) or pdtype not in (_F32, x_dtype):
+        # mixed or other float dtypes: use x's dtype for float64 data, float32 otherwise
+        pdtype = _F64 if x_dtype == _F64 else _F32
+    out = [None if p is None else np.ascontiguousarray(p, dtype=pdtype) for p in out]
+    return out[0], out[1], DTYPE_CODES[pdtype]
+
+
+
+
+def same_as_x(a, x, name):
+    a = np.asarray(a)
+    if a.dtype != x.dtype:
+        raise TypeError(f"{name} must have dtype {x.dtype} like x, got {a.dtype}")
+    if a.shape != x.shape:
+        raise ValueError(f"{name} must have shape {x.shape} like x, got {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def output(out, shape, dtype, name="out"):
+    """A caller's output array, checked; or a new one."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    return out
+
+
+def threads(num_threads):
+    if num_threads is None:
+        return 0
+    n = operator.index(num_threads)
+    if n <= 0:
+        raise ValueError(f"num_threads must be positive, got {n}")
+    return n
+
+
+def eps_value(eps):
+    try:
+        return float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a number, got {type(eps).__name__}") from None
+
+
+def activation(act):
+    if act is not None and not isinstance(act, str):
+        raise ValueError(f"activation must be None or 'silu', got {act!r}")
+    return _core.activation_code(act)

@@ -1,0 +1,120 @@
+"""Functional group normalization on NumPy arrays."""
+import numpy as np
+
+from . import _core
+from . import _checks as C
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last=False,
+               activation=None, out=None, return_stats=False, num_threads=None,
+               skip=None, skip_bias=None, sum_out=None):
+    """Group normalization.
+
+    Splits the C channels into ``num_groups`` groups and normalizes each group of
+    each sample by its own mean and biased variance, then applies the per-channel
+    affine transform and the optional activation::
+
+        y = act(weight[c] * (x - mean[n, g]) / sqrt(var[n, g] + eps) + bias[c])
+
+    Args:
+        x: array of shape (N, C, *spatial), or (N, *spatial, C) when
+            ``channels_last``; any number of spatial dims (including none).
+            dtype float64, float32, float16 or bfloat16 (``groupnorm.bfloat16``).
+            Any strides; C-contiguous input is used without a copy.
+        num_groups: G, a positive divisor of C.
+        weight, bias: optional arrays of shape (C,), float32 or x's dtype.
+        eps: added to the variance; any finite float (default 1e-5).
+        channels_last: layout of x (see above).
+        activation: None or ``"silu"`` (y = z * sigmoid(z), fused).
+        out: optional output array (x's shape and dtype, C-contiguous, writable);
+            may be x itself (in place).
+        return_stats: also return mean and rstd = 1/sqrt(var + eps).
+        num_threads: threads for this call (default: ``get_num_threads()``).
+        skip: optional array like x: normalizes s = x + skip (+ skip_bias), the sum
+            computed in float32 (float64 for float64) and rounded to x's dtype, as
+            if it had been stored; it is stored only if ``sum_out`` is given.
+        skip_bias: optional (C,) array added with skip (float32 or x's dtype).
+        sum_out: optional array like x that receives s.
+
+    Returns:
+        y (x's shape and dtype), or (y, mean, rstd) with mean and rstd of shape
+        (N, num_groups), float32 (float64 when x is float64).
+    """
+    x = C.as_input(x)
+    channels = C.channels_of(x, channels_last)
+    groups = C.groups_of(num_groups)
+    e = C.eps_value(eps)
+    act = C.activation(activation)
+    _core.check(channels, groups, e, None)
+    weight, bias, pcode = C.params(weight, bias, x.dtype, channels)
+    dcode = C.DTYPE_CODES[x.dtype]
+    if skip is not None:
+        skip = C.same_as_x(C.as_input(skip, "skip"), x, "skip")
+        if skip_bias is not None:
+            skip_bias, _, scode = C.params(skip_bias, None, x.dtype, channels, ("skip_bias", "-"))
+            if weight is None and bias is None:
+                pcode = scode
+            elif scode != pcode:
+                skip_bias = skip_bias.astype(np.float64 if pcode == _core.FLOAT64 else
+                                             (x.dtype if pcode == dcode else np.float32))
+        if sum_out is not None:
+            sum_out = C.output(sum_out, x.shape, x.dtype, "sum_out")
+    elif skip_bias is not None or sum_out is not None:
+        raise ValueError("skip_bias and sum_out need skip")
+    y = C.output(out, x.shape, x.dtype)
+    mean = rstd = None
+    if return_stats:
+        sd = C.stats_dtype(x.dtype)
+        n = x.shape[0]
+        mean = np.empty((n, groups), sd)
+        rstd = np.empty((n, groups), sd)
+    _core.forward(x, groups, weight, bias, e, channels_last, act, dcode, pcode, y, mean, rstd,
+                  skip, skip_bias, sum_out, C.threads(num_threads))
+    if return_stats:
+        return y, mean, rstd
+    return y
+
+
+def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight=None, bias=None, *,
+                        channels_last=False, activation=None, num_threads=None):
+    """Gradients of :func:`group_norm`.
+
+    Args:
+        grad_y: gradient of the loss with respect to y; x's shape and dtype.
+        x: the forward's input (x + skip (+ skip_bias) when skip was used: pass
+            the ``sum_out`` of the forward).
+        mean, rstd: (N, num_groups) statistics from ``group_norm(...,
+            return_stats=True)`` (float32, float64 for float64 x).
+        num_groups, weight, bias, channels_last, activation: as in the forward.
+            bias is needed for the silu backward (z is recomputed from x).
+        num_threads: threads for this call.
+
+    Returns:
+        (grad_x, grad_weight, grad_bias): grad_x like x; grad_weight/grad_bias of
+        shape (C,) in weight's/bias's dtype, or None when weight/bias is None.
+    """
+    x = C.as_input(x)
+    channels = C.channels_of(x, channels_last)
+    groups = C.groups_of(num_groups)
+    act = C.activation(activation)
+    _core.check(channels, groups, 0.0, None)
+    grad_y = C.same_as_x(C.as_input(grad_y, "grad_y"), x, "grad_y")
+    sd = C.stats_dtype(x.dtype)
+    n = x.shape[0]
+    stats = []
+    for a, name in ((mean, "mean"), (rstd, "rstd")):
+        a = np.asarray(a)
+        if a.shape != (n, groups):
+            raise ValueError(f"{name} must have shape {(n, groups)}, got {a.shape}")
+        if a.dtype.kind != "f":
+            raise TypeError(f"{name} must be a float array, got {a.dtype}")
+        stats.append(np.ascontiguousarray(a, dtype=sd))
+    weight_in, bias_in = weight, bias
+    weight, bias, pcode = C.params(weight, bias, x.dtype, channels)
+    dcode = C.DTYPE_CODES[x.dtype]
+    grad_x = np.empty(x.shape, x.dtype)
+    gw = None if weight_in is None else np.empty(channels, weight.dtype)
+    gb = None if bias_in is None else np.empty(channels, bias.dtype)
+    _core.backward(grad_y, x, stats[0], stats[1], groups, weight, bias, channels_last, act, dcode, pcode,
+                   grad_x, gw, gb, C.threads(num_threads))
+    return grad_x, gw, gb

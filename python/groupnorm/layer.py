@@ -1,0 +1,109 @@
+"""GroupNorm layer: parameters, forward, backward with gradient accumulation."""
+import numpy as np
+
+from . import _core
+from . import _checks as C
+from .functional import group_norm, group_norm_backward
+
+
+class GroupNorm:
+    """Group normalization layer, like ``torch.nn.GroupNorm`` on NumPy arrays.
+
+    Args:
+        num_groups: G, a positive divisor of num_channels.
+        num_channels: C.
+        eps: added to the variance (default 1e-5).
+        affine: learnable per-channel ``weight`` (ones) and ``bias`` (zeros) of
+            shape (C,); None when False.
+        channels_last: inputs are (N, *spatial, C) instead of (N, C, *spatial).
+        activation: None or "silu", fused after the affine transform.
+        dtype: dtype of weight and bias (default float32).
+
+    Calling the layer on x returns y and remembers x, mean and rstd;
+    ``backward(grad_y)`` returns grad_x and adds the parameter gradients into
+    ``weight_grad`` and ``bias_grad`` (``zero_grad()`` resets them).
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, channels_last=False,
+                 activation=None, dtype=np.float32):
+        num_groups = C.groups_of(num_groups)
+        num_channels = C.groups_of(num_channels)
+        eps = C.eps_value(eps)
+        C.activation(activation)
+        _core.check(num_channels, num_groups, eps, None)
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = bool(affine)
+        self.channels_last = bool(channels_last)
+        self.activation = activation
+        dtype = np.dtype(dtype)
+        if dtype not in C.DTYPE_CODES:
+            raise TypeError(f"dtype must be float64, float32, float16 or bfloat16, got {dtype}")
+        if self.affine:
+            self.weight = np.ones(num_channels, dtype)
+            self.bias = np.zeros(num_channels, dtype)
+        else:
+            self.weight = self.bias = None
+        self.zero_grad()
+        self._saved = None
+
+    def zero_grad(self):
+        """Reset the accumulated parameter gradients to zeros."""
+        if self.affine:
+            self.weight_grad = np.zeros_like(self.weight)
+            self.bias_grad = np.zeros_like(self.bias)
+        else:
+            self.weight_grad = self.bias_grad = None
+
+    def __call__(self, x, *, num_threads=None):
+        """y = group_norm(x); x of shape (N, C, *spatial) or (N, *spatial, C)."""
+        x = C.as_input(x)
+        y, mean, rstd = group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
+                                   channels_last=self.channels_last, activation=self.activation,
+                                   return_stats=True, num_threads=num_threads)
+        self._saved = (x, mean, rstd)
+        return y
+
+    forward = __call__
+
+    def backward(self, grad_y, *, num_threads=None):
+        """grad_x for the last call; accumulates weight_grad and bias_grad."""
+        if self._saved is None:
+            raise RuntimeError("backward() called before the layer was called on an input")
+        x, mean, rstd = self._saved
+        gx, gw, gb = group_norm_backward(grad_y, x, mean, rstd, self.num_groups, self.weight, self.bias,
+                                         channels_last=self.channels_last, activation=self.activation,
+                                         num_threads=num_threads)
+        if self.affine:
+            self.weight_grad += gw.astype(self.weight_grad.dtype)
+            self.bias_grad += gb.astype(self.bias_grad.dtype)
+        return gx
+
+    def state_dict(self):
+        """{"weight": ..., "bias": ...} copies (empty when affine=False)."""
+        if not self.affine:
+            return {}
+        return {"weight": self.weight.copy(), "bias": self.bias.copy()}
+
+    def load_state_dict(self, state):
+        """Copy weight and bias from a dict like state_dict() (shapes must match)."""
+        if not self.affine:
+            if state:
+                raise ValueError(f"layer has no parameters (affine=False), got keys {sorted(state)}")
+            return
+        missing = {"weight", "bias"} - set(state)
+        if missing:
+            raise KeyError(f"state_dict is missing {sorted(missing)}")
+        extra = set(state) - {"weight", "bias"}
+        if extra:
+            raise KeyError(f"unexpected keys in state_dict: {sorted(extra)}")
+        for name in ("weight", "bias"):
+            v = np.asarray(state[name])
+            if v.shape != (self.num_channels,):
+                raise ValueError(f"{name} must have shape ({self.num_channels},), got {v.shape}")
+            getattr(self, name)[...] = v
+
+    def __repr__(self):
+        return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"channels_last={self.channels_last}, activation={self.activation!r})")
