@@ -76,7 +76,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last
 
 
 def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight=None, bias=None, *,
-                        channels_last=False, activation=None, num_threads=None):
+                        channels_last=False, activation=None, num_threads=None, out=None):
     """Gradients of :func:`group_norm`.
 
     Args:
@@ -88,6 +88,8 @@ def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight=None, bias=Non
         num_groups, weight, bias, channels_last, activation: as in the forward.
             bias is needed for the silu backward (z is recomputed from x).
         num_threads: threads for this call.
+        out: optional array for grad_x (x's shape and dtype, C-contiguous,
+            writable); may be grad_y itself.
 
     Returns:
         (grad_x, grad_weight, grad_bias): grad_x like x; grad_weight/grad_bias of
@@ -112,7 +114,7 @@ def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight=None, bias=Non
     weight_in, bias_in = weight, bias
     weight, bias, pcode = C.params(weight, bias, x.dtype, channels)
     dcode = C.DTYPE_CODES[x.dtype]
-    grad_x = np.empty(x.shape, x.dtype)
+    grad_x = C.output(out, x.shape, x.dtype)
     gw = None if weight_in is None else np.empty(channels, weight.dtype)
     gb = None if bias_in is None else np.empty(channels, bias.dtype)
     _core.backward(grad_y, x, stats[0], stats[1], groups, weight, bias, channels_last, act, dcode, pcode,

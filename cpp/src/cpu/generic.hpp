@@ -20,6 +20,10 @@
 #include "groupnorm/groupnorm.hpp"
 #include "kernels.hpp"
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 namespace groupnorm {
 namespace detail {
 namespace GN_ISA_NS {
@@ -113,7 +117,6 @@ template <class T> struct Ops {
   typedef typename VecOf<A>::mask M;
   static constexpr int L = VecOf<A>::lanes;
 
-  static V splat(A a) { return V{} + a; }
   static V load(const T* p) { return Store<T>::load(p); }
   // first n (< L) elements, the rest zero
   static V load_n(const T* p, std::int64_t n) {
@@ -192,87 +195,146 @@ template <class T> struct Ops {
   }
 };
 
-// x, or x + skip (+ skip_bias) rounded to T as if it had been stored
-template <class T>
-inline typename Ops<T>::V load_input(const T* x, const T* skip, typename Ops<T>::A skip_bias, bool has_skip,
-                                     std::int64_t n) {
-  typedef Ops<T> O;
-  const bool full = n >= O::L;
-  typename O::V v = full ? O::load(x) : O::load_n(x, n);
-  if (has_skip) {
-    v = v + (full ? O::load(skip) : O::load_n(skip, n));
-    v = v + skip_bias;
-    v = Store<T>::round_trip(v);
+// ---------------------------------------------------------------- streaming stores
+// Outputs too big for the cache are written with non-temporal stores, so
+// writing y costs one pass over memory (no read-for-ownership), like memcpy.
+template <int BYTES> inline void stream_bytes(void* p, const void* v) {
+#if defined(__AVX512F__)
+  if (BYTES == 64) { __m512i a; std::memcpy(&a, v, 64); _mm512_stream_si512(static_cast<__m512i*>(p), a); return; }
+#endif
+#if defined(__AVX__)
+  for (int o = 0; o < BYTES; o += 32) {
+    __m256i a;
+    std::memcpy(&a, static_cast<const char*>(v) + o, 32);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(static_cast<char*>(p) + o), a);
   }
-  return v;
+#elif defined(__SSE2__)
+  for (int o = 0; o < BYTES; o += 16) {
+    __m128i a;
+    std::memcpy(&a, static_cast<const char*>(v) + o, 16);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(static_cast<char*>(p) + o), a);
+  }
+#else
+  std::memcpy(p, v, BYTES);
+#endif
+}
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
 }
 
-template <class T>
-inline typename Ops<T>::V load_input_cl(const T* x, const T* skip, const typename Ops<T>::A* skip_bias,
-                                        std::int64_t n) {
+// Writes one row of `cols` outputs: full(i) gives the vector at i, part(i, n)
+// the first n < L. With `stream`, full vectors at 64-byte-aligned addresses
+// use non-temporal stores (the unaligned head goes through the cache).
+template <class T, class Full, class Part>
+inline void write_row(T* y, std::int64_t cols, bool stream, Full full, Part part) {
   typedef Ops<T> O;
-  const bool full = n >= O::L;
-  typename O::V v = full ? O::load(x) : O::load_n(x, n);
-  if (skip) {
-    v = v + (full ? O::load(skip) : O::load_n(skip, n));
-    if (skip_bias) v = v + (full ? O::load_acc(skip_bias) : O::load_acc_n(skip_bias, n));
-    v = Store<T>::round_trip(v);
+  constexpr int L = O::L;
+  std::int64_t i = 0;
+  const std::uintptr_t addr = reinterpret_cast<std::uintptr_t>(y);
+  if (stream && addr % sizeof(T) == 0) {
+    const std::int64_t head = (std::int64_t)(((64 - addr % 64) % 64) / sizeof(T));
+    if (head > 0) {
+      const std::int64_t n = head < cols ? head : cols;
+      const std::int64_t n0 = n < L ? n : L;
+      for (; i < n; i += n0) {
+        const std::int64_t m = n - i < L ? n - i : L;
+        O::store_n(y + i, part(i, m), m);
+      }
+      i = n;
+    }
+    for (; i + L <= cols; i += L) {
+      T buf[L];
+      Store<T>::store(buf, full(i));
+      stream_bytes<(int)sizeof(buf)>(y + i, buf);
+    }
   }
-  return v;
+  for (; i + L <= cols; i += L) O::store(y + i, full(i));
+  if (i < cols) O::store_n(y + i, part(i, cols - i), cols - i);
 }
+
+// x, or x + skip (+ skip_bias) rounded to T as if it had been stored.
+// Full vectors; the _n forms take the first n < L elements (the rest zero).
+template <class T, bool SKIP> struct In {
+  typedef Ops<T> O;
+  typedef typename O::A A;
+  typedef typename O::V V;
+  // b: the channel's skip_bias, or null
+  static V load(const T* x, const T* k, const V* b) {
+    if (!SKIP) return O::load(x);
+    V v = O::load(x) + O::load(k);
+    if (b) v = v + *b;
+    return Store<T>::round_trip(v);
+  }
+  static V load_n(const T* x, const T* k, const V* b, std::int64_t n) {
+    if (!SKIP) return O::load_n(x, n);
+    V v = O::load_n(x, n) + O::load_n(k, n);
+    if (b) v = v + *b;
+    return Store<T>::round_trip(v);
+  }
+};
 
 template <class T> inline const T* at(const void* p, std::int64_t off) {
   return p ? static_cast<const T*>(p) + off : nullptr;
 }
 template <class T> inline T* at(void* p, std::int64_t off) { return p ? static_cast<T*>(p) + off : nullptr; }
 
+template <class V, class A> inline V splat(A a) {
+  V v;
+  for (int i = 0; i < (int)(sizeof(V) / sizeof(A)); ++i) v[i] = a;
+  return v;
+}
+
 // ================================================================ channels-first
 // Tile rows are channels, each row `cols` contiguous elements.
-template <class T> void cf_moments(const Tile& t, Moments* out) {
+template <class T, bool SKIP> void cf_moments_exact(const Tile& t, Moments* out) {
   typedef Ops<T> O;
+  typedef In<T, SKIP> I;
   typedef typename O::A A;
   typedef typename O::V V;
   constexpr int L = O::L;
   const A* sb = static_cast<const A*>(t.skip_bias);
-  const bool has_skip = t.skip != nullptr;
-  const double count = (double)t.rows * (double)t.cols;
+  const std::int64_t rows = t.rows, cols = t.cols, stride = t.stride;
+  const T* xb = static_cast<const T*>(t.x);
+  const T* kb = static_cast<const T*>(t.skip);
+  const double count = (double)rows * (double)cols;
   // pass 1: provisional mean
   V s0 = {}, s1 = {}, s2 = {}, s3 = {};
-  for (std::int64_t r = 0; r < t.rows; ++r) {
-    const T* x = at<T>(t.x, r * t.stride);
-    const T* k = at<T>(t.skip, r * t.stride);
-    const A b = sb ? sb[r] : A(0);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const T* x = xb + r * stride;
+    const T* k = SKIP ? kb + r * stride : nullptr;
+    const V bias = splat<V>(sb ? sb[r] : A(0));
+    const V* b = sb ? &bias : nullptr;
     std::int64_t i = 0;
-    for (; i + 4 * L <= t.cols; i += 4 * L) {
-      s0 += load_input<T>(x + i, k ? k + i : k, b, has_skip, L);
-      s1 += load_input<T>(x + i + L, k ? k + i + L : k, b, has_skip, L);
-      s2 += load_input<T>(x + i + 2 * L, k ? k + i + 2 * L : k, b, has_skip, L);
-      s3 += load_input<T>(x + i + 3 * L, k ? k + i + 3 * L : k, b, has_skip, L);
+    for (; i + 4 * L <= cols; i += 4 * L) {
+      s0 += I::load(x + i, k + i, b);
+      s1 += I::load(x + i + L, k + i + L, b);
+      s2 += I::load(x + i + 2 * L, k + i + 2 * L, b);
+      s3 += I::load(x + i + 3 * L, k + i + 3 * L, b);
     }
-    for (; i < t.cols; i += L) {
-      const std::int64_t n = t.cols - i < L ? t.cols - i : L;
-      V v = load_input<T>(x + i, k ? k + i : k, b, has_skip, n);
-      if (n < L) v = O::select(O::lanes_below(n), v, V{});
-      s0 += v;
-    }
+    for (; i + L <= cols; i += L) s0 += I::load(x + i, k + i, b);
+    if (i < cols) s0 += O::select(O::lanes_below(cols - i), I::load_n(x + i, k + i, b, cols - i), V{});
   }
   const A m = (A)(O::hsum((s0 + s1) + (s2 + s3)) / count);
+  const V mv = splat<V>(m);
   // pass 2: deviations from m
   V d0 = {}, d1 = {}, q0 = {}, q1 = {};
-  for (std::int64_t r = 0; r < t.rows; ++r) {
-    const T* x = at<T>(t.x, r * t.stride);
-    const T* k = at<T>(t.skip, r * t.stride);
-    const A b = sb ? sb[r] : A(0);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const T* x = xb + r * stride;
+    const T* k = SKIP ? kb + r * stride : nullptr;
+    const V bias = splat<V>(sb ? sb[r] : A(0));
+    const V* b = sb ? &bias : nullptr;
     std::int64_t i = 0;
-    for (; i + 2 * L <= t.cols; i += 2 * L) {
-      const V a0 = load_input<T>(x + i, k ? k + i : k, b, has_skip, L) - m;
-      const V a1 = load_input<T>(x + i + L, k ? k + i + L : k, b, has_skip, L) - m;
+    for (; i + 2 * L <= cols; i += 2 * L) {
+      const V a0 = I::load(x + i, k + i, b) - mv;
+      const V a1 = I::load(x + i + L, k + i + L, b) - mv;
       d0 += a0; q0 += a0 * a0;
       d1 += a1; q1 += a1 * a1;
     }
-    for (; i < t.cols; i += L) {
-      const std::int64_t n = t.cols - i < L ? t.cols - i : L;
-      V a0 = load_input<T>(x + i, k ? k + i : k, b, has_skip, n) - m;
+    for (; i < cols; i += L) {
+      const std::int64_t n = cols - i;
+      V a0 = (n >= L ? I::load(x + i, k + i, b) : I::load_n(x + i, k + i, b, n)) - mv;
       if (n < L) a0 = O::select(O::lanes_below(n), a0, V{});
       d0 += a0; q0 += a0 * a0;
     }
@@ -282,12 +344,79 @@ template <class T> void cf_moments(const Tile& t, Moments* out) {
   mo.n = count;
   mo.mean = (double)m + sd / count;
   mo.m2 = sq - sd * sd / count;
-  if (!(mo.m2 >= 0)) mo.m2 = mo.m2 < 0 ? 0 : mo.m2;  // keep NaN, clamp rounding below 0
+  if (mo.m2 < 0) mo.m2 = 0;  // rounding; NaN stays NaN
   out[0] = mo;
 }
 
-template <class T> void cf_apply(const Tile& t) {
+// Accept moments from sums shifted by K when the shift was close to the mean:
+// n*(mean-K)^2 <= 64*M2 keeps the cancellation in M2 = q - sd^2/n below
+// 6 bits. Otherwise the caller falls back to the exact two-pass sums.
+inline bool shift_ok(double n, double sd, double q) {
+  const double m2 = q - sd * sd / n;
+  return !(sd * sd / n > 64.0 * m2);  // NaN data: accepted (stays NaN)
+}
+inline Moments shifted_moments(double n, double k, double sd, double q) {
+  Moments mo;
+  mo.n = n;
+  mo.mean = k + sd / n;
+  mo.m2 = q - sd * sd / n;
+  if (mo.m2 < 0) mo.m2 = 0;
+  return mo;
+}
+
+// One pass of sums shifted by the tile's first element; exact two-pass when
+// the check above fails. Results depend only on the tile's data.
+template <class T, bool SKIP> void cf_moments(const Tile& t, Moments* out) {
   typedef Ops<T> O;
+  typedef In<T, SKIP> I;
+  typedef typename O::A A;
+  typedef typename O::V V;
+  constexpr int L = O::L;
+  const A* sb = static_cast<const A*>(t.skip_bias);
+  const std::int64_t rows = t.rows, cols = t.cols, stride = t.stride;
+  const T* xb = static_cast<const T*>(t.x);
+  const T* kb = static_cast<const T*>(t.skip);
+  const double count = (double)rows * (double)cols;
+  A k0;
+  {
+    const V bias = splat<V>(sb ? sb[0] : A(0));
+    const V first = I::load_n(xb, kb, sb ? &bias : nullptr, 1);
+    k0 = first[0];
+  }
+  const V kv = splat<V>(k0);
+  V d0 = {}, d1 = {}, d2 = {}, d3 = {}, q0 = {}, q1 = {}, q2 = {}, q3 = {};
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const T* x = xb + r * stride;
+    const T* k = SKIP ? kb + r * stride : nullptr;
+    const V bias = splat<V>(sb ? sb[r] : A(0));
+    const V* b = sb ? &bias : nullptr;
+    std::int64_t i = 0;
+    for (; i + 4 * L <= cols; i += 4 * L) {
+      const V a0 = I::load(x + i, k + i, b) - kv;
+      const V a1 = I::load(x + i + L, k + i + L, b) - kv;
+      const V a2 = I::load(x + i + 2 * L, k + i + 2 * L, b) - kv;
+      const V a3 = I::load(x + i + 3 * L, k + i + 3 * L, b) - kv;
+      d0 += a0; q0 += a0 * a0;
+      d1 += a1; q1 += a1 * a1;
+      d2 += a2; q2 += a2 * a2;
+      d3 += a3; q3 += a3 * a3;
+    }
+    for (; i < cols; i += L) {
+      const std::int64_t n = cols - i;
+      V a0 = (n >= L ? I::load(x + i, k + i, b) : I::load_n(x + i, k + i, b, n)) - kv;
+      if (n < L) a0 = O::select(O::lanes_below(n), a0, V{});
+      d0 += a0; q0 += a0 * a0;
+    }
+  }
+  const double sd = O::hsum((d0 + d1) + (d2 + d3)), sq = O::hsum((q0 + q1) + (q2 + q3));
+  if (shift_ok(count, sd, sq)) out[0] = shifted_moments(count, (double)k0, sd, sq);
+  else cf_moments_exact<T, SKIP>(t, out);
+}
+
+
+template <class T, bool SKIP, bool SILU> void cf_apply(const Tile& t) {
+  typedef Ops<T> O;
+  typedef In<T, SKIP> I;
   typedef typename O::A A;
   typedef typename O::V V;
   constexpr int L = O::L;
@@ -295,31 +424,49 @@ template <class T> void cf_apply(const Tile& t) {
   const A* mean = static_cast<const A*>(t.mean);
   const A* scale = static_cast<const A*>(t.scale);
   const A* shift = static_cast<const A*>(t.shift);
-  const bool has_skip = t.skip != nullptr;
-  for (std::int64_t r = 0; r < t.rows; ++r) {
-    const T* x = at<T>(t.x, r * t.stride);
-    const T* k = at<T>(t.skip, r * t.stride);
-    T* y = at<T>(t.y, r * t.stride);
-    T* so = at<T>(t.sum_out, r * t.stride);
-    const A b = sb ? sb[r] : A(0);
-    const V mv = O::splat(mean[r]), av = O::splat(scale[r]), bv = O::splat(shift[r]);
-    for (std::int64_t i = 0; i < t.cols; i += L) {
-      const std::int64_t n = t.cols - i < L ? t.cols - i : L;
-      const V v = load_input<T>(x + i, k ? k + i : k, b, has_skip, n);
-      V z = (v - mv) * av + bv;
-      if (t.silu) z = O::silu(z);
-      if (n == L) {
-        if (so) O::store(so + i, v);
+  const std::int64_t rows = t.rows, cols = t.cols, stride = t.stride;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const T* x = static_cast<const T*>(t.x) + r * stride;
+    const T* k = SKIP ? static_cast<const T*>(t.skip) + r * stride : nullptr;
+    T* y = static_cast<T*>(t.y) + r * stride;
+    T* so = at<T>(t.sum_out, r * stride);
+    const V bias = splat<V>(sb ? sb[r] : A(0));
+    const V* b = sb ? &bias : nullptr;
+    const V mv = splat<V>(mean[r]), av = splat<V>(scale[r]), bv = splat<V>(shift[r]);
+    std::int64_t i = 0;
+    if (SKIP && so) {
+      for (; i + L <= cols; i += L) {
+        const V v = I::load(x + i, k + i, b);
+        V z = (v - mv) * av + bv;
+        if (SILU) z = O::silu(z);
+        O::store(so + i, v);
         O::store(y + i, z);
-      } else {
-        if (so) O::store_n(so + i, v, n);
-        O::store_n(y + i, z, n);
       }
+    } else {
+      auto full = [&](std::int64_t j) {
+        V z = (I::load(x + j, k + j, b) - mv) * av + bv;
+        return SILU ? O::silu(z) : z;
+      };
+      auto part = [&](std::int64_t j, std::int64_t n) {
+        V z = (I::load_n(x + j, k + j, b, n) - mv) * av + bv;
+        return SILU ? O::silu(z) : z;
+      };
+      write_row<T>(y, cols, t.stream, full, part);
+      continue;
+    }
+    if (i < cols) {
+      const std::int64_t n = cols - i;
+      const V v = I::load_n(x + i, k + i, b, n);
+      V z = (v - mv) * av + bv;
+      if (SILU) z = O::silu(z);
+      if (so) O::store_n(so + i, v, n);
+      O::store_n(y + i, z, n);
     }
   }
+  if (t.stream) stream_fence();
 }
 
-template <class T> void cf_backward_sums(const Tile& t, double* db, double* ds) {
+template <class T, bool SILU> void cf_backward_sums(const Tile& t, double* db, double* ds) {
   typedef Ops<T> O;
   typedef typename O::A A;
   typedef typename O::V V;
@@ -327,36 +474,38 @@ template <class T> void cf_backward_sums(const Tile& t, double* db, double* ds) 
   const A* mean = static_cast<const A*>(t.mean);
   const A* scale = static_cast<const A*>(t.scale);
   const A* shift = static_cast<const A*>(t.shift);
-  for (std::int64_t r = 0; r < t.rows; ++r) {
-    const T* x = at<T>(t.x, r * t.stride);
-    const T* g = at<T>(t.dy, r * t.stride);
-    const V mv = O::splat(mean[r]), av = O::splat(scale[r]), bv = O::splat(shift[r]);
+  const std::int64_t rows = t.rows, cols = t.cols, stride = t.stride;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const T* x = static_cast<const T*>(t.x) + r * stride;
+    const T* g = static_cast<const T*>(t.dy) + r * stride;
+    const V mv = splat<V>(mean[r]), av = splat<V>(scale[r]), bv = splat<V>(shift[r]);
     V b0 = {}, b1 = {}, s0 = {}, s1 = {};
     std::int64_t i = 0;
-    for (; i + 2 * L <= t.cols; i += 2 * L) {
+    for (; i + 2 * L <= cols; i += 2 * L) {
       const V xc0 = O::load(x + i) - mv, xc1 = O::load(x + i + L) - mv;
       V g0 = O::load(g + i), g1 = O::load(g + i + L);
-      if (t.silu) {
+      if (SILU) {
         g0 = g0 * O::dsilu(xc0 * av + bv);
         g1 = g1 * O::dsilu(xc1 * av + bv);
       }
       b0 += g0; s0 += g0 * xc0;
       b1 += g1; s1 += g1 * xc1;
     }
-    for (; i < t.cols; i += L) {
-      const std::int64_t n = t.cols - i < L ? t.cols - i : L;
+    for (; i < cols; i += L) {
+      const std::int64_t n = cols - i < L ? cols - i : L;
       const V xc = O::load_n(x + i, n) - mv;
-      V gg = O::load_n(g + i, n);  // zero beyond n
-      if (t.silu) gg = gg * O::dsilu(xc * av + bv);
-      if (n < L) gg = O::select(O::lanes_below(n), gg, V{});
-      b0 += gg; s0 += gg * xc;
+      V gg = O::load_n(g + i, n);
+      if (SILU) gg = gg * O::dsilu(xc * av + bv);
+      const auto live = O::lanes_below(n);
+      gg = O::select(live, gg, V{});
+      b0 += gg; s0 += O::select(live, gg * xc, V{});
     }
     db[r] += O::hsum(b0 + b1);
     ds[r] += O::hsum(s0 + s1);
   }
 }
 
-template <class T> void cf_backward_apply(const Tile& t) {
+template <class T, bool SILU> void cf_backward_apply(const Tile& t) {
   typedef Ops<T> O;
   typedef typename O::A A;
   typedef typename O::V V;
@@ -366,65 +515,98 @@ template <class T> void cf_backward_apply(const Tile& t) {
   const A* shift = static_cast<const A*>(t.shift);
   const A* c2 = static_cast<const A*>(t.c2);
   const A* c3 = static_cast<const A*>(t.c3);
-  for (std::int64_t r = 0; r < t.rows; ++r) {
-    const T* x = at<T>(t.x, r * t.stride);
-    const T* g = at<T>(t.dy, r * t.stride);
-    T* dx = at<T>(t.dx, r * t.stride);
-    const V mv = O::splat(mean[r]), av = O::splat(scale[r]), bv = O::splat(shift[r]);
-    const V c2v = O::splat(c2[r]), c3v = O::splat(c3[r]);
-    for (std::int64_t i = 0; i < t.cols; i += L) {
-      const std::int64_t n = t.cols - i < L ? t.cols - i : L;
-      const bool full = n == L;
-      const V xc = (full ? O::load(x + i) : O::load_n(x + i, n)) - mv;
-      V gg = full ? O::load(g + i) : O::load_n(g + i, n);
-      if (t.silu) gg = gg * O::dsilu(xc * av + bv);
-      const V out = (av * gg + c2v * xc) + c3v;
-      if (full) O::store(dx + i, out); else O::store_n(dx + i, out, n);
-    }
+  const std::int64_t rows = t.rows, cols = t.cols, stride = t.stride;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const T* x = static_cast<const T*>(t.x) + r * stride;
+    const T* g = static_cast<const T*>(t.dy) + r * stride;
+    T* dx = static_cast<T*>(t.dx) + r * stride;
+    const V mv = splat<V>(mean[r]), av = splat<V>(scale[r]), bv = splat<V>(shift[r]);
+    const V c2v = splat<V>(c2[r]), c3v = splat<V>(c3[r]);
+    auto full = [&](std::int64_t i) {
+      const V xc = O::load(x + i) - mv;
+      V gg = O::load(g + i);
+      if (SILU) gg = gg * O::dsilu(xc * av + bv);
+      return (av * gg + c2v * xc) + c3v;
+    };
+    auto part = [&](std::int64_t i, std::int64_t n) {
+      const V xc = O::load_n(x + i, n) - mv;
+      V gg = O::load_n(g + i, n);
+      if (SILU) gg = gg * O::dsilu(xc * av + bv);
+      return (av * gg + c2v * xc) + c3v;
+    };
+    write_row<T>(dx, cols, t.stream, full, part);
   }
+  if (t.stream) stream_fence();
 }
 
 // ================================================================ channels-last
 // Tile rows are spatial positions, columns are channels (whole groups).
-// Per-channel sums run down the rows, four rows per visit of the accumulator.
-template <class T> void cl_moments(const Tile& t, Moments* out) {
+// Per-channel sums run down the rows, four rows per visit of an accumulator
+// (the order of each channel's sum is still row by row).
+template <class T, bool SKIP> struct ClIn {
+  typedef Ops<T> O;
+  typedef typename O::A A;
+  typedef typename O::V V;
+  const T* x;
+  const T* k;
+  const A* sb;
+  V load(std::int64_t off, std::int64_t j) const {
+    if (!SKIP) return O::load(x + off + j);
+    V v = O::load(x + off + j) + O::load(k + off + j);
+    if (sb) v = v + O::load_acc(sb + j);
+    return Store<T>::round_trip(v);
+  }
+  V load_n(std::int64_t off, std::int64_t j, std::int64_t n) const {
+    if (!SKIP) return O::load_n(x + off + j, n);
+    V v = O::load_n(x + off + j, n) + O::load_n(k + off + j, n);
+    if (sb) v = v + O::load_acc_n(sb + j, n);
+    return Store<T>::round_trip(v);
+  }
+};
+
+template <class T, bool SKIP> void cl_moments_exact(const Tile& t, Moments* out) {
   typedef Ops<T> O;
   typedef typename O::A A;
   typedef typename O::V V;
   constexpr int L = O::L;
-  const std::int64_t w = t.cols;
-  A* acc = static_cast<A*>(t.scratch);   // w
-  A* acc2 = acc + w;                     // w
-  A* shift = acc2 + w;                   // w
-  const A* sb = static_cast<const A*>(t.skip_bias);
-  const T* skip = static_cast<const T*>(t.skip);
-  const T* xb = static_cast<const T*>(t.x);
+  const std::int64_t w = t.cols, rows = t.rows, st = t.stride;
+  const std::int64_t wf = w / L * L;  // full vectors
+  A* acc = static_cast<A*>(t.scratch);  // w
+  A* acc2 = acc + w;                    // w
+  A* shift = acc2 + w;                  // w
+  const ClIn<T, SKIP> in{static_cast<const T*>(t.x), static_cast<const T*>(t.skip),
+                         static_cast<const A*>(t.skip_bias)};
+  auto store_part = [&](A* p, V v, std::int64_t n) {
+    A buf[L];
+    O::store_acc(buf, v);
+    std::memcpy(p, buf, sizeof(A) * n);
+  };
   std::memset(acc, 0, sizeof(A) * w);
   std::int64_t r = 0;
-  for (; r + 4 <= t.rows; r += 4) {
-    const T* x0 = xb + r * t.stride;
-    const T* k0 = skip ? skip + r * t.stride : nullptr;
-    for (std::int64_t j = 0; j < w; j += L) {
-      const std::int64_t n = w - j < L ? w - j : L;
-      const A* sbj = sb ? sb + j : nullptr;
-      V a = n == L ? O::load_acc(acc + j) : O::load_acc_n(acc + j, n);
-      for (int q = 0; q < 4; ++q)
-        a += load_input_cl<T>(x0 + q * t.stride + j, k0 ? k0 + q * t.stride + j : k0, sbj, n);
-      if (n == L) O::store_acc(acc + j, a); else { A buf[L]; O::store_acc(buf, a); std::memcpy(acc + j, buf, sizeof(A) * n); }
+  for (; r + 4 <= rows; r += 4) {
+    const std::int64_t o = r * st;
+    for (std::int64_t j = 0; j < wf; j += L) {
+      V a = O::load_acc(acc + j);
+      a += in.load(o, j);
+      a += in.load(o + st, j);
+      a += in.load(o + 2 * st, j);
+      a += in.load(o + 3 * st, j);
+      O::store_acc(acc + j, a);
+    }
+    if (wf < w) {
+      const std::int64_t n = w - wf;
+      V a = O::load_acc_n(acc + wf, n);
+      for (int q = 0; q < 4; ++q) a += in.load_n(o + q * st, wf, n);
+      store_part(acc + wf, a, n);
     }
   }
-  for (; r < t.rows; ++r) {
-    const T* x0 = xb + r * t.stride;
-    const T* k0 = skip ? skip + r * t.stride : nullptr;
-    for (std::int64_t j = 0; j < w; j += L) {
-      const std::int64_t n = w - j < L ? w - j : L;
-      V a = n == L ? O::load_acc(acc + j) : O::load_acc_n(acc + j, n);
-      a += load_input_cl<T>(x0 + j, k0 ? k0 + j : k0, sb ? sb + j : nullptr, n);
-      if (n == L) O::store_acc(acc + j, a); else { A buf[L]; O::store_acc(buf, a); std::memcpy(acc + j, buf, sizeof(A) * n); }
-    }
+  for (; r < rows; ++r) {
+    const std::int64_t o = r * st;
+    for (std::int64_t j = 0; j < wf; j += L) O::store_acc(acc + j, O::load_acc(acc + j) + in.load(o, j));
+    if (wf < w) store_part(acc + wf, O::load_acc_n(acc + wf, w - wf) + in.load_n(o, wf, w - wf), w - wf);
   }
   const std::int64_t gw = t.group_width, ng = w / gw;
-  const double count = (double)t.rows * (double)gw;
+  const double count = (double)rows * (double)gw;
   for (std::int64_t g = 0; g < ng; ++g) {
     A s = 0;
     for (std::int64_t c = 0; c < gw; ++c) s += acc[g * gw + c];
@@ -432,24 +614,41 @@ template <class T> void cl_moments(const Tile& t, Moments* out) {
     for (std::int64_t c = 0; c < gw; ++c) shift[g * gw + c] = m;
   }
   std::memset(acc, 0, sizeof(A) * 2 * w);
-  for (r = 0; r < t.rows; ++r) {
-    const T* x0 = xb + r * t.stride;
-    const T* k0 = skip ? skip + r * t.stride : nullptr;
+  for (r = 0; r + 4 <= rows; r += 4) {
+    const std::int64_t o = r * st;
+    for (std::int64_t j = 0; j < wf; j += L) {
+      const V m = O::load_acc(shift + j);
+      V a = O::load_acc(acc + j), q = O::load_acc(acc2 + j);
+      for (int u = 0; u < 4; ++u) {
+        const V d = in.load(o + u * st, j) - m;
+        a += d;
+        q += d * d;
+      }
+      O::store_acc(acc + j, a);
+      O::store_acc(acc2 + j, q);
+    }
+    if (wf < w) {
+      const std::int64_t n = w - wf;
+      const auto live = O::lanes_below(n);
+      const V m = O::load_acc_n(shift + wf, n);
+      V a = O::load_acc_n(acc + wf, n), q = O::load_acc_n(acc2 + wf, n);
+      for (int u = 0; u < 4; ++u) {
+        const V d = O::select(live, in.load_n(o + u * st, wf, n) - m, V{});
+        a += d;
+        q += d * d;
+      }
+      store_part(acc + wf, a, n);
+      store_part(acc2 + wf, q, n);
+    }
+  }
+  for (; r < rows; ++r) {
+    const std::int64_t o = r * st;
     for (std::int64_t j = 0; j < w; j += L) {
       const std::int64_t n = w - j < L ? w - j : L;
-      if (n == L) {
-        const V d = load_input_cl<T>(x0 + j, k0 ? k0 + j : k0, sb ? sb + j : nullptr, L) - O::load_acc(shift + j);
-        O::store_acc(acc + j, O::load_acc(acc + j) + d);
-        O::store_acc(acc2 + j, O::load_acc(acc2 + j) + d * d);
-      } else {
-        V d = load_input_cl<T>(x0 + j, k0 ? k0 + j : k0, sb ? sb + j : nullptr, n) - O::load_acc_n(shift + j, n);
-        d = O::select(O::lanes_below(n), d, V{});
-        A b1[L], b2[L];
-        O::store_acc(b1, O::load_acc_n(acc + j, n) + d);
-        O::store_acc(b2, O::load_acc_n(acc2 + j, n) + d * d);
-        std::memcpy(acc + j, b1, sizeof(A) * n);
-        std::memcpy(acc2 + j, b2, sizeof(A) * n);
-      }
+      const auto live = O::lanes_below(n);
+      const V d = O::select(live, (n == L ? in.load(o, j) : in.load_n(o, j, n)) - O::load_acc_n(shift + j, n), V{});
+      store_part(acc + j, O::load_acc_n(acc + j, n) + d, n);
+      store_part(acc2 + j, O::load_acc_n(acc2 + j, n) + d * d, n);
     }
   }
   for (std::int64_t g = 0; g < ng; ++g) {
@@ -467,76 +666,173 @@ template <class T> void cl_moments(const Tile& t, Moments* out) {
   }
 }
 
-template <class T> void cl_apply(const Tile& t) {
+// One pass of per-channel sums shifted by each group's first element (row 0),
+// four rows per visit of an accumulator; a group that fails shift_ok() is
+// redone alone with the exact two-pass sums, so a group's result never
+// depends on its neighbours in the tile.
+template <class T, bool SKIP> void cl_moments(const Tile& t, Moments* out) {
   typedef Ops<T> O;
   typedef typename O::A A;
   typedef typename O::V V;
   constexpr int L = O::L;
-  const std::int64_t w = t.cols;
-  const A* sb = static_cast<const A*>(t.skip_bias);
-  const A* mean = static_cast<const A*>(t.mean);
-  const A* scale = static_cast<const A*>(t.scale);
-  const A* shift = static_cast<const A*>(t.shift);
-  const T* skip = static_cast<const T*>(t.skip);
-  for (std::int64_t r = 0; r < t.rows; ++r) {
-    const std::int64_t off = r * t.stride;
-    const T* x = static_cast<const T*>(t.x) + off;
-    const T* k = skip ? skip + off : nullptr;
-    T* y = static_cast<T*>(t.y) + off;
-    T* so = at<T>(t.sum_out, off);
-    std::int64_t j = 0;
-    for (; j + L <= w; j += L) {
-      const V v = load_input_cl<T>(x + j, k ? k + j : k, sb ? sb + j : nullptr, L);
-      V z = (v - O::load_acc(mean + j)) * O::load_acc(scale + j) + O::load_acc(shift + j);
-      if (t.silu) z = O::silu(z);
-      if (so) O::store(so + j, v);
-      O::store(y + j, z);
+  const std::int64_t w = t.cols, rows = t.rows, st = t.stride;
+  const std::int64_t wf = w / L * L;
+  A* acc = static_cast<A*>(t.scratch);  // w
+  A* acc2 = acc + w;                    // w
+  A* shift = acc2 + w;                  // w
+  const ClIn<T, SKIP> in{static_cast<const T*>(t.x), static_cast<const T*>(t.skip),
+                         static_cast<const A*>(t.skip_bias)};
+  const std::int64_t gw = t.group_width, ng = w / gw;
+  for (std::int64_t j = 0; j < w; j += L) {  // row 0 as loaded, to pick each group's shift
+    const std::int64_t n = w - j < L ? w - j : L;
+    A buf[L];
+    O::store_acc(buf, n == L ? in.load(0, j) : in.load_n(0, j, n));
+    std::memcpy(acc + j, buf, sizeof(A) * n);
+  }
+  for (std::int64_t g = 0; g < ng; ++g)
+    for (std::int64_t c = 0; c < gw; ++c) shift[g * gw + c] = acc[g * gw];
+  std::memset(acc, 0, sizeof(A) * 2 * w);
+  auto store_part = [&](A* p, V v, std::int64_t n) {
+    A buf[L];
+    O::store_acc(buf, v);
+    std::memcpy(p, buf, sizeof(A) * n);
+  };
+  std::int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const std::int64_t o = r * st;
+    for (std::int64_t j = 0; j < wf; j += L) {
+      const V m = O::load_acc(shift + j);
+      V a = O::load_acc(acc + j), q = O::load_acc(acc2 + j);
+      const V e0 = in.load(o, j) - m, e1 = in.load(o + st, j) - m;
+      const V e2 = in.load(o + 2 * st, j) - m, e3 = in.load(o + 3 * st, j) - m;
+      a += e0; q += e0 * e0;
+      a += e1; q += e1 * e1;
+      a += e2; q += e2 * e2;
+      a += e3; q += e3 * e3;
+      O::store_acc(acc + j, a);
+      O::store_acc(acc2 + j, q);
     }
-    if (j < w) {
-      const std::int64_t n = w - j;
-      const V v = load_input_cl<T>(x + j, k ? k + j : k, sb ? sb + j : nullptr, n);
-      V z = (v - O::load_acc_n(mean + j, n)) * O::load_acc_n(scale + j, n) + O::load_acc_n(shift + j, n);
-      if (t.silu) z = O::silu(z);
-      if (so) O::store_n(so + j, v, n);
-      O::store_n(y + j, z, n);
+    if (wf < w) {
+      const std::int64_t n = w - wf;
+      const auto live = O::lanes_below(n);
+      const V m = O::load_acc_n(shift + wf, n);
+      V a = O::load_acc_n(acc + wf, n), q = O::load_acc_n(acc2 + wf, n);
+      for (int u = 0; u < 4; ++u) {
+        const V d = O::select(live, in.load_n(o + u * st, wf, n) - m, V{});
+        a += d;
+        q += d * d;
+      }
+      store_part(acc + wf, a, n);
+      store_part(acc2 + wf, q, n);
+    }
+  }
+  for (; r < rows; ++r) {
+    const std::int64_t o = r * st;
+    for (std::int64_t j = 0; j < w; j += L) {
+      const std::int64_t n = w - j < L ? w - j : L;
+      const auto live = O::lanes_below(n);
+      const V d = O::select(live, (n == L ? in.load(o, j) : in.load_n(o, j, n)) - O::load_acc_n(shift + j, n), V{});
+      store_part(acc + j, O::load_acc_n(acc + j, n) + d, n);
+      store_part(acc2 + j, O::load_acc_n(acc2 + j, n) + d * d, n);
+    }
+  }
+  const double count = (double)rows * (double)gw;
+  for (std::int64_t g = 0; g < ng; ++g) {
+    double sd = 0, sq = 0;
+    for (std::int64_t c = 0; c < gw; ++c) {
+      sd += (double)acc[g * gw + c];
+      sq += (double)acc2[g * gw + c];
+    }
+    if (shift_ok(count, sd, sq)) {
+      out[g] = shifted_moments(count, (double)shift[g * gw], sd, sq);
+    } else {
+      Tile one = t;
+      one.cols = gw;
+      one.x = static_cast<const T*>(t.x) + g * gw;
+      if (t.skip) one.skip = static_cast<const T*>(t.skip) + g * gw;
+      if (t.skip_bias) one.skip_bias = static_cast<const A*>(t.skip_bias) + g * gw;
+      one.scratch = shift + w;  // past this tile's arrays: 3 * gw more
+      cl_moments_exact<T, SKIP>(one, out + g);
     }
   }
 }
 
-template <class T> void cl_backward_sums(const Tile& t, double* db, double* ds) {
+template <class T, bool SKIP, bool SILU> void cl_apply(const Tile& t) {
   typedef Ops<T> O;
   typedef typename O::A A;
   typedef typename O::V V;
   constexpr int L = O::L;
-  const std::int64_t w = t.cols;
+  const std::int64_t w = t.cols, rows = t.rows, st = t.stride;
+  const A* mean = static_cast<const A*>(t.mean);
+  const A* scale = static_cast<const A*>(t.scale);
+  const A* shift = static_cast<const A*>(t.shift);
+  const ClIn<T, SKIP> in{static_cast<const T*>(t.x), static_cast<const T*>(t.skip),
+                         static_cast<const A*>(t.skip_bias)};
+  T* yb = static_cast<T*>(t.y);
+  T* sob = static_cast<T*>(t.sum_out);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int64_t o = r * st;
+    if (SKIP && sob) {
+      T* so = sob + o;
+      for (std::int64_t j = 0; j < w; j += L) {
+        const std::int64_t n = w - j < L ? w - j : L;
+        const V v = n == L ? in.load(o, j) : in.load_n(o, j, n);
+        if (n == L) O::store(so + j, v); else O::store_n(so + j, v, n);
+      }
+    }
+    auto full = [&](std::int64_t j) {
+      V z = (in.load(o, j) - O::load_acc(mean + j)) * O::load_acc(scale + j) + O::load_acc(shift + j);
+      return SILU ? O::silu(z) : z;
+    };
+    auto part = [&](std::int64_t j, std::int64_t n) {
+      V z = (in.load_n(o, j, n) - O::load_acc_n(mean + j, n)) * O::load_acc_n(scale + j, n) +
+            O::load_acc_n(shift + j, n);
+      return SILU ? O::silu(z) : z;
+    };
+    write_row<T>(yb + o, w, t.stream, full, part);
+  }
+  if (t.stream) stream_fence();
+}
+
+template <class T, bool SILU> void cl_backward_sums(const Tile& t, double* db, double* ds) {
+  typedef Ops<T> O;
+  typedef typename O::A A;
+  typedef typename O::V V;
+  constexpr int L = O::L;
+  const std::int64_t w = t.cols, rows = t.rows, st = t.stride;
   A* ab = static_cast<A*>(t.scratch);
   A* as = ab + w;
   const A* mean = static_cast<const A*>(t.mean);
   const A* scale = static_cast<const A*>(t.scale);
   const A* shift = static_cast<const A*>(t.shift);
+  const T* xb = static_cast<const T*>(t.x);
+  const T* gb = static_cast<const T*>(t.dy);
   std::memset(ab, 0, sizeof(A) * 2 * w);
-  for (std::int64_t r = 0; r < t.rows; ++r) {
-    const std::int64_t off = r * t.stride;
-    const T* x = static_cast<const T*>(t.x) + off;
-    const T* g = static_cast<const T*>(t.dy) + off;
+  for (std::int64_t r = 0; r < rows; r += 4) {
+    const int nr = rows - r < 4 ? (int)(rows - r) : 4;
     for (std::int64_t j = 0; j < w; j += L) {
       const std::int64_t n = w - j < L ? w - j : L;
       const bool full = n == L;
-      const V xc = (full ? O::load(x + j) : O::load_n(x + j, n)) - (full ? O::load_acc(mean + j) : O::load_acc_n(mean + j, n));
-      V gg = full ? O::load(g + j) : O::load_n(g + j, n);
-      if (t.silu) {
-        const V z = xc * (full ? O::load_acc(scale + j) : O::load_acc_n(scale + j, n)) +
-                    (full ? O::load_acc(shift + j) : O::load_acc_n(shift + j, n));
-        gg = gg * O::dsilu(z);
+      const auto live = O::lanes_below(n);
+      auto P = [&](const A* p) { return full ? O::load_acc(p + j) : O::load_acc_n(p + j, n); };
+      const V m = P(mean), a = P(scale), b = P(shift);
+      V sb_ = P(ab), ss = P(as);
+      for (int u = 0; u < nr; ++u) {
+        const std::int64_t o = (r + u) * st + j;
+        const V xc = (full ? O::load(xb + o) : O::load_n(xb + o, n)) - m;
+        V gg = full ? O::load(gb + o) : O::load_n(gb + o, n);
+        if (SILU) gg = gg * O::dsilu(xc * a + b);
+        if (!full) gg = O::select(live, gg, V{});
+        sb_ += gg;
+        ss += full ? gg * xc : O::select(live, gg * xc, V{});
       }
       if (full) {
-        O::store_acc(ab + j, O::load_acc(ab + j) + gg);
-        O::store_acc(as + j, O::load_acc(as + j) + gg * xc);
+        O::store_acc(ab + j, sb_);
+        O::store_acc(as + j, ss);
       } else {
-        gg = O::select(O::lanes_below(n), gg, V{});
         A b1[L], b2[L];
-        O::store_acc(b1, O::load_acc_n(ab + j, n) + gg);
-        O::store_acc(b2, O::load_acc_n(as + j, n) + gg * xc);
+        O::store_acc(b1, sb_);
+        O::store_acc(b2, ss);
         std::memcpy(ab + j, b1, sizeof(A) * n);
         std::memcpy(as + j, b2, sizeof(A) * n);
       }
@@ -548,48 +844,59 @@ template <class T> void cl_backward_sums(const Tile& t, double* db, double* ds) 
   }
 }
 
-template <class T> void cl_backward_apply(const Tile& t) {
+template <class T, bool SILU> void cl_backward_apply(const Tile& t) {
   typedef Ops<T> O;
   typedef typename O::A A;
   typedef typename O::V V;
   constexpr int L = O::L;
-  const std::int64_t w = t.cols;
+  const std::int64_t w = t.cols, rows = t.rows, st = t.stride;
   const A* mean = static_cast<const A*>(t.mean);
   const A* scale = static_cast<const A*>(t.scale);
   const A* shift = static_cast<const A*>(t.shift);
   const A* c2 = static_cast<const A*>(t.c2);
   const A* c3 = static_cast<const A*>(t.c3);
-  for (std::int64_t r = 0; r < t.rows; ++r) {
-    const std::int64_t off = r * t.stride;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int64_t off = r * st;
     const T* x = static_cast<const T*>(t.x) + off;
     const T* g = static_cast<const T*>(t.dy) + off;
     T* dx = static_cast<T*>(t.dx) + off;
-    for (std::int64_t j = 0; j < w; j += L) {
-      const std::int64_t n = w - j < L ? w - j : L;
-      const bool full = n == L;
-      auto P = [&](const A* p) { return full ? O::load_acc(p + j) : O::load_acc_n(p + j, n); };
-      const V xc = (full ? O::load(x + j) : O::load_n(x + j, n)) - P(mean);
-      const V av = P(scale);
-      V gg = full ? O::load(g + j) : O::load_n(g + j, n);
-      if (t.silu) gg = gg * O::dsilu(xc * av + P(shift));
-      const V out = (av * gg + P(c2) * xc) + P(c3);
-      if (full) O::store(dx + j, out); else O::store_n(dx + j, out, n);
-    }
+    auto full = [&](std::int64_t j) {
+      const V xc = O::load(x + j) - O::load_acc(mean + j);
+      const V av = O::load_acc(scale + j);
+      V gg = O::load(g + j);
+      if (SILU) gg = gg * O::dsilu(xc * av + O::load_acc(shift + j));
+      return (av * gg + O::load_acc(c2 + j) * xc) + O::load_acc(c3 + j);
+    };
+    auto part = [&](std::int64_t j, std::int64_t n) {
+      const V xc = O::load_n(x + j, n) - O::load_acc_n(mean + j, n);
+      const V av = O::load_acc_n(scale + j, n);
+      V gg = O::load_n(g + j, n);
+      if (SILU) gg = gg * O::dsilu(xc * av + O::load_acc_n(shift + j, n));
+      return (av * gg + O::load_acc_n(c2 + j, n) * xc) + O::load_acc_n(c3 + j, n);
+    };
+    write_row<T>(dx, w, t.stream, full, part);
   }
+  if (t.stream) stream_fence();
 }
 
 // ================================================================ table
 template <class T> void moments(const Tile& t, Moments* out) {
-  if (t.channels_last) cl_moments<T>(t, out); else cf_moments<T>(t, out);
+  const bool skip = t.skip != nullptr;
+  if (t.channels_last) (skip ? cl_moments<T, true> : cl_moments<T, false>)(t, out);
+  else (skip ? cf_moments<T, true> : cf_moments<T, false>)(t, out);
 }
-template <class T> void apply(const Tile& t) {
-  if (t.channels_last) cl_apply<T>(t); else cf_apply<T>(t);
+template <class T, bool SKIP> void apply_(const Tile& t) {
+  if (t.channels_last) (t.silu ? cl_apply<T, SKIP, true> : cl_apply<T, SKIP, false>)(t);
+  else (t.silu ? cf_apply<T, SKIP, true> : cf_apply<T, SKIP, false>)(t);
 }
+template <class T> void apply(const Tile& t) { (t.skip ? apply_<T, true> : apply_<T, false>)(t); }
 template <class T> void backward_sums(const Tile& t, double* db, double* ds) {
-  if (t.channels_last) cl_backward_sums<T>(t, db, ds); else cf_backward_sums<T>(t, db, ds);
+  if (t.channels_last) (t.silu ? cl_backward_sums<T, true> : cl_backward_sums<T, false>)(t, db, ds);
+  else (t.silu ? cf_backward_sums<T, true> : cf_backward_sums<T, false>)(t, db, ds);
 }
 template <class T> void backward_apply(const Tile& t) {
-  if (t.channels_last) cl_backward_apply<T>(t); else cf_backward_apply<T>(t);
+  if (t.channels_last) (t.silu ? cl_backward_apply<T, true> : cl_backward_apply<T, false>)(t);
+  else (t.silu ? cf_backward_apply<T, true> : cf_backward_apply<T, false>)(t);
 }
 template <class T> constexpr KernelSet kernel_set() {
   return KernelSet{&moments<T>, &apply<T>, &backward_sums<T>, &backward_apply<T>};

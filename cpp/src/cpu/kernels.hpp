@@ -33,6 +33,7 @@ struct Tile {
   std::int64_t group_width = 1;  // channels-last: channels per group (cols is a multiple)
   bool channels_last = false;
   bool silu = false;
+  bool stream = false;           // write outputs with non-temporal stores
   // data, already offset to the tile's first element
   const void* x = nullptr;
   const void* skip = nullptr;    // optional: x + skip (+ skip_bias) rounded to T
@@ -47,7 +48,7 @@ struct Tile {
   const void* shift = nullptr;   // bias
   const void* c2 = nullptr;      // backward: dx = scale*dz + c2*(x-mean) + c3
   const void* c3 = nullptr;
-  void* scratch = nullptr;       // channels-last: 4 * cols elements of A
+  void* scratch = nullptr;       // channels-last: 6 * cols elements of A
 };
 
 struct KernelSet {

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <limits>
@@ -46,7 +47,8 @@ struct Plan {
   std::size_t esize;
   // tile grid of one group (cf) or one band (cl)
   std::int64_t pieces = 1, piece_len = 0, chans_per_tile = 1;  // cf
-  std::int64_t rows_per_tile = 0;                              // cl
+  std::int64_t rows_per_tile = 0, row_tiles = 1;               // cl
+  std::int64_t sub_groups = 1, nsub = 1;                       // cl: groups per tile, tiles across a band
   std::int64_t tiles_per_group = 0;                            // cf: per group; cl: per band
   // sets
   std::int64_t band = 1, nbands = 1, nsets = 0;
@@ -55,10 +57,25 @@ struct Plan {
   std::int64_t chans_per_set_tile = 1;  // channels a tile touches (for backward slots)
   int threads = 1;
   bool mode_a = true;
+  bool stream = false;  // outputs bigger than the cache: non-temporal stores
   std::int64_t sets_per_step = 1;
 
   std::int64_t band_groups(std::int64_t b) const { return std::min(band, G - b * band); }
 };
+
+std::int64_t stream_threshold() {
+  static const std::int64_t v = [] {
+    const char* s = std::getenv("GROUPNORM_STREAM_BYTES");
+    return s ? std::atoll(s) : (std::int64_t)16 << 20;
+  }();
+  return v;
+}
+
+std::int64_t largest_divisor_at_most(std::int64_t n, std::int64_t cap) {
+  for (std::int64_t d = std::min(n, std::max<std::int64_t>(cap, 1)); d > 1; --d)
+    if (n % d == 0) return d;
+  return 1;
+}
 
 Plan make_plan(const Problem& p, int threads, int streams) {
   Plan pl;
@@ -83,9 +100,11 @@ Plan make_plan(const Problem& p, int threads, int streams) {
       pl.tiles_per_group = (pl.Cg + pl.chans_per_tile - 1) / pl.chans_per_tile;
     }
   } else {
-    pl.rows_per_tile = std::min(pl.S, std::max<std::int64_t>(16, kChunk / pl.Cg));
+    // rows per tile from the shape only: about 64K elements over min(C, 256) channels
+    const std::int64_t width = std::min(pl.C, std::max<std::int64_t>(pl.Cg, 256));
+    pl.rows_per_tile = std::min(pl.S, std::max<std::int64_t>(16, (4 * kChunk) / width));
     pl.rows_per_tile = std::max<std::int64_t>(pl.rows_per_tile, 1);
-    pl.tiles_per_group = (pl.S + pl.rows_per_tile - 1) / pl.rows_per_tile;
+    pl.row_tiles = (pl.S + pl.rows_per_tile - 1) / pl.rows_per_tile;
   }
 
   const std::int64_t total_bytes = p.numel() * (std::int64_t)pl.esize * (streams + 1);
@@ -97,6 +116,7 @@ Plan make_plan(const Problem& p, int threads, int streams) {
     // several small groups per set keep per-set overhead low
     pl.band = std::max<std::int64_t>(1, std::min<std::int64_t>(pl.G, (64 << 10) / std::max<std::int64_t>(group_bytes, 1)));
     while (pl.band > 1 && pl.N * ((pl.G + pl.band - 1) / pl.band) < 4 * t) pl.band = (pl.band + 1) / 2;
+    pl.band = largest_divisor_at_most(pl.G, pl.band);
   } else {
     // whole groups per band; at least 256 bytes of each row, at most the cache budget
     const std::int64_t row_group_bytes = pl.Cg * (std::int64_t)pl.esize;
@@ -105,6 +125,11 @@ Plan make_plan(const Problem& p, int threads, int streams) {
     pl.band = std::max(min_band, std::min(pl.G, fit));
     // enough sets to keep every thread busy
     while (pl.band > min_band && pl.N * ((pl.G + pl.band - 1) / pl.band) < t) pl.band = std::max(min_band, (pl.band + 1) / 2);
+    pl.band = largest_divisor_at_most(pl.G, pl.band);
+    // tiles span at most 256 channels (whole groups) so a tile stays in L2
+    pl.sub_groups = largest_divisor_at_most(pl.band, std::max<std::int64_t>(1, 256 / pl.Cg));
+    pl.nsub = pl.band / pl.sub_groups;
+    pl.tiles_per_group = pl.row_tiles * pl.nsub;
   }
   pl.nbands = (pl.G + pl.band - 1) / pl.band;
   pl.nsets = pl.N * pl.nbands;
@@ -114,10 +139,11 @@ Plan make_plan(const Problem& p, int threads, int streams) {
     pl.chans_per_set_tile = pl.chans_per_tile;
   } else {
     pl.tiles_per_set = pl.tiles_per_group;
-    pl.moments_per_tile = pl.band;
-    pl.chans_per_set_tile = pl.band * pl.Cg;
+    pl.moments_per_tile = pl.sub_groups;
+    pl.chans_per_set_tile = pl.sub_groups * pl.Cg;
   }
   const std::int64_t set_bytes = pl.band * group_bytes;
+  pl.stream = p.numel() * (std::int64_t)pl.esize >= stream_threshold();
   pl.threads = t;
   pl.mode_a = t == 1 || (pl.nsets >= t && (pl.nsets % t == 0 || pl.nsets >= 4 * t) && set_bytes <= budget);
   if (!pl.mode_a) {
@@ -165,15 +191,16 @@ TileRef tile_of(const Plan& pl, std::int64_t set, std::int64_t t) {
     r.group0 = n * pl.G + g;
     r.chunk = j;
   } else {
-    const std::int64_t r0 = t * pl.rows_per_tile;
+    const std::int64_t rc = t / pl.nsub, sub = t % pl.nsub;
+    const std::int64_t r0 = rc * pl.rows_per_tile, gs = g0 + sub * pl.sub_groups;
     r.rows = std::min(pl.rows_per_tile, pl.S - r0);
-    r.cols = pl.band_groups(b) * pl.Cg;
+    r.cols = pl.sub_groups * pl.Cg;
     r.stride = pl.C;
-    r.offset = (n * pl.S + r0) * pl.C + g0 * pl.Cg;
-    r.chan0 = n * pl.C + g0 * pl.Cg;
+    r.offset = (n * pl.S + r0) * pl.C + gs * pl.Cg;
+    r.chan0 = n * pl.C + gs * pl.Cg;
     r.nchan = r.cols;
-    r.group0 = n * pl.G + g0;
-    r.chunk = t;
+    r.group0 = n * pl.G + gs;
+    r.chunk = rc;
   }
   return r;
 }
@@ -218,7 +245,7 @@ template <class A> void carve(Arena& ar, const Plan& pl, bool backward, Scratch<
   s.ds = backward ? ar.template take<double>(NC) : nullptr;
   s.slot_db = backward ? ar.template take<double>(step_tiles * pl.chans_per_set_tile) : nullptr;
   s.slot_ds = backward ? ar.template take<double>(step_tiles * pl.chans_per_set_tile) : nullptr;
-  s.worker = ar.template take<A>((std::int64_t)pl.threads * 4 * pl.C);
+  s.worker = ar.template take<A>((std::int64_t)pl.threads * 6 * pl.C);
   s.running = ar.template take<Moments>((std::int64_t)pl.threads * 2 * pl.G);
 }
 
@@ -253,6 +280,7 @@ template <class A> Tile make_tile(const Plan& pl, const TileRef& r, const Scratc
   t.rows = r.rows; t.cols = r.cols; t.stride = r.stride;
   t.group_width = pl.Cg;
   t.channels_last = pl.cl;
+  t.stream = pl.stream;
   (void)esize;
   const std::int64_t c_in_sample = r.chan0 % pl.C;
   t.mean = s.mean_c + r.chan0;
@@ -286,7 +314,7 @@ template <class A> struct Forward {
     if (!a.skip) t.skip_bias = nullptr;
     t.y = mptr(a.y, r.offset, pl.esize);
     t.sum_out = mptr(a.sum_out, r.offset, pl.esize);
-    t.scratch = s.worker + (std::int64_t)worker * 4 * pl.C;
+    t.scratch = s.worker + (std::int64_t)worker * 6 * pl.C;
     return t;
   }
 
@@ -300,9 +328,13 @@ template <class A> struct Forward {
     for (std::int64_t c = g * pl.Cg; c < (g + 1) * pl.Cg; ++c) {
       const double w = a.weight ? load_scalar(a.weight, p.param_dtype, c) : 1.0;
       const double b = a.bias ? load_scalar(a.bias, p.param_dtype, c) : 0.0;
-      s.mean_c[n * pl.C + c] = (A)m.mean;
+      // the part of the mean that A cannot hold goes into the shift:
+      // (x - hi) * scale + (b - lo * scale), so large offsets cost no accuracy
+      const A hi = (A)m.mean;
+      const double lo = m.mean - (double)hi;
+      s.mean_c[n * pl.C + c] = hi;
       s.scale_c[n * pl.C + c] = (A)(w * rstd);
-      s.shift_c[n * pl.C + c] = (A)b;
+      s.shift_c[n * pl.C + c] = (A)(b - lo * (w * rstd));
     }
   }
 
@@ -327,12 +359,12 @@ template <class A> struct Forward {
       Moments* run = s.running + (std::int64_t)worker * 2 * pl.G;  // running totals
       Moments* tile_out = run + pl.G;                                // one tile's partials
       for (std::int64_t gi = 0; gi < ngr; ++gi) run[gi] = Moments();
-      std::int64_t group0 = 0;
-      for (std::int64_t t = 0; t < pl.tiles_per_set; ++t) {
+      const std::int64_t group0 = tile_of(pl, set, 0).group0;
+      for (std::int64_t t = 0; t < pl.tiles_per_set; ++t) {  // row tiles in order, per sub-band
         const TileRef r = tile_of(pl, set, t);
-        group0 = r.group0;
         k.moments(tile(r, worker), tile_out);
-        for (std::int64_t gi = 0; gi < ngr; ++gi) merge(run[gi], tile_out[gi]);
+        Moments* dst = run + (r.group0 - group0);
+        for (std::int64_t gi = 0; gi < pl.sub_groups; ++gi) merge(dst[gi], tile_out[gi]);
       }
       for (std::int64_t gi = 0; gi < ngr; ++gi) finish_group(group0 + gi, run[gi]);
       for (std::int64_t t = 0; t < pl.tiles_per_set; ++t) k.apply(tile(tile_of(pl, set, t), worker));
@@ -379,7 +411,9 @@ template <class A> Result run_forward(const Problem& p, const ForwardArgs& a, co
               for (std::int64_t j = 0; j < pl.tiles_per_group; ++j)
                 merge(acc, s.slots[base + gi * pl.tiles_per_group + j]);
             } else {
-              for (std::int64_t j = 0; j < pl.tiles_per_set; ++j) merge(acc, s.slots[(base + j) * pl.moments_per_tile + gi]);
+              const std::int64_t sub = gi / pl.sub_groups, gin = gi % pl.sub_groups;
+              for (std::int64_t rc = 0; rc < pl.row_tiles; ++rc)
+                merge(acc, s.slots[(base + rc * pl.nsub + sub) * pl.moments_per_tile + gin]);
             }
             f.finish_group(group0 + gi, acc);
           }
@@ -414,7 +448,7 @@ template <class A> struct Backward {
     t.x = cptr(a.x, r.offset, pl.esize);
     t.dy = cptr(a.grad_y, r.offset, pl.esize);
     t.dx = mptr(a.grad_x, r.offset, pl.esize);
-    t.scratch = s.worker + (std::int64_t)worker * 4 * pl.C;
+    t.scratch = s.worker + (std::int64_t)worker * 6 * pl.C;
     return t;
   }
 
