@@ -58,6 +58,10 @@ def groups_of(num_groups):
 
 def params(weight, bias, x_dtype, channels, names=("weight", "bias")):
     """weight/bias as contiguous arrays of one dtype (float32 or x's dtype) and shape (C,)."""
+    if (type(weight) is np.ndarray and type(bias) is np.ndarray and weight.dtype == bias.dtype
+            and (weight.dtype == x_dtype or weight.dtype == _F32) and weight.shape == (channels,)
+            and bias.shape == (channels,) and weight.flags.c_contiguous and bias.flags.c_contiguous):
+        return weight, bias, DTYPE_CODES[weight.dtype]  # the common case, checked without copies
     out = []
     for p, name in zip((weight, bias), names):
         if p is None:
@@ -109,8 +113,6 @@ def output(out, shape, dtype, name="out"):
 
 
 def threads(num_threads):
-    if num_threads is None:
-        return 0
     n = operator.index(num_threads)
     if n <= 0:
         raise ValueError(f"num_threads must be positive, got {n}")

@@ -43,9 +43,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last
     x = C.as_input(x)
     channels = C.channels_of(x, channels_last)
     groups = C.groups_of(num_groups)
-    e = C.eps_value(eps)
-    act = C.activation(activation)
-    _core.check(channels, groups, e, None)
+    e = eps if type(eps) is float else C.eps_value(eps)
+    act = 0 if activation is None else C.activation(activation)
     weight, bias, pcode = C.params(weight, bias, x.dtype, channels)
     dcode = C.DTYPE_CODES[x.dtype]
     if skip is not None:
@@ -66,10 +65,12 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last
     if return_stats:
         sd = C.stats_dtype(x.dtype)
         n = x.shape[0]
+        if groups <= 0:  # before allocating (N, groups): the core names the problem
+            _core.check(channels, groups, e, None)
         mean = np.empty((n, groups), sd)
         rstd = np.empty((n, groups), sd)
     _core.forward(x, groups, weight, bias, e, channels_last, act, dcode, pcode, y, mean, rstd,
-                  skip, skip_bias, sum_out, C.threads(num_threads))
+                  skip, skip_bias, sum_out, 0 if num_threads is None else C.threads(num_threads))
     if return_stats:
         return y, mean, rstd
     return y
@@ -118,5 +119,5 @@ def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight=None, bias=Non
     gw = None if weight_in is None else np.empty(channels, weight.dtype)
     gb = None if bias_in is None else np.empty(channels, bias.dtype)
     _core.backward(grad_y, x, stats[0], stats[1], groups, weight, bias, channels_last, act, dcode, pcode,
-                   grad_x, gw, gb, C.threads(num_threads))
+                   grad_x, gw, gb, 0 if num_threads is None else C.threads(num_threads))
     return grad_x, gw, gb

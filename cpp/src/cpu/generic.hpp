@@ -227,30 +227,40 @@ inline void stream_fence() {
 // Writes one row of `cols` outputs: full(i) gives the vector at i, part(i, n)
 // the first n < L. With `stream`, full vectors at 64-byte-aligned addresses
 // use non-temporal stores (the unaligned head goes through the cache).
+// Elements before y reaches a multiple of the vector size (64 bytes; 32 for
+// 16-bit types): always fewer than one vector.
+template <class T> inline std::int64_t align_head(const T* y) {
+  constexpr std::uintptr_t vb = sizeof(T) * Ops<T>::L;
+  const std::uintptr_t addr = reinterpret_cast<std::uintptr_t>(y);
+  if (addr % sizeof(T) != 0) return 0;
+  return (std::int64_t)(((vb - addr % vb) % vb) / sizeof(T));
+}
+
+template <class T> inline void put(T* y, typename Ops<T>::V v, bool stream) {
+  if (stream) {
+    T buf[Ops<T>::L];
+    Store<T>::store(buf, v);
+    stream_bytes<(int)sizeof(buf)>(y, buf);
+  } else {
+    Ops<T>::store(y, v);
+  }
+}
+
+// Writes one row of `cols` outputs: full(i) gives the vector at i, part(i, n)
+// the first n < L. The row is peeled so full vectors land on vector-size
+// boundaries (no store splits two cache lines); with `stream` they use
+// non-temporal stores. Elementwise outputs do not depend on this split.
 template <class T, class Full, class Part>
 inline void write_row(T* y, std::int64_t cols, bool stream, Full full, Part part) {
   typedef Ops<T> O;
   constexpr int L = O::L;
-  std::int64_t i = 0;
-  const std::uintptr_t addr = reinterpret_cast<std::uintptr_t>(y);
-  if (stream && addr % sizeof(T) == 0) {
-    const std::int64_t head = (std::int64_t)(((64 - addr % 64) % 64) / sizeof(T));
-    if (head > 0) {
-      const std::int64_t n = head < cols ? head : cols;
-      const std::int64_t n0 = n < L ? n : L;
-      for (; i < n; i += n0) {
-        const std::int64_t m = n - i < L ? n - i : L;
-        O::store_n(y + i, part(i, m), m);
-      }
-      i = n;
-    }
-    for (; i + L <= cols; i += L) {
-      T buf[L];
-      Store<T>::store(buf, full(i));
-      stream_bytes<(int)sizeof(buf)>(y + i, buf);
-    }
+  std::int64_t i = cols >= 8 * L ? align_head(y) : 0;  // short rows: not worth a split
+  if (i > 0) O::store_n(y, part(0, i), i);
+  if (stream) {
+    for (; i + L <= cols; i += L) put(y + i, full(i), true);
+  } else {
+    for (; i + L <= cols; i += L) O::store(y + i, full(i));
   }
-  for (; i + L <= cols; i += L) O::store(y + i, full(i));
   if (i < cols) O::store_n(y + i, part(i, cols - i), cols - i);
 }
 
@@ -295,7 +305,9 @@ template <class T, bool SKIP> void cf_moments_exact(const Tile& t, Moments* out)
   typedef typename O::V V;
   constexpr int L = O::L;
   const A* sb = static_cast<const A*>(t.skip_bias);
-  const std::int64_t rows = t.rows, cols = t.cols, stride = t.stride;
+  // whole channels with no per-channel bias are one contiguous run
+  const bool flat = !sb && t.stride == t.cols;
+  const std::int64_t rows = flat ? 1 : t.rows, cols = flat ? t.rows * t.cols : t.cols, stride = t.stride;
   const T* xb = static_cast<const T*>(t.x);
   const T* kb = static_cast<const T*>(t.skip);
   const double count = (double)rows * (double)cols;
@@ -373,7 +385,9 @@ template <class T, bool SKIP> void cf_moments(const Tile& t, Moments* out) {
   typedef typename O::V V;
   constexpr int L = O::L;
   const A* sb = static_cast<const A*>(t.skip_bias);
-  const std::int64_t rows = t.rows, cols = t.cols, stride = t.stride;
+  // whole channels with no per-channel bias are one contiguous run
+  const bool flat = !sb && t.stride == t.cols;
+  const std::int64_t rows = flat ? 1 : t.rows, cols = flat ? t.rows * t.cols : t.cols, stride = t.stride;
   const T* xb = static_cast<const T*>(t.x);
   const T* kb = static_cast<const T*>(t.skip);
   const double count = (double)rows * (double)cols;
@@ -384,22 +398,19 @@ template <class T, bool SKIP> void cf_moments(const Tile& t, Moments* out) {
     k0 = first[0];
   }
   const V kv = splat<V>(k0);
-  V d0 = {}, d1 = {}, d2 = {}, d3 = {}, q0 = {}, q1 = {}, q2 = {}, q3 = {};
+  // two pairs of accumulators: no register spills on 16-register ISAs
+  V d0 = {}, d1 = {}, q0 = {}, q1 = {};
   for (std::int64_t r = 0; r < rows; ++r) {
     const T* x = xb + r * stride;
     const T* k = SKIP ? kb + r * stride : nullptr;
     const V bias = splat<V>(sb ? sb[r] : A(0));
     const V* b = sb ? &bias : nullptr;
     std::int64_t i = 0;
-    for (; i + 4 * L <= cols; i += 4 * L) {
+    for (; i + 2 * L <= cols; i += 2 * L) {
       const V a0 = I::load(x + i, k + i, b) - kv;
       const V a1 = I::load(x + i + L, k + i + L, b) - kv;
-      const V a2 = I::load(x + i + 2 * L, k + i + 2 * L, b) - kv;
-      const V a3 = I::load(x + i + 3 * L, k + i + 3 * L, b) - kv;
       d0 += a0; q0 += a0 * a0;
       d1 += a1; q1 += a1 * a1;
-      d2 += a2; q2 += a2 * a2;
-      d3 += a3; q3 += a3 * a3;
     }
     for (; i < cols; i += L) {
       const std::int64_t n = cols - i;
@@ -408,7 +419,7 @@ template <class T, bool SKIP> void cf_moments(const Tile& t, Moments* out) {
       d0 += a0; q0 += a0 * a0;
     }
   }
-  const double sd = O::hsum((d0 + d1) + (d2 + d3)), sq = O::hsum((q0 + q1) + (q2 + q3));
+  const double sd = O::hsum(d0 + d1), sq = O::hsum(q0 + q1);
   if (shift_ok(count, sd, sq)) out[0] = shifted_moments(count, (double)k0, sd, sq);
   else cf_moments_exact<T, SKIP>(t, out);
 }
@@ -770,16 +781,7 @@ template <class T, bool SKIP, bool SILU> void cl_apply(const Tile& t) {
                          static_cast<const A*>(t.skip_bias)};
   T* yb = static_cast<T*>(t.y);
   T* sob = static_cast<T*>(t.sum_out);
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const std::int64_t o = r * st;
-    if (SKIP && sob) {
-      T* so = sob + o;
-      for (std::int64_t j = 0; j < w; j += L) {
-        const std::int64_t n = w - j < L ? w - j : L;
-        const V v = n == L ? in.load(o, j) : in.load_n(o, j, n);
-        if (n == L) O::store(so + j, v); else O::store_n(so + j, v, n);
-      }
-    }
+  auto row = [&](std::int64_t o) {
     auto full = [&](std::int64_t j) {
       V z = (in.load(o, j) - O::load_acc(mean + j)) * O::load_acc(scale + j) + O::load_acc(shift + j);
       return SILU ? O::silu(z) : z;
@@ -790,6 +792,53 @@ template <class T, bool SKIP, bool SILU> void cl_apply(const Tile& t) {
       return SILU ? O::silu(z) : z;
     };
     write_row<T>(yb + o, w, t.stream, full, part);
+  };
+  std::int64_t r = 0;
+  if (SKIP && sob) {
+    for (; r < rows; ++r) {
+      const std::int64_t o = r * st;
+      T* so = sob + o;
+      for (std::int64_t j = 0; j < w; j += L) {
+        const std::int64_t n = w - j < L ? w - j : L;
+        const V v = n == L ? in.load(o, j) : in.load_n(o, j, n);
+        if (n == L) O::store(so + j, v); else O::store_n(so + j, v, n);
+      }
+      row(o);
+    }
+  } else if ((st * (std::int64_t)sizeof(T)) % 64 == 0) {
+    // every row has the same alignment: four rows per load of the channel parameters
+    std::int64_t h = align_head(yb);
+    if (h > w) h = w;
+    const std::int64_t body_end = h + (w - h) / L * L;
+    for (; r + 4 <= rows; r += 4) {
+      const std::int64_t o = r * st;
+      if (h > 0)
+        for (int u = 0; u < 4; ++u) {
+          const std::int64_t ou = o + u * st;
+          V z = (in.load_n(ou, 0, h) - O::load_acc_n(mean, h)) * O::load_acc_n(scale, h) + O::load_acc_n(shift, h);
+          O::store_n(yb + ou, SILU ? O::silu(z) : z, h);
+        }
+      for (std::int64_t j = h; j < body_end; j += L) {
+        const V m = O::load_acc(mean + j), a = O::load_acc(scale + j), b = O::load_acc(shift + j);
+        for (int u = 0; u < 4; ++u) {
+          const std::int64_t ou = o + u * st;
+          V z = (in.load(ou, j) - m) * a + b;
+          put(yb + ou + j, SILU ? O::silu(z) : z, t.stream);
+        }
+      }
+      if (body_end < w) {
+        const std::int64_t n = w - body_end;
+        for (int u = 0; u < 4; ++u) {
+          const std::int64_t ou = o + u * st;
+          V z = (in.load_n(ou, body_end, n) - O::load_acc_n(mean + body_end, n)) * O::load_acc_n(scale + body_end, n) +
+                O::load_acc_n(shift + body_end, n);
+          O::store_n(yb + ou + body_end, SILU ? O::silu(z) : z, n);
+        }
+      }
+    }
+    for (; r < rows; ++r) row(r * st);
+  } else {
+    for (; r < rows; ++r) row(r * st);
   }
   if (t.stream) stream_fence();
 }

@@ -115,7 +115,7 @@ Plan make_plan(const Problem& p, int threads, int streams) {
   if (!pl.cl) {
     // several small groups per set keep per-set overhead low
     pl.band = std::max<std::int64_t>(1, std::min<std::int64_t>(pl.G, (64 << 10) / std::max<std::int64_t>(group_bytes, 1)));
-    while (pl.band > 1 && pl.N * ((pl.G + pl.band - 1) / pl.band) < 4 * t) pl.band = (pl.band + 1) / 2;
+    while (t > 1 && pl.band > 1 && pl.N * ((pl.G + pl.band - 1) / pl.band) < 4 * t) pl.band = (pl.band + 1) / 2;
     pl.band = largest_divisor_at_most(pl.G, pl.band);
   } else {
     // whole groups per band; at least 256 bytes of each row, at most the cache budget
