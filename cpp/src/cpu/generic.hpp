@@ -256,7 +256,8 @@ inline void write_row(T* y, std::int64_t cols, bool stream, Full full, Part part
   constexpr int L = O::L;
   std::int64_t i = cols >= 8 * L ? align_head(y) : 0;  // short rows: not worth a split
   if (i > 0) O::store_n(y, part(0, i), i);
-  if (stream) {
+  // non-temporal stores need aligned addresses
+  if (stream && reinterpret_cast<std::uintptr_t>(y + i) % (sizeof(T) * L) == 0) {
     for (; i + L <= cols; i += L) put(y + i, full(i), true);
   } else {
     for (; i + L <= cols; i += L) O::store(y + i, full(i));
@@ -810,6 +811,7 @@ template <class T, bool SKIP, bool SILU> void cl_apply(const Tile& t) {
     std::int64_t h = align_head(yb);
     if (h > w) h = w;
     const std::int64_t body_end = h + (w - h) / L * L;
+    const bool stream = t.stream && reinterpret_cast<std::uintptr_t>(yb + h) % (sizeof(T) * L) == 0;
     for (; r + 4 <= rows; r += 4) {
       const std::int64_t o = r * st;
       if (h > 0)
@@ -823,7 +825,7 @@ template <class T, bool SKIP, bool SILU> void cl_apply(const Tile& t) {
         for (int u = 0; u < 4; ++u) {
           const std::int64_t ou = o + u * st;
           V z = (in.load(ou, j) - m) * a + b;
-          put(yb + ou + j, SILU ? O::silu(z) : z, t.stream);
+          put(yb + ou + j, SILU ? O::silu(z) : z, stream);
         }
       }
       if (body_end < w) {
