@@ -66,7 +66,7 @@ struct Plan {
 std::int64_t stream_threshold() {
   static const std::int64_t v = [] {
     const char* s = std::getenv("GROUPNORM_STREAM_BYTES");
-    return s ? std::atoll(s) : (std::int64_t)16 << 20;
+    return s && *s ? std::atoll(s) : (std::int64_t)16 << 20;
   }();
   return v;
 }
