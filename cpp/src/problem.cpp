@@ -82,7 +82,7 @@ Result validate(const Problem& p) {
 }
 
 Result parse_activation(const char* name, Activation* out) {
-  if (!name || !*name || std::strcmp(name, "none") == 0) { if (out) *out = Activation::none; return {}; }
+  if (!name || std::strcmp(name, "none") == 0) { if (out) *out = Activation::none; return {}; }
   if (std::strcmp(name, "silu") == 0) { if (out) *out = Activation::silu; return {}; }
   return fail(Status::invalid_activation,
               std::string("activation must be None or 'silu', got '") + name + "'");

@@ -56,34 +56,49 @@ def groups_of(num_groups):
         raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}") from None
 
 
-def params(weight, bias, x_dtype, channels, names=("weight", "bias")):
-    """weight/bias as contiguous arrays of one dtype (float32 or x's dtype) and shape (C,)."""
-    if (type(weight) is np.ndarray and type(bias) is np.ndarray and weight.dtype == bias.dtype
-            and (weight.dtype == x_dtype or weight.dtype == _F32) and weight.shape == (channels,)
-            and bias.shape == (channels,) and weight.flags.c_contiguous and bias.flags.c_contiguous):
-        return weight, bias, DTYPE_CODES[weight.dtype]  # the common case, checked without copies
-    out = []
-    for p, name in zip((weight, bias), names):
+def params(x_dtype, channels, **arrays):
+    """Per-channel parameters (weight, bias, skip_bias) as contiguous (C,) arrays of one dtype.
+
+    The core takes them in one dtype: x's dtype when they all have it, else the
+    wider of float32 and x's dtype that holds them exactly (float32 for
+    float32/half data, float64 for float64 data with any float64 parameter).
+    Returns (dict of arrays or None, core dtype code).
+    """
+    out = {}
+    for name, p in arrays.items():
         if p is None:
-            out.append(None)
+            out[name] = None
             continue
-        p = np.asarray(p)
+        if not isinstance(p, np.ndarray):
+            p = np.asarray(p)
         if p.dtype not in DTYPE_CODES:
             raise TypeError(f"{name} must be a float array, got dtype {p.dtype}")
         if p.shape != (channels,):
             raise ValueError(f"{name} must have shape ({channels},), got {p.shape}")
-        out.append(p)
-    present = [p for p in out if p is not None]
-    if not present:
-        return out[0], out[1], _core.FLOAT32 if x_dtype != _F64 else _core.FLOAT64
-    pdtype = present[0].dtype
-    if any(p.dtype != pdtype for p in present) or pdtype not in (_F32, x_dtype):
-        # mixed or other float dtypes: use x's dtype for float64 data, float32 otherwise
+        out[name] = p
+    dtypes = {p.dtype for p in out.values() if p is not None}
+    if not dtypes:
         pdtype = _F64 if x_dtype == _F64 else _F32
-    out = [None if p is None else np.ascontiguousarray(p, dtype=pdtype) for p in out]
-    return out[0], out[1], DTYPE_CODES[pdtype]
+    elif len(dtypes) == 1 and next(iter(dtypes)) in (_F32, x_dtype):
+        pdtype = next(iter(dtypes))
+    elif x_dtype == _F64 and _F64 in dtypes:
+        pdtype = _F64
+    else:
+        pdtype = _F32
+    for name, p in out.items():
+        if p is not None and (p.dtype != pdtype or not p.flags.c_contiguous):
+            out[name] = np.ascontiguousarray(p, dtype=pdtype)
+    return out, DTYPE_CODES[pdtype]
 
 
+def weight_bias(weight, bias, x_dtype, channels):
+    """params() for weight and bias alone, with a copy-free path for the common case."""
+    if (type(weight) is np.ndarray and type(bias) is np.ndarray and weight.dtype == bias.dtype
+            and (weight.dtype == x_dtype or weight.dtype == _F32) and weight.shape == (channels,)
+            and bias.shape == (channels,) and weight.flags.c_contiguous and bias.flags.c_contiguous):
+        return weight, bias, DTYPE_CODES[weight.dtype]
+    p, code = params(x_dtype, channels, weight=weight, bias=bias)
+    return p["weight"], p["bias"], code
 
 
 def same_as_x(a, x, name):

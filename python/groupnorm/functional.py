@@ -45,21 +45,17 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last
     groups = C.groups_of(num_groups)
     e = eps if type(eps) is float else C.eps_value(eps)
     act = 0 if activation is None else C.activation(activation)
-    weight, bias, pcode = C.params(weight, bias, x.dtype, channels)
     dcode = C.DTYPE_CODES[x.dtype]
     if skip is not None:
         skip = C.same_as_x(C.as_input(skip, "skip"), x, "skip")
-        if skip_bias is not None:
-            skip_bias, _, scode = C.params(skip_bias, None, x.dtype, channels, ("skip_bias", "-"))
-            if weight is None and bias is None:
-                pcode = scode
-            elif scode != pcode:
-                skip_bias = skip_bias.astype(np.float64 if pcode == _core.FLOAT64 else
-                                             (x.dtype if pcode == dcode else np.float32))
+        p, pcode = C.params(x.dtype, channels, weight=weight, bias=bias, skip_bias=skip_bias)
+        weight, bias, skip_bias = p["weight"], p["bias"], p["skip_bias"]
         if sum_out is not None:
             sum_out = C.output(sum_out, x.shape, x.dtype, "sum_out")
     elif skip_bias is not None or sum_out is not None:
         raise ValueError("skip_bias and sum_out need skip")
+    else:
+        weight, bias, pcode = C.weight_bias(weight, bias, x.dtype, channels)
     y = C.output(out, x.shape, x.dtype)
     mean = rstd = None
     if return_stats:
@@ -113,11 +109,16 @@ def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight=None, bias=Non
             raise TypeError(f"{name} must be a float array, got {a.dtype}")
         stats.append(np.ascontiguousarray(a, dtype=sd))
     weight_in, bias_in = weight, bias
-    weight, bias, pcode = C.params(weight, bias, x.dtype, channels)
+    weight, bias, pcode = C.weight_bias(weight, bias, x.dtype, channels)
     dcode = C.DTYPE_CODES[x.dtype]
     grad_x = C.output(out, x.shape, x.dtype)
-    gw = None if weight_in is None else np.empty(channels, weight.dtype)
-    gb = None if bias_in is None else np.empty(channels, bias.dtype)
+    gw = None if weight is None else np.empty(channels, weight.dtype)
+    gb = None if bias is None else np.empty(channels, bias.dtype)
     _core.backward(grad_y, x, stats[0], stats[1], groups, weight, bias, channels_last, act, dcode, pcode,
                    grad_x, gw, gb, 0 if num_threads is None else C.threads(num_threads))
+    # each gradient in its own parameter's dtype
+    if gw is not None and gw.dtype != np.asarray(weight_in).dtype:
+        gw = gw.astype(np.asarray(weight_in).dtype)
+    if gb is not None and gb.dtype != np.asarray(bias_in).dtype:
+        gb = gb.astype(np.asarray(bias_in).dtype)
     return grad_x, gw, gb

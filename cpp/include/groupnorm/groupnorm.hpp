@@ -79,7 +79,7 @@ struct Result {
 // The one place the argument rules live: validate() checks the Problem; the
 // *_args checks add the pointer rules. forward()/backward() run both.
 Result validate(const Problem& p);
-// "none"/"" -> none, "silu" -> silu; anything else is invalid_argument.
+// null or "none" -> none, "silu" -> silu; anything else is invalid_activation.
 Result parse_activation(const char* name, Activation* out);
 
 struct ForwardArgs {

@@ -284,6 +284,20 @@ template <class T, bool SKIP> struct In {
     if (b) v = v + *b;
     return Store<T>::round_trip(v);
   }
+  // the same, with the bias of elements [i, i + L) of tile row `row`
+  template <class B> static V load_b(const T* x, const T* k, const B& bias, std::int64_t row, std::int64_t i) {
+    if (!SKIP) return O::load(x);
+    V v = O::load(x) + O::load(k);
+    if (bias.sb) v = v + bias.at(row, i);
+    return Store<T>::round_trip(v);
+  }
+  template <class B>
+  static V load_nb(const T* x, const T* k, const B& bias, std::int64_t row, std::int64_t i, std::int64_t n) {
+    if (!SKIP) return O::load_n(x, n);
+    V v = O::load_n(x, n) + O::load_n(k, n);
+    if (bias.sb) v = v + bias.at(row, i);
+    return Store<T>::round_trip(v);
+  }
 };
 
 template <class T> inline const T* at(const void* p, std::int64_t off) {
@@ -297,6 +311,27 @@ template <class V, class A> inline V splat(A a) {
   return v;
 }
 
+// The skip bias of the elements [i, i + L) of a tile row: a row is one channel,
+// or (flat) several whole channels of `chan_len` elements each.
+template <class T> struct Bias {
+  typedef typename Ops<T>::A A;
+  typedef typename Ops<T>::V V;
+  const A* sb;
+  std::int64_t chan_len;  // 0: the row is one channel
+  std::int64_t nchan;     // channels in the run (lanes past its end reuse the last)
+  V at(std::int64_t row, std::int64_t i) const {
+    if (!chan_len) return splat<V>(sb[row]);
+    const std::int64_t c = i / chan_len;
+    if (i + Ops<T>::L <= (c + 1) * chan_len) return splat<V>(sb[c]);
+    V v;
+    for (int j = 0; j < Ops<T>::L; ++j) {
+      const std::int64_t cj = (i + j) / chan_len;
+      v[j] = sb[cj < nchan ? cj : nchan - 1];
+    }
+    return v;
+  }
+};
+
 // ================================================================ channels-first
 // Tile rows are channels, each row `cols` contiguous elements.
 template <class T, bool SKIP> void cf_moments_exact(const Tile& t, Moments* out) {
@@ -306,9 +341,11 @@ template <class T, bool SKIP> void cf_moments_exact(const Tile& t, Moments* out)
   typedef typename O::V V;
   constexpr int L = O::L;
   const A* sb = static_cast<const A*>(t.skip_bias);
-  // whole channels with no per-channel bias are one contiguous run
-  const bool flat = !sb && t.stride == t.cols;
+  // whole channels are one contiguous run: sum them as one (the order then
+  // depends only on the tile's shape, with or without a skip bias)
+  const bool flat = t.stride == t.cols;
   const std::int64_t rows = flat ? 1 : t.rows, cols = flat ? t.rows * t.cols : t.cols, stride = t.stride;
+  const Bias<T> bias_of{sb, flat ? t.cols : 0, t.rows};
   const T* xb = static_cast<const T*>(t.x);
   const T* kb = static_cast<const T*>(t.skip);
   const double count = (double)rows * (double)cols;
@@ -317,17 +354,15 @@ template <class T, bool SKIP> void cf_moments_exact(const Tile& t, Moments* out)
   for (std::int64_t r = 0; r < rows; ++r) {
     const T* x = xb + r * stride;
     const T* k = SKIP ? kb + r * stride : nullptr;
-    const V bias = splat<V>(sb ? sb[r] : A(0));
-    const V* b = sb ? &bias : nullptr;
     std::int64_t i = 0;
     for (; i + 4 * L <= cols; i += 4 * L) {
-      s0 += I::load(x + i, k + i, b);
-      s1 += I::load(x + i + L, k + i + L, b);
-      s2 += I::load(x + i + 2 * L, k + i + 2 * L, b);
-      s3 += I::load(x + i + 3 * L, k + i + 3 * L, b);
+      s0 += I::load_b(x + i, k + i, bias_of, r, i);
+      s1 += I::load_b(x + i + L, k + i + L, bias_of, r, i + L);
+      s2 += I::load_b(x + i + 2 * L, k + i + 2 * L, bias_of, r, i + 2 * L);
+      s3 += I::load_b(x + i + 3 * L, k + i + 3 * L, bias_of, r, i + 3 * L);
     }
-    for (; i + L <= cols; i += L) s0 += I::load(x + i, k + i, b);
-    if (i < cols) s0 += O::select(O::lanes_below(cols - i), I::load_n(x + i, k + i, b, cols - i), V{});
+    for (; i + L <= cols; i += L) s0 += I::load_b(x + i, k + i, bias_of, r, i);
+    if (i < cols) s0 += O::select(O::lanes_below(cols - i), I::load_nb(x + i, k + i, bias_of, r, i, cols - i), V{});
   }
   const A m = (A)(O::hsum((s0 + s1) + (s2 + s3)) / count);
   const V mv = splat<V>(m);
@@ -336,18 +371,16 @@ template <class T, bool SKIP> void cf_moments_exact(const Tile& t, Moments* out)
   for (std::int64_t r = 0; r < rows; ++r) {
     const T* x = xb + r * stride;
     const T* k = SKIP ? kb + r * stride : nullptr;
-    const V bias = splat<V>(sb ? sb[r] : A(0));
-    const V* b = sb ? &bias : nullptr;
     std::int64_t i = 0;
     for (; i + 2 * L <= cols; i += 2 * L) {
-      const V a0 = I::load(x + i, k + i, b) - mv;
-      const V a1 = I::load(x + i + L, k + i + L, b) - mv;
+      const V a0 = I::load_b(x + i, k + i, bias_of, r, i) - mv;
+      const V a1 = I::load_b(x + i + L, k + i + L, bias_of, r, i + L) - mv;
       d0 += a0; q0 += a0 * a0;
       d1 += a1; q1 += a1 * a1;
     }
     for (; i < cols; i += L) {
       const std::int64_t n = cols - i;
-      V a0 = (n >= L ? I::load(x + i, k + i, b) : I::load_n(x + i, k + i, b, n)) - mv;
+      V a0 = (n >= L ? I::load_b(x + i, k + i, bias_of, r, i) : I::load_nb(x + i, k + i, bias_of, r, i, n)) - mv;
       if (n < L) a0 = O::select(O::lanes_below(n), a0, V{});
       d0 += a0; q0 += a0 * a0;
     }
@@ -386,36 +419,32 @@ template <class T, bool SKIP> void cf_moments(const Tile& t, Moments* out) {
   typedef typename O::V V;
   constexpr int L = O::L;
   const A* sb = static_cast<const A*>(t.skip_bias);
-  // whole channels with no per-channel bias are one contiguous run
-  const bool flat = !sb && t.stride == t.cols;
+  // whole channels are one contiguous run: sum them as one (the order then
+  // depends only on the tile's shape, with or without a skip bias)
+  const bool flat = t.stride == t.cols;
   const std::int64_t rows = flat ? 1 : t.rows, cols = flat ? t.rows * t.cols : t.cols, stride = t.stride;
+  const Bias<T> bias_of{sb, flat ? t.cols : 0, t.rows};
   const T* xb = static_cast<const T*>(t.x);
   const T* kb = static_cast<const T*>(t.skip);
   const double count = (double)rows * (double)cols;
   A k0;
-  {
-    const V bias = splat<V>(sb ? sb[0] : A(0));
-    const V first = I::load_n(xb, kb, sb ? &bias : nullptr, 1);
-    k0 = first[0];
-  }
+  k0 = I::load_nb(xb, kb, bias_of, 0, 0, 1)[0];
   const V kv = splat<V>(k0);
   // two pairs of accumulators: no register spills on 16-register ISAs
   V d0 = {}, d1 = {}, q0 = {}, q1 = {};
   for (std::int64_t r = 0; r < rows; ++r) {
     const T* x = xb + r * stride;
     const T* k = SKIP ? kb + r * stride : nullptr;
-    const V bias = splat<V>(sb ? sb[r] : A(0));
-    const V* b = sb ? &bias : nullptr;
     std::int64_t i = 0;
     for (; i + 2 * L <= cols; i += 2 * L) {
-      const V a0 = I::load(x + i, k + i, b) - kv;
-      const V a1 = I::load(x + i + L, k + i + L, b) - kv;
+      const V a0 = I::load_b(x + i, k + i, bias_of, r, i) - kv;
+      const V a1 = I::load_b(x + i + L, k + i + L, bias_of, r, i + L) - kv;
       d0 += a0; q0 += a0 * a0;
       d1 += a1; q1 += a1 * a1;
     }
     for (; i < cols; i += L) {
       const std::int64_t n = cols - i;
-      V a0 = (n >= L ? I::load(x + i, k + i, b) : I::load_n(x + i, k + i, b, n)) - kv;
+      V a0 = (n >= L ? I::load_b(x + i, k + i, bias_of, r, i) : I::load_nb(x + i, k + i, bias_of, r, i, n)) - kv;
       if (n < L) a0 = O::select(O::lanes_below(n), a0, V{});
       d0 += a0; q0 += a0 * a0;
     }

@@ -311,7 +311,7 @@ template <class A> struct Forward {
     t.silu = p.activation == Activation::silu;
     t.x = cptr(a.x, r.offset, pl.esize);
     t.skip = cptr(a.skip, r.offset, pl.esize);
-    if (!a.skip) t.skip_bias = nullptr;
+    if (!a.skip || !a.skip_bias) t.skip_bias = nullptr;
     t.y = mptr(a.y, r.offset, pl.esize);
     t.sum_out = mptr(a.sum_out, r.offset, pl.esize);
     t.scratch = s.worker + (std::int64_t)worker * 6 * pl.C;

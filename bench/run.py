@@ -1,0 +1,907 @@
+#!/usr/bin/env python
+"""Benchmark groupnorm against a multi-threaded copy and against installed peers.
+
+    python bench/run.py                       # all shapes, cf+cl, float32, threads 1 and all
+    python bench/run.py --quick               # the same, with short measurements
+    python bench/run.py --shapes sd_unet,tiny --layouts cl --dtypes float32,bfloat16 --threads all
+
+For every (shape, layout, dtype, threads, pass) it reports the median time of
+our call, GB/s, the ratio to a same-size multi-threaded copy of x measured in
+the same run (``x_copy`` = our time / copy time), and the ratio to every
+installed peer (``vs_<peer>`` = peer time / our time, > 1 means we are faster).
+Peers: PyTorch (forward, autograd backward, group_norm + silu), OpenVINO and
+ONNX Runtime (forward only). A peer that cannot run a case is reported as
+missing with its reason.
+
+Timing: each candidate (ours, the copies, the peers) is warmed up, its per-call
+time estimated, and then all candidates of one (shape, layout, dtype, threads)
+configuration are timed in interleaved rounds, so machine noise hits them
+alike; each round times a batch of calls sized so the whole measurement of one
+candidate takes about --target-time seconds; the result is the median over
+rounds of the per-call time (time.perf_counter_ns). Our outputs and the copy's
+destination are preallocated. The copy floor is the faster of
+groupnorm._core.parallel_copy and torch's Tensor.copy_ (column copy_impl).
+
+Writes (under --out, default bench/results): results.csv (one row per
+measurement), results.png (time / copy time per shape, float32 forward, one
+panel per layout and thread count; backward below), summary.md (headline
+table for the README).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import peers as P  # noqa: E402
+
+SHAPES = {
+    # name: (logical dims (N, C, *spatial), groups)
+    "sd_unet": ((2, 320, 64, 64), 32),
+    "vae_512": ((1, 512, 128, 128), 32),
+    "vae_256": ((1, 256, 256, 256), 32),
+    "resnet_gn": ((8, 256, 56, 56), 32),
+    "vol3d": ((1, 32, 32, 128, 128), 8),
+    "sd_640": ((2, 640, 32, 32), 32),
+    "sd_1280": ((2, 1280, 16, 16), 32),
+    "tiny": ((1, 64, 8, 8), 8),
+}
+LAYOUTS = ("cf", "cl")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+PASSES = ("fwd", "bwd", "silu", "silu_bwd")
+DEFAULT_PASSES = ("fwd", "bwd", "silu")
+# bytes moved per pass, in units of x.nbytes: forward reads x and writes y; backward
+# reads x and grad_y and writes grad_x
+BYTES_PER_X = {"fwd": 2, "silu": 2, "bwd": 3, "silu_bwd": 3}
+PEER_LABEL = {"ours": "groupnorm", "torch": "PyTorch", "openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
+TARGET_RATIO = 1.25
+
+CSV_FIELDS = [
+    "shape", "dims", "groups", "layout", "dtype", "pass", "threads",
+    "median_us", "min_us", "gbps", "x_copy", "x_copy_bytes", "copy_us", "copy_gbps", "copy_impl",
+    "vs_torch", "vs_openvino", "vs_onnxruntime",
+    "torch_us", "openvino_us", "onnxruntime_us",
+    "torch_x_copy", "openvino_x_copy", "onnxruntime_x_copy",
+    "spread_pct", "samples", "calls_per_sample", "isa", "check", "missing", "notes",
+]
+
+
+# ------------------------------------------------------------------------------------- arguments
+
+def all_threads():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _list(s):
+    return [p.strip() for p in s.split(",") if p.strip()]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="shapes: " + ", ".join(
+                                     f"{k} {v[0]} G{v[1]}" for k, v in SHAPES.items()))
+    ap.add_argument("--threads", default="1,all",
+                    help='comma list of thread counts; "all" = the CPUs this process may use (default 1,all)')
+    ap.add_argument("--layouts", default="cf,cl", help="cf (N,C,*spatial) and/or cl (N,*spatial,C) (default cf,cl)")
+    ap.add_argument("--dtypes", default="float32", help="float32, float16, bfloat16, float64 (default float32)")
+    ap.add_argument("--shapes", default="all", help='shape names (comma list) or "all" (default all)')
+    ap.add_argument("--passes", default=",".join(DEFAULT_PASSES),
+                    help="fwd, bwd, silu (fused GroupNorm+SiLU forward), silu_bwd (default fwd,bwd,silu)")
+    ap.add_argument("--peers", default="torch,openvino,onnxruntime",
+                    help='peers to compare with, comma list, or "none" (default: all three, those installed)')
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="timed samples (interleaved rounds) per measurement; the median is reported "
+                         "(default 15, --quick 5)")
+    ap.add_argument("--target-time", type=float, default=None,
+                    help="seconds each measurement should take (default 0.3, --quick 0.04)")
+    ap.add_argument("--gap-ms", type=float, default=0.0,
+                    help="pause before each timed sample so other thread pools go idle (default 0)")
+    ap.add_argument("--quick", action="store_true", help="short measurements (smoke test; noisier)")
+    ap.add_argument("--out", default=str(HERE / "results"), help="output folder (default bench/results)")
+    ap.add_argument("--no-plot", action="store_true", help="do not write results.png")
+    ap.add_argument("--no-check", dest="check", action="store_false",
+                    help="skip comparing every timed output (ours and peers) with a float64 reference")
+    ap.add_argument("--isolate", action="store_true",
+                    help="run each (shape, dtype, layout) in its own process, so a crash (segfault) in "
+                         "our kernels or a peer is reported as missing instead of ending the run")
+    ap.add_argument("--child-rows", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    n_all = all_threads()
+    threads = []
+    for t in _list(args.threads):
+        v = n_all if t == "all" else int(t)
+        if v < 1:
+            ap.error(f"--threads: {t} is not a positive count")
+        if v not in threads:
+            threads.append(v)
+    args.threads = threads
+    args.layouts = _check_choice(ap, "--layouts", _list(args.layouts), LAYOUTS)
+    args.dtypes = _check_choice(ap, "--dtypes", _list(args.dtypes), DTYPES)
+    args.shapes = list(SHAPES) if args.shapes == "all" else _check_choice(ap, "--shapes", _list(args.shapes), SHAPES)
+    args.passes = _check_choice(ap, "--passes", _list(args.passes), PASSES)
+    args.peers = [] if args.peers == "none" else _check_choice(ap, "--peers", _list(args.peers), P.PEER_NAMES)
+    if args.repeat is None:
+        args.repeat = 5 if args.quick else 15
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+    if args.target_time is None:
+        args.target_time = 0.04 if args.quick else 0.3
+    args.warmup_time = min(0.1, args.target_time / 4)
+    return args
+
+
+def _check_choice(ap, opt, values, allowed):
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        ap.error(f"{opt}: unknown {bad or values}; choose from {', '.join(allowed)}")
+    return list(dict.fromkeys(values))
+
+
+# ---------------------------------------------------------------------------------------- timing
+
+class Failed(Exception):
+    pass
+
+
+def _batch_ns(fn, k):
+    pc = time.perf_counter_ns
+    t0 = pc()
+    for _ in range(k):
+        fn()
+    return pc() - t0
+
+
+def _calibrate(fn, warmup_s):
+    """Warm up and return an estimate of one call's time in ns."""
+    warm_ns = warmup_s * 1e9
+    n, spent = 0, 0
+    while n < 2 or (spent < warm_ns and n < 100000):
+        spent += _batch_ns(fn, 1 if n < 2 else max(1, n))
+        n += 1 if n < 2 else max(1, n)
+    k = 1
+    while True:  # per-call estimate from a batch of >= 1 ms (or one call)
+        t = _batch_ns(fn, k)
+        if t >= 1e6 or k >= 1 << 16:
+            return max(t / k, 1.0)
+        k *= 4
+
+
+def measure(cands, repeat, target_s, warmup_s, gap_s=0.0):
+    """Time the candidates {name: fn} interleaved. Returns ({name: stats}, {name: error})."""
+    errors, plan = {}, {}
+    for name, fn in cands.items():
+        try:
+            per_call = _calibrate(fn, warmup_s)
+        except Exception as e:  # noqa: BLE001
+            errors[name] = _reason(e)
+            continue
+        total = target_s * 1e9
+        inner = max(1, int(round(total / (repeat * per_call))))
+        samples = repeat
+        if inner == 1:  # slow call: fewer samples (each also has an untimed priming call), >= min(repeat, 3)
+            samples = max(min(repeat, 3), min(repeat, int(math.ceil(total / (2 * per_call)))))
+        plan[name] = (fn, inner, samples)
+    times = {name: [] for name in plan}
+    names = list(plan)
+    rounds = max((s for _, _, s in plan.values()), default=0)
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            order = names[r % len(names):] + names[:r % len(names)] if names else []
+            for name in order:
+                fn, inner, samples = plan[name]
+                if name in errors or len(times[name]) >= samples:
+                    continue
+                if gap_s > 0:  # optional: let other runtimes' spinning worker threads go idle
+                    time.sleep(gap_s)
+                try:
+                    if inner < 4:  # one untimed call first: the thread pool is awake, the caches as in a loop
+                        fn()
+                    times[name].append(_batch_ns(fn, inner) / inner)
+                except Exception as e:  # noqa: BLE001
+                    errors[name] = _reason(e)
+    finally:
+        if gc_was:
+            gc.enable()
+    stats = {}
+    for name, ts in times.items():
+        if name in errors or not ts:
+            continue
+        ts.sort()
+        med = statistics.median(ts)
+        q1, q3 = ts[len(ts) // 4], ts[(3 * len(ts)) // 4]
+        stats[name] = {"us": med / 1e3, "min_us": ts[0] / 1e3, "spread_pct": 100.0 * (q3 - q1) / med,
+                       "samples": len(ts), "inner": plan[name][1]}
+    return stats, errors
+
+
+def _reason(e):
+    """One line: exception type and message, without OpenVINO's "Exception from src/...:N:" chains."""
+    msg = re.sub(r"(Exception from )?src/[\w/.\-]+:\d+:?", " ", str(e))
+    msg = re.sub(r"\[ONNXRuntimeError\] : \d+ : ", "", msg)
+    s = " ".join(f"{type(e).__name__}: {msg}".split())
+    return s if len(s) <= 240 else s[:237] + "..."
+
+
+# ------------------------------------------------------------------------------------------- data
+
+def np_dtype(name):
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def make_data(dims, layout, dtype, rng):
+    """x and grad_y in the layout's memory order; weight and bias in x's dtype."""
+    shape = dims if layout == "cf" else (dims[0],) + tuple(dims[2:]) + (dims[1],)
+    c = dims[1]
+    x = (rng.standard_normal(shape, dtype=np.float32) * 1.5 + 0.25).astype(dtype)
+    gy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    w = (1.0 + 0.1 * rng.standard_normal(c, dtype=np.float32)).astype(dtype)
+    b = (0.1 * rng.standard_normal(c, dtype=np.float32)).astype(dtype)
+    return x, gy, w, b
+
+
+# ---------------------------------------------------------------------------------------- ours
+
+def ours_builders(gn, case):
+    """{pass: builder() -> fn} for our library on this case (outputs preallocated)."""
+    x, gy, w, b, g = case.x, case.grad_y, case.weight, case.bias, case.groups
+    cl, t, eps = case.channels_last, case.threads, case.eps
+    y = np.empty_like(x)
+    gx = np.empty_like(x)
+
+    def fwd(act):
+        def build():
+            gn.group_norm(x, g, w, b, eps, channels_last=cl, activation=act, out=y, num_threads=t)
+            fn = lambda: gn.group_norm(x, g, w, b, eps, channels_last=cl, activation=act,  # noqa: E731
+                                       out=y, num_threads=t)
+            fn.output = lambda: fn()
+            return fn
+        return build
+
+    def bwd(act):
+        def build():
+            _, mean, rstd = gn.group_norm(x, g, w, b, eps, channels_last=cl, activation=act,
+                                          return_stats=True, num_threads=t)
+            try:
+                gn.group_norm_backward(gy, x, mean, rstd, g, w, b, channels_last=cl, activation=act,
+                                       num_threads=t, out=gx)
+            except TypeError as e:  # an API without out=: allocate per call
+                if "out" not in str(e):
+                    raise
+                gn.group_norm_backward(gy, x, mean, rstd, g, w, b, channels_last=cl, activation=act,
+                                       num_threads=t)
+                fn = lambda: gn.group_norm_backward(gy, x, mean, rstd, g, w, b,  # noqa: E731
+                                                    channels_last=cl, activation=act, num_threads=t)
+            else:
+                fn = lambda: gn.group_norm_backward(gy, x, mean, rstd, g, w, b,  # noqa: E731
+                                                    channels_last=cl, activation=act, num_threads=t,
+                                                    out=gx)
+            fn.output = lambda: fn()[0]
+            return fn
+        return build
+
+    return {"fwd": fwd(None), "silu": fwd("silu"), "bwd": bwd(None), "silu_bwd": bwd("silu")}
+
+
+def call_overhead_builders(gn, case):
+    """Extra candidate for the tiny shape: the simplest call, group_norm(x, G), which allocates y.
+
+    (The tiny "fwd" row itself is the cost of one Python call with out= and weight/bias.)
+    """
+    x, g, cl, t = case.x, case.groups, case.channels_last, case.threads
+
+    def alloc():
+        gn.group_norm(x, g, channels_last=cl, num_threads=t)
+        return lambda: gn.group_norm(x, g, channels_last=cl, num_threads=t)
+
+    return {"call_alloc": alloc}
+
+
+# --------------------------------------------------------------------------------------- checks
+
+# max |out - ref| allowed, per dtype (x ~ N(0.25, 1.5^2), y ~ N(0, 1)); peers compute in float32
+TOL = {"float32": 2e-3, "float64": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}
+
+
+def reference(case, pass_name, refs):
+    """float64 forward (y) or backward (grad_x) in the case's memory order, cached in refs."""
+    if pass_name in refs:
+        return refs[pass_name]
+    act = "silu" if pass_name.startswith("silu") else None
+    x = case.x.astype(np.float64)
+    n, c, g = case.dims[0], case.channels, case.groups
+    if case.channels_last:  # (N, S, C) -> (N, S, G, C/G); reduce over S and C/G
+        xg = x.reshape(n, -1, g, c // g)
+        axes, pshape = (1, 3), (1, 1, g, c // g)
+    else:                   # (N, C, S) -> (N, G, C/G, S); reduce over C/G and S
+        xg = x.reshape(n, g, c // g, -1)
+        axes, pshape = (2, 3), (1, g, c // g, 1)
+    mean = xg.mean(axis=axes, keepdims=True)
+    rstd = 1.0 / np.sqrt(xg.var(axis=axes, keepdims=True) + case.eps)
+    xhat = (xg - mean) * rstd
+    w = case.weight.astype(np.float64).reshape(pshape)
+    z = xhat * w + case.bias.astype(np.float64).reshape(pshape)
+    if not pass_name.endswith("bwd"):
+        out = z / (1.0 + np.exp(-z)) if act == "silu" else z
+    else:
+        dy = case.grad_y.astype(np.float64).reshape(xg.shape)
+        if act == "silu":
+            sig = 1.0 / (1.0 + np.exp(-z))
+            dy = dy * sig * (1.0 + z * (1.0 - sig))
+        dxhat = dy * w
+        m = np.prod([xg.shape[a] for a in axes])
+        out = rstd / m * (m * dxhat - dxhat.sum(axis=axes, keepdims=True)
+                          - xhat * (dxhat * xhat).sum(axis=axes, keepdims=True))
+    refs[pass_name] = out.reshape(case.x.shape)
+    return refs[pass_name]
+
+
+def check_outputs(args, case, cands, refs):
+    """{key: "ok" or "max err E > tol T"} for every candidate that exposes its output."""
+    res = {}
+    dt = args_dtype_name(case.dtype)
+    for key, fn in cands.items():
+        getter = getattr(fn, "output", None)
+        pass_name = key.split(":", 1)[1]
+        if getter is None or pass_name not in BYTES_PER_X:
+            continue
+        try:
+            out = np.asarray(getter()).astype(np.float64)
+            ref = reference(case, pass_name, refs)
+            tol = TOL[dt] * (4 if pass_name.endswith("bwd") else 1)
+            err = float(np.max(np.abs(out - ref))) if out.shape == ref.shape else float("inf")
+            if not np.isfinite(err) or err > tol:
+                res[key] = f"max err {err:.3g} > {tol:g}"
+            else:
+                res[key] = "ok"
+        except Exception as e:  # noqa: BLE001
+            res[key] = f"check failed: {_reason(e)}"
+    return res
+
+
+# --------------------------------------------------------------------------------------- the run
+
+def fmt_ratio(v):
+    return "-" if v is None else f"{v:.2f}"
+
+
+def fmt_num(v, nd=1):
+    if v is None:
+        return ""
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def run_config(args, gn, case, peers_avail, isa, rows, printer, refs):
+    """Measure everything for one (shape, layout, dtype, threads) case; append CSV rows."""
+    torch = None
+    if "torch" in peers_avail:
+        import torch
+        torch.set_num_threads(case.threads)
+    cands, notes, build_errors = {}, {}, {}
+
+    def add(key, builder):
+        try:
+            fn, note = builder()
+        except Exception as e:  # noqa: BLE001
+            build_errors[key] = _reason(e)
+            if os.environ.get("GN_BENCH_DEBUG"):
+                traceback.print_exc()
+            return
+        cands[key] = fn
+        if note:
+            notes[key] = note
+
+    # copies
+    if gn is not None:
+        add("copy:parallel_copy", lambda: P.parallel_copy(case, gn._core))
+    if torch is not None:
+        add("copy:torch", lambda: P.torch_copy(case))
+    if not any(k.startswith("copy:") for k in cands):
+        add("copy:numpy", lambda: P.numpy_copy(case))
+    # ours
+    if gn is None:
+        for p in list(args.passes) + (["call_alloc"] if case.shape_name == "tiny" else []):
+            build_errors[f"ours:{p}"] = args.gn_error
+    else:
+        ob = ours_builders(gn, case)
+        for p in args.passes:
+            add(f"ours:{p}", lambda p=p: (ob[p](), ""))
+        if case.shape_name == "tiny":
+            for k, bld in call_overhead_builders(gn, case).items():
+                add(f"ours:{k}", lambda bld=bld: (bld(), ""))
+    # peers
+    for peer in args.peers:
+        for p in args.passes:
+            builder = P.PEERS[peer].get(p)
+            if builder is None:
+                continue  # forward-only peer: not applicable, not "missing"
+            if peer not in peers_avail:
+                build_errors[f"{peer}:{p}"] = peers_avail.get("_why", {}).get(peer, "not installed")
+                continue
+            add(f"{peer}:{p}", lambda b=builder: b(case))
+
+    checks = check_outputs(args, case, cands, refs) if args.check else {}
+    stats, run_errors = measure(cands, args.repeat, args.target_time, args.warmup_time,
+                                  args.gap_ms / 1e3)
+    errors = {**build_errors, **run_errors}
+
+    # the copy floor: fastest copy that ran
+    copies = {k: v for k, v in stats.items() if k.startswith("copy:")}
+    copy_key = min(copies, key=lambda k: copies[k]["us"]) if copies else None
+    copy_us = copies[copy_key]["us"] if copy_key else None
+    copy_impl = copy_key.split(":", 1)[1] if copy_key else ""
+    if copy_key and len(copies) > 1:
+        copy_impl += " (" + ", ".join(f"{k.split(':', 1)[1]} {v['us']:.1f}us" for k, v in copies.items()) + ")"
+    xbytes = case.x.nbytes
+    dims_s = "x".join(map(str, case.dims))
+
+    def base_row(pass_name):
+        return {"shape": case.shape_name, "dims": dims_s, "groups": case.groups, "layout": case.layout,
+                "dtype": str(args_dtype_name(case.dtype)), "pass": pass_name, "threads": case.threads,
+                "copy_us": _r(copy_us, 2), "copy_gbps": _r(2 * xbytes / (copy_us * 1e3), 2) if copy_us else None,
+                "copy_impl": copy_impl, "isa": isa}
+
+    for p in args.passes:
+        row = base_row(p)
+        ours = stats.get(f"ours:{p}")
+        missing, row_notes = [], []
+        if ours:
+            us = ours["us"]
+            row.update(median_us=_r(us, 2), min_us=_r(ours["min_us"], 2), gbps=_r(BYTES_PER_X[p] * xbytes / (us * 1e3), 2),
+                       spread_pct=_r(ours["spread_pct"], 1), samples=ours["samples"],
+                       calls_per_sample=ours["inner"])
+            if copy_us:
+                row["x_copy"] = _r(us / copy_us, 3)
+                row["x_copy_bytes"] = _r(us / (copy_us * BYTES_PER_X[p] / 2), 3)
+        elif f"ours:{p}" in errors:
+            missing.append(f"ours: {errors[f'ours:{p}']}")
+        for peer in P.PEER_NAMES:
+            key = f"{peer}:{p}"
+            if P.PEERS[peer].get(p) is None or peer not in args.peers:
+                continue
+            st = stats.get(key)
+            if st:
+                row[f"{peer}_us"] = _r(st["us"], 2)
+                if copy_us:
+                    row[f"{peer}_x_copy"] = _r(st["us"] / copy_us, 3)
+                if ours:
+                    row[f"vs_{peer}"] = _r(st["us"] / ours["us"], 3)
+                if key in notes:
+                    row_notes.append(f"{peer}: {notes[key]}")
+            else:
+                missing.append(f"{peer}: {errors.get(key, 'no result')}")
+        bad = [f"{k.split(':')[0]}: {v}" for k, v in checks.items() if k.endswith(f":{p}") and v != "ok"]
+        row["check"] = ("WRONG " + " | ".join(bad)) if bad else (
+            "ok" if any(k.endswith(f":{p}") for k in checks) else "")
+        row["missing"] = " | ".join(missing)
+        row["notes"] = " | ".join(row_notes)
+        rows.append(row)
+        printer.row(row)
+
+    if case.shape_name == "tiny":
+        for k in ("call_alloc",):
+            st = stats.get(f"ours:{k}")
+            row = base_row(k)
+            if st:
+                row.update(median_us=_r(st["us"], 3), spread_pct=_r(st["spread_pct"], 1),
+                           samples=st["samples"], calls_per_sample=st["inner"])
+            else:
+                row["missing"] = f"ours: {errors.get(f'ours:{k}', 'no result')}"
+            row["notes"] = ("us per Python call of group_norm(x, G, channels_last=.., num_threads=t): "
+                            "no weight/bias, allocates y (the fwd row is the call with w, b, out=y)")
+            rows.append(row)
+            printer.row(row)
+    del cands
+    gc.collect()
+
+
+def _r(v, nd):
+    return None if v is None else round(float(v), nd)
+
+
+def args_dtype_name(dt):
+    return "bfloat16" if dt == P.BF16 else np.dtype(dt).name
+
+
+class Printer:
+    COLS = [("shape", 9), ("layout", 3), ("dtype", 8), ("thr", 3), ("pass", 10), ("us", 10), ("GB/s", 7),
+            ("x_copy", 6), ("copy_us", 9), ("vs_torch", 8), ("vs_ov", 6), ("vs_ort", 6), ("±%", 5)]
+
+    def __init__(self):
+        self.n = 0
+
+    def header(self):
+        line = " ".join(f"{n:>{w}}" for n, w in self.COLS)
+        print(line)
+        print("-" * len(line))
+        sys.stdout.flush()
+
+    def row(self, r):
+        if self.n % 25 == 0:
+            self.header()
+        self.n += 1
+        vals = [r["shape"], r["layout"], r["dtype"], r["threads"], r["pass"],
+                fmt_num(r.get("median_us"), 2), fmt_num(r.get("gbps"), 1), fmt_ratio(r.get("x_copy")),
+                fmt_num(r.get("copy_us"), 1), fmt_ratio(r.get("vs_torch")), fmt_ratio(r.get("vs_openvino")),
+                fmt_ratio(r.get("vs_onnxruntime")), fmt_num(r.get("spread_pct"), 0)]
+        print(" ".join(f"{str(v):>{w}}" for v, (_, w) in zip(vals, self.COLS)))
+        if r.get("missing"):
+            print(f"{'':>12}missing: {r['missing']}")
+        if (r.get("check") or "").startswith("WRONG"):
+            print(f"{'':>12}check: {r['check']}")
+        sys.stdout.flush()
+
+
+def detect_peers(wanted):
+    avail, why = {}, {}
+    versions = P.peer_versions()
+    for p in wanted:
+        if versions.get(p):
+            avail[p] = versions[p]
+        else:
+            why[p] = "not installed (" + versions.get(p + "_error", "import failed") + ")"
+    avail["_why"] = why
+    return avail, versions
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import groupnorm as gn
+        isa = gn.active_isa()
+    except Exception as e:  # noqa: BLE001 - still run the copies/peers, say why ours is missing
+        print(f"warning: groupnorm is not importable ({_reason(e)}); timing only copies and peers",
+              file=sys.stderr)
+        gn, isa = None, ""
+        args.gn_error = f"groupnorm not importable ({_reason(e)})"
+    peers_avail, versions = detect_peers(args.peers)
+    meta = {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "cpu": cpu_name(), "cpus": all_threads(), "isa": isa,
+        "groupnorm": getattr(gn, "__version__", "?") if gn else "not importable",
+        "python": platform.python_version(), "numpy": np.__version__,
+        **{k: v for k, v in versions.items() if not k.endswith("_error")},
+        "quick": args.quick, "repeat": args.repeat, "target_time": args.target_time,
+    }
+    print("groupnorm benchmark: " + ", ".join(f"{k}={v}" for k, v in meta.items()))
+    for p, why in peers_avail["_why"].items():
+        print(f"peer {p}: {why}")
+    print("us = median per call; x_copy = us / copy us (copy of x with the same threads; "
+          "floor 1.0 fwd, 1.5 bwd); vs_* = peer us / our us (>1: we are faster)\n")
+
+    rows = []
+    t_start = time.perf_counter()
+    if args.isolate:
+        run_isolated(args, rows)
+    else:
+        run_all(args, gn, peers_avail, isa, rows)
+    print(f"\n{len(rows)} rows in {time.perf_counter() - t_start:.1f} s")
+    if args.child_rows:
+        return 0
+
+    write_csv(out / "results.csv", rows)
+    summary = make_summary(rows, meta, args)
+    (out / "summary.md").write_text(summary)
+    written = [out / "results.csv", out / "summary.md"]
+    if not args.no_plot:
+        try:
+            make_plot(rows, out / "results.png", meta, args)
+            written.append(out / "results.png")
+        except Exception as e:  # noqa: BLE001
+            print(f"plot failed: {_reason(e)}", file=sys.stderr)
+    print("\n" + summary)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def run_all(args, gn, peers_avail, isa, rows):
+    rng = np.random.default_rng(args.seed)
+    printer = Printer()
+    sink = open(args.child_rows, "a") if args.child_rows else None
+    partial = None if sink else Path(args.out) / "results.partial.csv"
+    for shape_name in args.shapes:
+        dims, groups = SHAPES[shape_name]
+        for dtype_name in args.dtypes:
+            dtype = np_dtype(dtype_name)
+            for layout in args.layouts:
+                x, gy, w, b = make_data(dims, layout, dtype, rng)
+                refs = {}  # float64 reference outputs, shared by the thread counts
+                for t in args.threads:
+                    case = P.Case(shape_name, dims, groups, layout, dtype, t, x, w, b, gy)
+                    n0 = len(rows)
+                    try:
+                        run_config(args, gn, case, peers_avail, isa, rows, printer, refs)
+                    except Exception as e:  # noqa: BLE001 - one bad case never ends the run
+                        print(f"{shape_name} {layout} {dtype_name} threads={t}: failed: {_reason(e)}",
+                              file=sys.stderr)
+                        traceback.print_exc()
+                    if sink:  # rows reach the parent even if a later case kills this process
+                        for r in rows[n0:]:
+                            sink.write(json.dumps(r) + "\n")
+                        sink.flush()
+                    else:     # so does a partial CSV for a plain run
+                        write_csv(partial, rows)
+                del x, gy, w, b, refs
+                gc.collect()
+    if sink:
+        sink.close()
+    elif partial.exists():
+        partial.unlink()
+
+
+def run_isolated(args, rows):
+    """One child process per (shape, dtype, layout): a crash (e.g. a segfault in a kernel or a
+    peer) loses only what that child had not yet measured, and is reported as missing."""
+    import subprocess
+    import tempfile
+    passthrough = ["--threads", ",".join(map(str, args.threads)), "--passes", ",".join(args.passes),
+                   "--peers", ",".join(args.peers) or "none", "--repeat", str(args.repeat),
+                   "--target-time", str(args.target_time), "--gap-ms", str(args.gap_ms),
+                   "--seed", str(args.seed), "--no-plot"]
+    if args.quick:
+        passthrough.append("--quick")
+    if not args.check:
+        passthrough.append("--no-check")
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape_name in args.shapes:
+            for dtype_name in args.dtypes:
+                for layout in args.layouts:
+                    sink = Path(tmp) / f"{shape_name}-{dtype_name}-{layout}.jsonl"
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "--shapes", shape_name,
+                           "--dtypes", dtype_name, "--layouts", layout, "--out", tmp,
+                           "--child-rows", str(sink)] + passthrough
+                    rc = subprocess.call(cmd)
+                    got = [json.loads(line) for line in sink.read_text().splitlines()] if sink.exists() else []
+                    rows.extend(got)
+                    if rc != 0:
+                        why = f"process died ({'signal ' + str(-rc) if rc < 0 else 'exit ' + str(rc)})"
+                        print(f"{shape_name} {layout} {dtype_name}: {why}; the rows it had not written "
+                              "are reported as missing", file=sys.stderr)
+                        have = {(r["threads"], r["pass"]) for r in got}
+                        dims, groups = SHAPES[shape_name]
+                        for t in args.threads:
+                            for p in args.passes:
+                                if (t, p) not in have:
+                                    rows.append({"shape": shape_name, "dims": "x".join(map(str, dims)),
+                                                 "groups": groups, "layout": layout, "dtype": dtype_name,
+                                                 "pass": p, "threads": t,
+                                                 "missing": f"all: {why} while measuring this configuration "
+                                                            "(rerun it alone to see which call)"})
+
+
+# ---------------------------------------------------------------------------------------- outputs
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+
+
+def _pick(rows, **kw):
+    return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
+
+
+def _main_dtype(args):
+    return "float32" if "float32" in args.dtypes else args.dtypes[0]
+
+
+def make_summary(rows, meta, args):
+    dt = _main_dtype(args)
+    lines = ["# groupnorm benchmark", ""]
+    lines.append(f"{meta['cpu']}, {meta['cpus']} CPUs, ISA {meta['isa']}; {meta['date']}; "
+                 + ", ".join(f"{k} {meta[k]}" for k in ("groupnorm", "torch", "openvino", "onnxruntime")
+                             if meta.get(k))
+                 + ("; **--quick run (short, noisy measurements)**" if args.quick else ""))
+    lines.append("")
+    lines.append(f"Time divided by the time of a same-size multi-threaded copy of x (same threads), {dt}, "
+                 f"median of {args.repeat} interleaved samples. Forward: 1.0 is the memory floor, "
+                 f"the target is {TARGET_RATIO}. Backward reads x and grad_y and writes grad_x, so its "
+                 "floor is 1.5. Lower is better. OpenVINO and ONNX Runtime channels-last rows run "
+                 "Transpose -> GroupNormalization -> Transpose (they have no channels-last GroupNorm).")
+    have_peer = {p: any(r.get(f"{p}_us") is not None for r in rows) for p in P.PEER_NAMES}
+    for t in sorted({r["threads"] for r in rows}, reverse=True):
+        fwd = {(r["shape"], r["layout"]): r for r in _pick(rows, dtype=dt, threads=t) if r["pass"] == "fwd"}
+        bwd = {(r["shape"], r["layout"]): r for r in _pick(rows, dtype=dt, threads=t) if r["pass"] == "bwd"}
+        silu = {(r["shape"], r["layout"]): r for r in _pick(rows, dtype=dt, threads=t) if r["pass"] == "silu"}
+        keys = list(dict.fromkeys(list(fwd) + list(bwd)))
+        if not keys:
+            continue
+        lines += ["", f"### {t} thread{'s' if t > 1 else ''}" + (" (all)" if t == meta["cpus"] else ""), ""]
+        head = ["shape", "layout", "copy us", "fwd ours"]
+        head += [f"fwd {PEER_LABEL[p]}" for p in P.PEER_NAMES if have_peer[p]]
+        if silu:
+            head += ["fwd+silu ours"] + (["fwd+silu PyTorch"] if have_peer["torch"] else [])
+        if bwd:
+            head += ["bwd ours"] + (["bwd PyTorch"] if have_peer["torch"] else [])
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
+        for key in keys:
+            f, b, s = fwd.get(key, {}), bwd.get(key, {}), silu.get(key, {})
+            any_row = f or b or s
+            dims = any_row.get("dims", "")
+            cells = [f"{key[0]} ({dims} G{any_row.get('groups', '')})", key[1], fmt_num(any_row.get("copy_us"), 1),
+                     _cell(f.get("x_copy"), bold=True)]
+            cells += [_cell(f.get(f"{p}_x_copy"), missing=bool(f)) for p in P.PEER_NAMES if have_peer[p]]
+            if silu:
+                cells += [_cell(s.get("x_copy"), bold=True)]
+                cells += [_cell(s.get("torch_x_copy"), missing=bool(s))] if have_peer["torch"] else []
+            if bwd:
+                cells += [_cell(b.get("x_copy"), bold=True)]
+                cells += [_cell(b.get("torch_x_copy"), missing=bool(b))] if have_peer["torch"] else []
+            lines.append("| " + " | ".join(cells) + " |")
+    tiny = {}
+    for r in rows:
+        if r["shape"] == "tiny" and r["pass"] in ("fwd", "call_alloc"):
+            tiny.setdefault((r["layout"], r["dtype"], r["threads"]), {})[r["pass"]] = r.get("median_us")
+    if tiny:
+        lines += ["", "### Python call cost, tiny (1x64x8x8, G8), target < 3 us", "",
+                  "| layout | dtype | threads | `group_norm(x, 8, w, b, eps, out=y, num_threads=t)` us "
+                  "| `group_norm(x, 8, num_threads=t)` us |",
+                  "|---|---|---:|---:|---:|"]
+        for (layout, dtype, t), v in tiny.items():
+            if v.get("fwd") is None and v.get("call_alloc") is None:
+                continue
+            lines.append(f"| {layout} | {dtype} | {t} | {_cell(v.get('fwd'), bold=True)} | {_cell(v.get('call_alloc'))} |")
+    missing = sorted({m for r in rows for m in (r.get("missing") or "").split(" | ") if m})
+    if missing:
+        lines += ["", "### Missing measurements", ""]
+        lines += [f"- {m}" for m in _collapse_missing(rows)]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _collapse_missing(rows):
+    """'peer: reason' -> which (shape/layout/dtype/pass) rows it hit, compactly."""
+    by = {}
+    for r in rows:
+        for m in (r.get("missing") or "").split(" | "):
+            if not m:
+                continue
+            by.setdefault(m, set()).add(f"{r['shape']}/{r['layout']}/{r['dtype']}/{r['pass']}")
+    out = []
+    for m, where in sorted(by.items()):
+        where = sorted(where)
+        w = ", ".join(where[:6]) + (f" and {len(where) - 6} more" if len(where) > 6 else "")
+        out.append(f"{m} ({w})")
+    return out
+
+
+def _cell(v, bold=False, missing=False):
+    if v is None:
+        return "missing" if missing else ""
+    s = f"{v:.2f}"
+    return f"**{s}**" if bold else s
+
+
+def make_plot(rows, path, meta, args):
+    """Grouped bars of time / copy time per shape: one panel per (pass, layout) row and thread count
+    column; forward on top (target line at 1.25), backward below (ours vs PyTorch)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    dt = _main_dtype(args)
+    sel = [r for r in rows if r["dtype"] == dt and r["pass"] in ("fwd", "bwd")]
+    row_keys = [(p, lo) for p in ("fwd", "bwd") for lo in args.layouts
+                if any(r["pass"] == p and r["layout"] == lo for r in sel)]
+    if not row_keys:
+        raise RuntimeError(f"nothing to plot for {dt} fwd/bwd")
+    threads = [t for t in args.threads if any(r["threads"] == t for r in sel)]
+    shapes = [s for s in args.shapes if any(r["shape"] == s for r in sel)]
+    ncols, nrows = len(threads), len(row_keys)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(6.0, 1.05 * len(shapes) + 1.5) * ncols, 3.6 * nrows + 0.9),
+                             squeeze=False)
+    colors = {"ours": "#d62728", "torch": "#1f77b4", "openvino": "#9467bd", "onnxruntime": "#2ca02c"}
+    ymax, ymin, handles = 1.0, 1.0, {}
+    for i, (p, layout) in enumerate(row_keys):
+        for j, t in enumerate(threads):
+            ax = axes[i][j]
+            cell = {r["shape"]: r for r in sel if r["pass"] == p and r["layout"] == layout and r["threads"] == t}
+            series = ["ours"] + [pe for pe in P.PEER_NAMES if P.PEERS[pe].get(p) and pe in args.peers]
+            series = [s for s in series if any(_ratio(r, s) is not None for r in cell.values())] or ["ours"]
+            width = 0.8 / len(series)
+            xs = np.arange(len(shapes))
+            for k, s in enumerate(series):
+                vals = [_ratio(cell[sh], s) if sh in cell else None for sh in shapes]
+                pos = xs - 0.4 + width * (k + 0.5)
+                bars = ax.bar(pos, [min(v or 0, CLIP) for v in vals], width, color=colors[s],
+                              edgecolor="white", linewidth=0.5)
+                handles.setdefault(PEER_LABEL[s], bars)
+                for bar, v in zip(bars, vals):
+                    cx = bar.get_x() + bar.get_width() / 2
+                    if v is None:
+                        ax.text(cx, 0.03, "n/a", rotation=90, ha="center", va="bottom", fontsize=7,
+                                color="gray", transform=ax.get_xaxis_transform())
+                    elif v > CLIP:  # off the chart: say how far
+                        ax.text(cx, CLIP * 0.93, f"{v:.0f}", rotation=90, ha="center", va="top", fontsize=7,
+                                color="white", fontweight="bold")
+                    elif s == "ours":
+                        ax.text(cx, v * 1.04, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+                good = [v for v in vals if v is not None and v > 0]
+                ymax = max(ymax, min(CLIP, max(good, default=1.0)))
+                ymin = min(ymin, min(good, default=1.0))
+            if p == "fwd":
+                h = ax.axhline(TARGET_RATIO, color="black", ls="--", lw=1)
+                handles.setdefault(f"target: {TARGET_RATIO}x copy (forward)", h)
+            else:
+                h = ax.axhline(1.5, color="black", ls=":", lw=1)
+                handles.setdefault("1.5x copy: backward's bytes floor", h)
+            ax.axhline(1.0, color="gray", lw=0.8)
+            ax.set_xticks(xs)
+            ax.set_xticklabels(shapes, rotation=20, ha="right", fontsize=9)
+            ax.set_title(f"{'forward' if p == 'fwd' else 'backward'}, "
+                         f"{'channels-first (cf)' if layout == 'cf' else 'channels-last (cl)'}, "
+                         f"{t} thread{'s' if t > 1 else ''}", fontsize=10)
+            if j == 0:
+                ax.set_ylabel("time / copy time\n(lower is better)", fontsize=9)
+            ax.grid(axis="y", which="major", alpha=0.3)
+    log = ymax > 8
+    for ax in axes.flat:
+        if log:
+            ax.set_yscale("log")
+            ax.set_ylim(min(0.5, ymin * 0.7), ymax * (1.1 if ymax >= CLIP else 1.8))
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        else:
+            ax.set_ylim(0, ymax * 1.15)
+    fig.suptitle(f"groupnorm vs a same-size copy and peers, {dt}: median time / copy time "
+                 f"({meta['cpu']}, {meta['cpus']} CPUs, ISA {meta['isa']})"
+                 f"{'  [--quick]' if args.quick else ''}", fontsize=11)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="upper center", ncol=min(6, len(handles)),
+               fontsize=9, frameon=False, bbox_to_anchor=(0.5, 1 - 0.35 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.8 / fig.get_figheight()))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+CLIP = 50.0  # bars above this ratio are cut at the top of the chart and labelled with their value
+
+
+def _ratio(row, series):
+    return row.get("x_copy") if series == "ours" else row.get(f"{series}_x_copy")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

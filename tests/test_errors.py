@@ -1,0 +1,256 @@
+"""Argument errors: type, message, and that nothing is silently accepted."""
+import re
+
+import numpy as np
+import pytest
+
+from conftest import BF16
+
+
+@pytest.fixture
+def x(rng):
+    return rng.x((2, 8, 3, 3), np.float32)
+
+
+@pytest.mark.parametrize("C,G", [(8, 3), (12, 5), (6, 4), (7, 2), (3, 6)])
+def test_channels_not_divisible(gn, rng, C, G):
+    x = rng.x((2, C, 4), np.float32)
+    with pytest.raises(ValueError, match="divisible") as ei:
+        gn.group_norm(x, G)
+    msg = str(ei.value)
+    assert re.search(rf"\b{C}\b", msg) and re.search(rf"\b{G}\b", msg), msg
+
+
+def test_channels_not_divisible_exact_message(gn, x):
+    with pytest.raises(ValueError, match=r"num_channels 8 is not divisible by num_groups 3"):
+        gn.group_norm(x, 3)
+
+
+def test_channels_not_divisible_channels_last(gn, rng):
+    # channels_last: C is the LAST dim (10), which 4 does not divide; shape[1] (8) would be divisible
+    x = rng.x((2, 8, 10), np.float32)
+    with pytest.raises(ValueError, match=r"10.*4|4.*10"):
+        gn.group_norm(x, 4, channels_last=True)
+    # and the converse: shape[1] = 10 is not C in channels-last layout, so this one is fine
+    gn.group_norm(rng.x((2, 10, 8), np.float32), 4, channels_last=True)
+
+
+@pytest.mark.parametrize("G", [0, -1, -4])
+def test_num_groups_not_positive(gn, x, G):
+    with pytest.raises(ValueError, match="num_groups"):
+        gn.group_norm(x, G)
+
+
+@pytest.mark.parametrize("G", [2.0, "2", None])
+def test_num_groups_not_int(gn, x, G):
+    with pytest.raises((TypeError, ValueError), match="num_groups"):
+        gn.group_norm(x, G)
+
+
+@pytest.mark.parametrize("which", ["weight", "bias"])
+@pytest.mark.parametrize("shape", [(7,), (9,), (1, 8), (8, 1), (), (2,)], ids=str)
+def test_param_shape(gn, x, which, shape):
+    p = np.ones(shape, np.float32)
+    kw = {which: p}
+    with pytest.raises(ValueError, match=which):
+        gn.group_norm(x, 2, **kw)
+
+
+@pytest.mark.parametrize("which", ["weight", "bias"])
+def test_param_shape_channels_last(gn, rng, which):
+    x = rng.x((2, 3, 4, 6), np.float32)  # channels-last: C = 6
+    with pytest.raises(ValueError, match=which):
+        gn.group_norm(x, 2, **{which: np.ones(3, np.float32)}, channels_last=True)
+    gn.group_norm(x, 2, **{which: np.ones(6, np.float32)}, channels_last=True)
+
+
+@pytest.mark.parametrize("shape", [(), (8,)], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ndim_lt_2(gn, shape, channels_last):
+    x = np.ones(shape, np.float32) + np.arange(np.prod(shape, dtype=int)).reshape(shape)
+    with pytest.raises(ValueError):
+        gn.group_norm(x, 1, channels_last=channels_last)
+
+
+@pytest.mark.parametrize("eps", [float("nan"), float("inf"), float("-inf")])
+def test_eps_not_finite(gn, x, eps):
+    with pytest.raises(ValueError, match="eps"):
+        gn.group_norm(x, 2, eps=eps)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.int8, np.uint8, bool, np.complex64,
+                                   np.complex128, object], ids=lambda d: np.dtype(d).name)
+def test_bad_x_dtype(gn, dtype):
+    x = (np.arange(2 * 4 * 3).reshape(2, 4, 3) % 5).astype(dtype)
+    with pytest.raises(TypeError):
+        gn.group_norm(x, 2)
+
+
+def test_bad_x_dtype_string(gn):
+    with pytest.raises(TypeError):
+        gn.group_norm(np.array([["a", "b"], ["c", "d"]]), 1)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, bool, np.complex64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("which", ["weight", "bias"])
+def test_bad_param_dtype(gn, x, dtype, which):
+    with pytest.raises(TypeError, match=which):
+        gn.group_norm(x, 2, **{which: np.ones(8, dtype)})
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "", "sigmoid", "silu_"])
+def test_bad_activation(gn, x, act):
+    with pytest.raises(ValueError, match="activation|silu"):
+        gn.group_norm(x, 2, activation=act)
+
+
+def test_bad_activation_backward(gn, x):
+    _, m, r = gn.group_norm(x, 2, return_stats=True)
+    with pytest.raises(ValueError):
+        gn.group_norm_backward(x, x, m, r, 2, activation="relu")
+
+
+@pytest.mark.parametrize("what", ["skip_bias", "sum_out"])
+def test_skip_extras_need_skip(gn, x, what):
+    kw = {"skip_bias": np.ones(8, np.float32)} if what == "skip_bias" else {"sum_out": np.empty_like(x)}
+    with pytest.raises(ValueError, match="skip"):
+        gn.group_norm(x, 2, **kw)
+
+
+def test_skip_shape_mismatch(gn, x):
+    with pytest.raises(ValueError, match="skip"):
+        gn.group_norm(x, 2, skip=np.ones((2, 8, 3, 4), np.float32))
+
+
+def test_skip_bias_shape(gn, x):
+    with pytest.raises(ValueError, match="skip_bias"):
+        gn.group_norm(x, 2, skip=np.ones_like(x), skip_bias=np.ones(4, np.float32))
+
+
+def test_sum_out_bad(gn, x):
+    with pytest.raises((ValueError, TypeError), match="sum_out"):
+        gn.group_norm(x, 2, skip=np.ones_like(x), sum_out=np.empty((2, 8, 3, 4), np.float32))
+    ro = np.empty_like(x)
+    ro.setflags(write=False)
+    with pytest.raises((ValueError, TypeError), match="sum_out"):
+        gn.group_norm(x, 2, skip=np.ones_like(x), sum_out=ro)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 3, 4), (2, 8, 9), (8, 2, 3, 3)], ids=str)
+def test_out_wrong_shape(gn, x, shape):
+    with pytest.raises((ValueError, TypeError), match="out"):
+        gn.group_norm(x, 2, out=np.empty(shape, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16, BF16, np.int32], ids=str)
+def test_out_wrong_dtype(gn, x, dtype):
+    with pytest.raises((ValueError, TypeError), match="out"):
+        gn.group_norm(x, 2, out=np.empty(x.shape, dtype))
+
+
+def test_out_read_only(gn, x):
+    out = np.empty_like(x)
+    out.setflags(write=False)
+    with pytest.raises((ValueError, TypeError), match="out"):
+        gn.group_norm(x, 2, out=out)
+
+
+def test_out_read_only_x_in_place(gn, x):
+    x.setflags(write=False)
+    with pytest.raises((ValueError, TypeError)):
+        gn.group_norm(x, 2, out=x)
+
+
+def test_out_not_array(gn, x):
+    with pytest.raises((ValueError, TypeError)):
+        gn.group_norm(x, 2, out=[0.0] * x.size)
+
+
+def test_failed_call_leaves_out_untouched(gn, x):
+    """Argument errors are raised before any output is written."""
+    out = np.full_like(x, 123.0)
+    with pytest.raises(ValueError):
+        gn.group_norm(x, 3, out=out)
+    with pytest.raises(ValueError):
+        gn.group_norm(x, 2, weight=np.ones(7, np.float32), out=out)
+    assert (out == 123.0).all()
+
+
+def test_set_isa_unknown(gn):
+    before = gn.active_isa()
+    with pytest.raises(ValueError):
+        gn.set_isa("sse9000")
+    assert gn.active_isa() == before
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_set_num_threads_not_positive(gn, n):
+    before = gn.get_num_threads()
+    with pytest.raises(ValueError):
+        gn.set_num_threads(n)
+    assert gn.get_num_threads() == before
+
+
+# ----------------------------------------------------------------- backward argument errors
+
+
+def test_backward_errors(gn, x):
+    _, m, r = gn.group_norm(x, 2, return_stats=True)
+    with pytest.raises(ValueError, match="divisible"):
+        gn.group_norm_backward(x, x, m, r, 3)
+    with pytest.raises(ValueError, match="num_groups"):
+        gn.group_norm_backward(x, x, m, r, 0)
+    with pytest.raises(ValueError, match="grad_y"):
+        gn.group_norm_backward(np.ones((2, 8, 3, 4), np.float32), x, m, r, 2)
+    with pytest.raises(TypeError, match="grad_y"):
+        gn.group_norm_backward(x.astype(np.float64), x, m, r, 2)
+    with pytest.raises(ValueError, match="mean"):
+        gn.group_norm_backward(x, x, m[:, :1], r, 2)
+    with pytest.raises(ValueError, match="rstd"):
+        gn.group_norm_backward(x, x, m, r[:1], 2)
+    with pytest.raises(ValueError, match="weight"):
+        gn.group_norm_backward(x, x, m, r, 2, weight=np.ones(4, np.float32))
+    with pytest.raises(TypeError):
+        gn.group_norm_backward(x.astype(np.int32), x.astype(np.int32), m, r, 2)
+    with pytest.raises(ValueError):
+        gn.group_norm_backward(x[0, 0, 0], x[0, 0, 0], m, r, 2)
+
+
+# ----------------------------------------------------------------- layer argument errors
+
+
+def test_layer_errors(gn):
+    with pytest.raises(ValueError, match=r"num_channels 8 is not divisible by num_groups 3"):
+        gn.GroupNorm(3, 8)
+    with pytest.raises(ValueError, match="num_groups"):
+        gn.GroupNorm(0, 8)
+    with pytest.raises(ValueError, match="eps"):
+        gn.GroupNorm(2, 8, eps=float("nan"))
+    with pytest.raises(ValueError):
+        gn.GroupNorm(2, 8, activation="relu")
+    with pytest.raises(TypeError):
+        gn.GroupNorm(2, 8, dtype=np.int32)
+
+
+def test_layer_input_errors(gn, rng):
+    layer = gn.GroupNorm(2, 8)
+    with pytest.raises(ValueError):
+        layer(rng.x((2, 6, 3), np.float32))  # wrong channel count (6 % 2 == 0, so the shape check must catch it)
+    with pytest.raises(TypeError):
+        layer(np.ones((2, 8, 3), np.int64))
+
+
+def test_layer_load_state_dict_shape(gn):
+    layer = gn.GroupNorm(2, 8)
+    with pytest.raises(ValueError, match="weight"):
+        layer.load_state_dict({"weight": np.ones(4, np.float32), "bias": np.zeros(8, np.float32)})
+    with pytest.raises(ValueError, match="bias"):
+        layer.load_state_dict({"weight": np.ones(8, np.float32), "bias": np.zeros((8, 1), np.float32)})
+    with pytest.raises(ValueError, match="weight"):
+        layer.load_state_dict({"weight": np.ones((), np.float32), "bias": np.zeros(8, np.float32)})
+
+
+def test_layer_backward_before_forward(gn):
+    layer = gn.GroupNorm(2, 8)
+    with pytest.raises(Exception):
+        layer.backward(np.ones((2, 8, 3), np.float32))
