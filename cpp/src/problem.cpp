@@ -43,6 +43,7 @@ const char* status_name(Status s) {
     case Status::unsupported: return "unsupported";
     case Status::out_of_memory: return "out of memory";
     case Status::device_error: return "device error";
+    case Status::internal_error: return "internal error";
   }
   return "unknown status";
 }

@@ -33,6 +33,7 @@ enum class Status : int {
   unsupported = 10,         // valid request this build cannot serve (e.g. CUDA off)
   out_of_memory = 11,       // an internal allocation failed
   device_error = 12,        // the CUDA runtime reported an error
+  internal_error = 13,      // an unexpected failure inside the library (a bug)
 };
 const char* status_name(Status s);
 

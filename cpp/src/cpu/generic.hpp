@@ -83,31 +83,91 @@ inline vu16 float_to_bf16(vf f) {  // round to nearest even, NaN stays NaN (quie
   return __builtin_convertvector(is_nan != 0u ? quiet : rounded, vu16);
 }
 
+// ---------------------------------------------------------------- partial vectors
+// The first n < lanes elements, the rest zero (loads) or untouched (stores):
+// masked instructions where the ISA has them, a copy through a buffer elsewhere.
+template <class Vec, class E> inline Vec load_first(const E* p, std::int64_t n) {
+  constexpr int lanes = sizeof(Vec) / sizeof(E);
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  if constexpr (sizeof(Vec) == 64 && sizeof(E) == 4) {
+    __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+    return bitcast<Vec>(v);
+  }
+  if constexpr (sizeof(Vec) == 64 && sizeof(E) == 8) {
+    __m512d v = _mm512_maskz_loadu_pd((__mmask8)((1u << n) - 1), p);
+    return bitcast<Vec>(v);
+  }
+  if constexpr (sizeof(Vec) == 32 && sizeof(E) == 2) {
+    __m256i v = _mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1), p);
+    return bitcast<Vec>(v);
+  }
+#endif
+  E buf[lanes];
+  std::memset(buf, 0, sizeof(buf));
+  std::memcpy(buf, p, sizeof(E) * n);
+  Vec v;
+  std::memcpy(&v, buf, sizeof(v));
+  return v;
+}
+
+template <class Vec, class E> inline void store_first(E* p, const Vec& v, std::int64_t n) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  if constexpr (sizeof(Vec) == 64 && sizeof(E) == 4) {
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), bitcast<__m512>(v));
+    return;
+  }
+  if constexpr (sizeof(Vec) == 64 && sizeof(E) == 8) {
+    _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1), bitcast<__m512d>(v));
+    return;
+  }
+  if constexpr (sizeof(Vec) == 32 && sizeof(E) == 2) {
+    _mm256_mask_storeu_epi16(p, (__mmask16)((1u << n) - 1), bitcast<__m256i>(v));
+    return;
+  }
+#endif
+  std::memcpy(p, &v, sizeof(E) * n);
+}
+
 // ---------------------------------------------------------------- storage traits
 template <class T> struct Store;
 template <> struct Store<float> {
   typedef float A;
   static vf load(const float* p) { vf v; std::memcpy(&v, p, 64); return v; }
+  static vf load_n(const float* p, std::int64_t n) { return load_first<vf>(p, n); }
   static void store(float* p, vf v) { std::memcpy(p, &v, 64); }
+  static void store_n(float* p, vf v, std::int64_t n) { store_first(p, v, n); }
   static vf round_trip(vf v) { return v; }
-  static float to_acc(float v) { return v; }
 };
 template <> struct Store<double> {
   typedef double A;
   static vd load(const double* p) { vd v; std::memcpy(&v, p, 64); return v; }
+  static vd load_n(const double* p, std::int64_t n) { return load_first<vd>(p, n); }
   static void store(double* p, vd v) { std::memcpy(p, &v, 64); }
+  static void store_n(double* p, vd v, std::int64_t n) { store_first(p, v, n); }
   static vd round_trip(vd v) { return v; }
 };
 template <> struct Store<half> {
   typedef float A;
   static vf load(const half* p) { vu16 h; std::memcpy(&h, p, 32); return half_to_float(h); }
+  static vf load_n(const half* p, std::int64_t n) {
+    return half_to_float(load_first<vu16>(reinterpret_cast<const std::uint16_t*>(p), n));
+  }
   static void store(half* p, vf v) { vu16 h = float_to_half(v); std::memcpy(p, &h, 32); }
+  static void store_n(half* p, vf v, std::int64_t n) {
+    store_first(reinterpret_cast<std::uint16_t*>(p), float_to_half(v), n);
+  }
   static vf round_trip(vf v) { return half_to_float(float_to_half(v)); }
 };
 template <> struct Store<bfloat16> {
   typedef float A;
   static vf load(const bfloat16* p) { vu16 h; std::memcpy(&h, p, 32); return bf16_to_float(h); }
+  static vf load_n(const bfloat16* p, std::int64_t n) {
+    return bf16_to_float(load_first<vu16>(reinterpret_cast<const std::uint16_t*>(p), n));
+  }
   static void store(bfloat16* p, vf v) { vu16 h = float_to_bf16(v); std::memcpy(p, &h, 32); }
+  static void store_n(bfloat16* p, vf v, std::int64_t n) {
+    store_first(reinterpret_cast<std::uint16_t*>(p), float_to_bf16(v), n);
+  }
   static vf round_trip(vf v) { return bf16_to_float(float_to_bf16(v)); }
 };
 
@@ -119,24 +179,11 @@ template <class T> struct Ops {
 
   static V load(const T* p) { return Store<T>::load(p); }
   // first n (< L) elements, the rest zero
-  static V load_n(const T* p, std::int64_t n) {
-    T buf[L];
-    std::memset(buf, 0, sizeof(buf));
-    std::memcpy(buf, p, sizeof(T) * n);
-    return Store<T>::load(buf);
-  }
+  static V load_n(const T* p, std::int64_t n) { return Store<T>::load_n(p, n); }
   static void store(T* p, V v) { Store<T>::store(p, v); }
-  static void store_n(T* p, V v, std::int64_t n) {
-    T buf[L];
-    Store<T>::store(buf, v);
-    std::memcpy(p, buf, sizeof(T) * n);
-  }
+  static void store_n(T* p, V v, std::int64_t n) { Store<T>::store_n(p, v, n); }
   static V load_acc(const A* p) { V v; std::memcpy(&v, p, 64); return v; }
-  static V load_acc_n(const A* p, std::int64_t n) {
-    A buf[L] = {};
-    std::memcpy(buf, p, sizeof(A) * n);
-    return load_acc(buf);
-  }
+  static V load_acc_n(const A* p, std::int64_t n) { return Store<A>::load_n(p, n); }
   static void store_acc(A* p, V v) { std::memcpy(p, &v, 64); }
   static M lanes_below(std::int64_t n) {
     M idx;
@@ -617,11 +664,7 @@ template <class T, bool SKIP> void cl_moments_exact(const Tile& t, Moments* out)
   A* shift = acc2 + w;                  // w
   const ClIn<T, SKIP> in{static_cast<const T*>(t.x), static_cast<const T*>(t.skip),
                          static_cast<const A*>(t.skip_bias)};
-  auto store_part = [&](A* p, V v, std::int64_t n) {
-    A buf[L];
-    O::store_acc(buf, v);
-    std::memcpy(p, buf, sizeof(A) * n);
-  };
+  auto store_part = [&](A* p, V v, std::int64_t n) { Store<A>::store_n(p, v, n); };
   std::memset(acc, 0, sizeof(A) * w);
   std::int64_t r = 0;
   for (; r + 4 <= rows; r += 4) {
@@ -726,18 +769,12 @@ template <class T, bool SKIP> void cl_moments(const Tile& t, Moments* out) {
   const std::int64_t gw = t.group_width, ng = w / gw;
   for (std::int64_t j = 0; j < w; j += L) {  // row 0 as loaded, to pick each group's shift
     const std::int64_t n = w - j < L ? w - j : L;
-    A buf[L];
-    O::store_acc(buf, n == L ? in.load(0, j) : in.load_n(0, j, n));
-    std::memcpy(acc + j, buf, sizeof(A) * n);
+    Store<A>::store_n(acc + j, n == L ? in.load(0, j) : in.load_n(0, j, n), n);
   }
   for (std::int64_t g = 0; g < ng; ++g)
     for (std::int64_t c = 0; c < gw; ++c) shift[g * gw + c] = acc[g * gw];
   std::memset(acc, 0, sizeof(A) * 2 * w);
-  auto store_part = [&](A* p, V v, std::int64_t n) {
-    A buf[L];
-    O::store_acc(buf, v);
-    std::memcpy(p, buf, sizeof(A) * n);
-  };
+  auto store_part = [&](A* p, V v, std::int64_t n) { Store<A>::store_n(p, v, n); };
   std::int64_t r = 0;
   for (; r + 4 <= rows; r += 4) {
     const std::int64_t o = r * st;
@@ -910,11 +947,8 @@ template <class T, bool SILU> void cl_backward_sums(const Tile& t, double* db, d
         O::store_acc(ab + j, sb_);
         O::store_acc(as + j, ss);
       } else {
-        A b1[L], b2[L];
-        O::store_acc(b1, sb_);
-        O::store_acc(b2, ss);
-        std::memcpy(ab + j, b1, sizeof(A) * n);
-        std::memcpy(as + j, b2, sizeof(A) * n);
+        Store<A>::store_n(ab + j, sb_, n);
+        Store<A>::store_n(as + j, ss, n);
       }
     }
   }

@@ -38,12 +38,12 @@ int resolve_threads(const Exec& e) { return e.num_threads > 0 ? e.num_threads : 
 
 namespace {
 struct EngineTask {
-  const std::function<void(int)>* fn;
+  const WorkerFn* fn;
   static void call(void* ctx, std::int64_t i) { (*static_cast<EngineTask*>(ctx)->fn)((int)i); }
 };
 }  // namespace
 
-void run_workers(const Exec& e, int workers, const std::function<void(int)>& fn) {
+void run_workers(const Exec& e, int workers, WorkerFn fn) {
   if (workers <= 1) {
     fn(0);
     return;
