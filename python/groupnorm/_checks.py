@@ -33,8 +33,7 @@ def as_input(x, name="x"):
     """x as an ndarray of a supported float dtype, C-contiguous (copied only if needed)."""
     if not isinstance(x, np.ndarray):
         if hasattr(x, "__cuda_array_interface__"):
-            raise TypeError(f"{name} is a GPU array; this groupnorm build runs on the CPU only "
-                            "(rebuild with -C cmake.define.GROUPNORM_CUDA=ON)")
+            raise TypeError(f"{name} is a GPU array and x is not: put both on the same device")
         x = np.asarray(x)
     if x.dtype not in DTYPE_CODES:
         raise TypeError(f"{name} must be float64, float32, float16 or bfloat16, got {x.dtype}")

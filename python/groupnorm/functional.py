@@ -3,6 +3,7 @@ import numpy as np
 
 from . import _core
 from . import _checks as C
+from . import _cuda
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last=False,
@@ -19,6 +20,9 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last
     Args:
         x: array of shape (N, C, *spatial), or (N, *spatial, C) when
             ``channels_last``; any number of spatial dims (including none).
+            A GPU array (``__cuda_array_interface__``: CuPy, PyTorch CUDA
+            tensors) runs on the CUDA backend, on its stream, when groupnorm
+            was built with it; outputs are then CuPy arrays unless ``out=``.
             dtype float64, float32, float16 or bfloat16 (``groupnorm.bfloat16``).
             Any strides; C-contiguous input is used without a copy.
         num_groups: G, a positive divisor of C.
@@ -40,6 +44,9 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last
         y (x's shape and dtype), or (y, mean, rstd) with mean and rstd of shape
         (N, num_groups), float32 (float64 when x is float64).
     """
+    if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
+        return _cuda.group_norm(x, C.groups_of(num_groups), weight, bias, C.eps_value(eps), channels_last,
+                                C.activation(activation), out, return_stats, skip, skip_bias, sum_out)
     x = C.as_input(x)
     channels = C.channels_of(x, channels_last)
     groups = C.groups_of(num_groups)
@@ -92,6 +99,9 @@ def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight=None, bias=Non
         (grad_x, grad_weight, grad_bias): grad_x like x; grad_weight/grad_bias of
         shape (C,) in weight's/bias's dtype, or None when weight/bias is None.
     """
+    if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
+        return _cuda.group_norm_backward(grad_y, x, mean, rstd, C.groups_of(num_groups), weight, bias,
+                                         channels_last, C.activation(activation), out)
     x = C.as_input(x)
     channels = C.channels_of(x, channels_last)
     groups = C.groups_of(num_groups)

@@ -4,9 +4,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 
+#include "groupnorm/cuda.hpp"
 #include "groupnorm/groupnorm.hpp"
 
 namespace py = pybind11;
@@ -132,6 +134,47 @@ void parallel_copy(const py::array& dst, const py::array& src, int num_threads) 
   }
 }
 
+
+// GPU arrays arrive as raw device pointers (from __cuda_array_interface__,
+// read in python/groupnorm/_cuda.py) and run on the caller's stream.
+void forward_cuda(std::uintptr_t x, std::int64_t n, std::int64_t c, std::int64_t s, std::int64_t groups,
+                  std::uintptr_t weight, std::uintptr_t bias, double eps, bool channels_last, int act, int dtype,
+                  int param_dtype, std::uintptr_t y, std::uintptr_t mean, std::uintptr_t rstd, std::uintptr_t skip,
+                  std::uintptr_t skip_bias, std::uintptr_t sum_out, std::uintptr_t stream) {
+  gn::Problem p;
+  p.batch = n; p.channels = c; p.spatial = s; p.groups = groups; p.channels_last = channels_last; p.eps = eps;
+  p.activation = (gn::Activation)act; p.dtype = (gn::DType)dtype; p.param_dtype = (gn::DType)param_dtype;
+  gn::ForwardArgs a;
+  a.x = (const void*)x; a.weight = (const void*)weight; a.bias = (const void*)bias;
+  a.skip = (const void*)skip; a.skip_bias = (const void*)skip_bias;
+  a.y = (void*)y; a.sum_out = (void*)sum_out; a.mean = (void*)mean; a.rstd = (void*)rstd;
+  gn::Result r;
+  {
+    py::gil_scoped_release release;
+    r = gn::cuda::forward(p, a, (gn::cuda::Stream)stream);
+  }
+  if (!r) raise(r);
+}
+
+void backward_cuda(std::uintptr_t grad_y, std::uintptr_t x, std::uintptr_t mean, std::uintptr_t rstd, std::int64_t n,
+                   std::int64_t c, std::int64_t s, std::int64_t groups, std::uintptr_t weight, std::uintptr_t bias,
+                   bool channels_last, int act, int dtype, int param_dtype, std::uintptr_t grad_x,
+                   std::uintptr_t grad_weight, std::uintptr_t grad_bias, std::uintptr_t stream) {
+  gn::Problem p;
+  p.batch = n; p.channels = c; p.spatial = s; p.groups = groups; p.channels_last = channels_last; p.eps = 0.0;
+  p.activation = (gn::Activation)act; p.dtype = (gn::DType)dtype; p.param_dtype = (gn::DType)param_dtype;
+  gn::BackwardArgs a;
+  a.grad_y = (const void*)grad_y; a.x = (const void*)x; a.mean = (const void*)mean; a.rstd = (const void*)rstd;
+  a.weight = (const void*)weight; a.bias = (const void*)bias;
+  a.grad_x = (void*)grad_x; a.grad_weight = (void*)grad_weight; a.grad_bias = (void*)grad_bias;
+  gn::Result r;
+  {
+    py::gil_scoped_release release;
+    r = gn::cuda::backward(p, a, (gn::cuda::Stream)stream);
+  }
+  if (!r) raise(r);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -149,6 +192,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("available_isas", &gn::available_isas);
   m.def("set_isa", [](const std::string& name) { return gn::set_isa(name.c_str()); });
   m.def("parallel_copy", &parallel_copy, py::arg("dst"), py::arg("src"), py::arg("num_threads") = 0);
+  m.def("forward_cuda", &forward_cuda);
+  m.def("backward_cuda", &backward_cuda);
+#if defined(GROUPNORM_WITH_CUDA)
+  m.attr("HAS_CUDA") = true;
+#else
+  m.attr("HAS_CUDA") = false;
+#endif
+  m.def("cuda_available", &gn::cuda::available);
   m.attr("FLOAT32") = (int)gn::DType::float32;
   m.attr("FLOAT64") = (int)gn::DType::float64;
   m.attr("FLOAT16") = (int)gn::DType::float16;

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# CUDA backend compile check: builds the library with -DGROUPNORM_CUDA=ON and the
+# CUDA test program with nvcc, then runs it (it prints SKIP and exits 0 when no
+# GPU is visible, as on CI). A broken kernel fails here even without a GPU.
+#   bash .ci/cuda.sh           (build dir under ${GN_BUILD_ROOT:-/tmp/groupnorm-ci})
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${GN_BUILD_ROOT:-/tmp/groupnorm-ci}/cuda
+NVCC=$(command -v nvcc || true)
+[ -n "$NVCC" ] || { [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc; }
+if [ -z "$NVCC" ]; then
+  echo "== cuda: nvcc not found; CUDA compile check skipped"
+  exit 0
+fi
+# the Python extension too, when pybind11 is at hand (its GPU-array entry points)
+PY=(-DGROUPNORM_BUILD_PYTHON=OFF)
+TARGETS=(groupnorm test_cuda)
+if PYBIND=$(python3 -m pybind11 --cmakedir 2>/dev/null); then
+  PY=(-DGROUPNORM_BUILD_PYTHON=ON -Dpybind11_DIR="$PYBIND" -DPython_EXECUTABLE="$(command -v python3)")
+  TARGETS+=(_core)
+fi
+echo "== cuda: configure ($NVCC, sm_${GN_CUDA_ARCHS:-80;90}, targets ${TARGETS[*]})"
+cmake -S . -B "$OUT" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGROUPNORM_CUDA=ON -DGROUPNORM_BUILD_TESTS=ON "${PY[@]}" \
+  -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="${GN_CUDA_ARCHS:-80;90}" >"$OUT.configure.log" 2>&1 ||
+  { cat "$OUT.configure.log"; exit 1; }
+echo "== cuda: build"
+cmake --build "$OUT" --parallel "${GN_JOBS:-2}" --target "${TARGETS[@]}"
+echo "== cuda: run (skips without a device)"
+"$OUT/test_cuda"
