@@ -969,27 +969,60 @@ template <class T, bool SILU> void cl_backward_apply(const Tile& t) {
   const A* shift = static_cast<const A*>(t.shift);
   const A* c2 = static_cast<const A*>(t.c2);
   const A* c3 = static_cast<const A*>(t.c3);
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const std::int64_t off = r * st;
-    const T* x = static_cast<const T*>(t.x) + off;
-    const T* g = static_cast<const T*>(t.dy) + off;
-    T* dx = static_cast<T*>(t.dx) + off;
+  const T* xb = static_cast<const T*>(t.x);
+  const T* gb = static_cast<const T*>(t.dy);
+  T* dxb = static_cast<T*>(t.dx);
+  // dx for one vector, given the channel parameters of its lanes
+  auto value = [&](V xv, V gv, V m, V a, V b, V k2, V k3) {
+    const V xc = xv - m;
+    if (SILU) gv = gv * O::dsilu(xc * a + b);
+    return (a * gv + k2 * xc) + k3;
+  };
+  auto row = [&](std::int64_t o) {
     auto full = [&](std::int64_t j) {
-      const V xc = O::load(x + j) - O::load_acc(mean + j);
-      const V av = O::load_acc(scale + j);
-      V gg = O::load(g + j);
-      if (SILU) gg = gg * O::dsilu(xc * av + O::load_acc(shift + j));
-      return (av * gg + O::load_acc(c2 + j) * xc) + O::load_acc(c3 + j);
+      return value(O::load(xb + o + j), O::load(gb + o + j), O::load_acc(mean + j), O::load_acc(scale + j),
+                   SILU ? O::load_acc(shift + j) : V{}, O::load_acc(c2 + j), O::load_acc(c3 + j));
     };
     auto part = [&](std::int64_t j, std::int64_t n) {
-      const V xc = O::load_n(x + j, n) - O::load_acc_n(mean + j, n);
-      const V av = O::load_acc_n(scale + j, n);
-      V gg = O::load_n(g + j, n);
-      if (SILU) gg = gg * O::dsilu(xc * av + O::load_acc_n(shift + j, n));
-      return (av * gg + O::load_acc_n(c2 + j, n) * xc) + O::load_acc_n(c3 + j, n);
+      return value(O::load_n(xb + o + j, n), O::load_n(gb + o + j, n), O::load_acc_n(mean + j, n),
+                   O::load_acc_n(scale + j, n), SILU ? O::load_acc_n(shift + j, n) : V{},
+                   O::load_acc_n(c2 + j, n), O::load_acc_n(c3 + j, n));
     };
-    write_row<T>(dx, w, t.stream, full, part);
+    write_row<T>(dxb + o, w, t.stream, full, part);
+  };
+  std::int64_t r = 0;
+  if ((st * (std::int64_t)sizeof(T)) % 64 == 0) {
+    // every row has the same alignment: four rows per load of the channel parameters
+    std::int64_t h = align_head(dxb);
+    if (h > w) h = w;
+    const std::int64_t body_end = h + (w - h) / L * L;
+    const bool stream = t.stream && reinterpret_cast<std::uintptr_t>(dxb + h) % (sizeof(T) * L) == 0;
+    for (; r + 4 <= rows; r += 4) {
+      const std::int64_t o = r * st;
+      auto edge = [&](std::int64_t j, std::int64_t n) {
+        if (n <= 0) return;
+        const V m = O::load_acc_n(mean + j, n), a = O::load_acc_n(scale + j, n);
+        const V b = SILU ? O::load_acc_n(shift + j, n) : V{};
+        const V k2 = O::load_acc_n(c2 + j, n), k3 = O::load_acc_n(c3 + j, n);
+        for (int u = 0; u < 4; ++u) {
+          const std::int64_t ou = o + u * st + j;
+          O::store_n(dxb + ou, value(O::load_n(xb + ou, n), O::load_n(gb + ou, n), m, a, b, k2, k3), n);
+        }
+      };
+      edge(0, h);
+      for (std::int64_t j = h; j < body_end; j += L) {
+        const V m = O::load_acc(mean + j), a = O::load_acc(scale + j);
+        const V b = SILU ? O::load_acc(shift + j) : V{};
+        const V k2 = O::load_acc(c2 + j), k3 = O::load_acc(c3 + j);
+        for (int u = 0; u < 4; ++u) {
+          const std::int64_t ou = o + u * st + j;
+          put(dxb + ou, value(O::load(xb + ou), O::load(gb + ou), m, a, b, k2, k3), stream);
+        }
+      }
+      edge(body_end, w - body_end);
+    }
   }
+  for (; r < rows; ++r) row(r * st);
   if (t.stream) stream_fence();
 }
 
