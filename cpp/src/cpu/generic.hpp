@@ -381,64 +381,62 @@ template <class T> struct Bias {
 
 // ================================================================ channels-first
 // Tile rows are channels, each row `cols` contiguous elements.
-template <class T, bool SKIP> void cf_moments_exact(const Tile& t, Moments* out) {
+// A channels-first tile as the moments passes walk it: whole channels are one
+// contiguous run, summed as one (the order depends only on the tile's shape,
+// with or without a skip bias).
+template <class T, bool SKIP> struct CfRun {
   typedef Ops<T> O;
   typedef In<T, SKIP> I;
   typedef typename O::A A;
   typedef typename O::V V;
-  constexpr int L = O::L;
-  const A* sb = static_cast<const A*>(t.skip_bias);
-  // whole channels are one contiguous run: sum them as one (the order then
-  // depends only on the tile's shape, with or without a skip bias)
-  const bool flat = t.stride == t.cols;
-  const std::int64_t rows = flat ? 1 : t.rows, cols = flat ? t.rows * t.cols : t.cols, stride = t.stride;
-  const Bias<T> bias_of{sb, flat ? t.cols : 0, t.rows};
-  const T* xb = static_cast<const T*>(t.x);
-  const T* kb = static_cast<const T*>(t.skip);
-  const double count = (double)rows * (double)cols;
-  // pass 1: provisional mean
-  V s0 = {}, s1 = {}, s2 = {}, s3 = {};
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const T* x = xb + r * stride;
-    const T* k = SKIP ? kb + r * stride : nullptr;
-    std::int64_t i = 0;
-    for (; i + 4 * L <= cols; i += 4 * L) {
-      s0 += I::load_b(x + i, k + i, bias_of, r, i);
-      s1 += I::load_b(x + i + L, k + i + L, bias_of, r, i + L);
-      s2 += I::load_b(x + i + 2 * L, k + i + 2 * L, bias_of, r, i + 2 * L);
-      s3 += I::load_b(x + i + 3 * L, k + i + 3 * L, bias_of, r, i + 3 * L);
-    }
-    for (; i + L <= cols; i += L) s0 += I::load_b(x + i, k + i, bias_of, r, i);
-    if (i < cols) s0 += O::select(O::lanes_below(cols - i), I::load_nb(x + i, k + i, bias_of, r, i, cols - i), V{});
+  static constexpr int L = O::L;
+  const T* xb;
+  const T* kb;
+  std::int64_t rows, cols, stride;
+  Bias<T> bias;
+  explicit CfRun(const Tile& t)
+      : xb(static_cast<const T*>(t.x)), kb(static_cast<const T*>(t.skip)),
+        rows(t.stride == t.cols ? 1 : t.rows), cols(t.stride == t.cols ? t.rows * t.cols : t.cols),
+        stride(t.stride), bias{static_cast<const A*>(t.skip_bias), t.stride == t.cols ? t.cols : 0, t.rows} {}
+  double count() const { return (double)rows * (double)cols; }
+  V at(std::int64_t r, std::int64_t i) const {
+    return I::load_b(xb + r * stride + i, SKIP ? kb + r * stride + i : nullptr, bias, r, i);
   }
-  const A m = (A)(O::hsum((s0 + s1) + (s2 + s3)) / count);
-  const V mv = splat<V>(m);
-  // pass 2: deviations from m
-  V d0 = {}, d1 = {}, q0 = {}, q1 = {};
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const T* x = xb + r * stride;
-    const T* k = SKIP ? kb + r * stride : nullptr;
-    std::int64_t i = 0;
-    for (; i + 2 * L <= cols; i += 2 * L) {
-      const V a0 = I::load_b(x + i, k + i, bias_of, r, i) - mv;
-      const V a1 = I::load_b(x + i + L, k + i + L, bias_of, r, i + L) - mv;
-      d0 += a0; q0 += a0 * a0;
-      d1 += a1; q1 += a1 * a1;
-    }
-    for (; i < cols; i += L) {
-      const std::int64_t n = cols - i;
-      V a0 = (n >= L ? I::load_b(x + i, k + i, bias_of, r, i) : I::load_nb(x + i, k + i, bias_of, r, i, n)) - mv;
-      if (n < L) a0 = O::select(O::lanes_below(n), a0, V{});
-      d0 += a0; q0 += a0 * a0;
-    }
+  V at_n(std::int64_t r, std::int64_t i, std::int64_t n) const {
+    return I::load_nb(xb + r * stride + i, SKIP ? kb + r * stride + i : nullptr, bias, r, i, n);
   }
-  const double sd = O::hsum(d0 + d1), sq = O::hsum(q0 + q1);
+  // sums of d = x - shift and d*d, two pairs of accumulators (no register
+  // spills on 16-register ISAs)
+  void dev_sums(A shift, double* sd, double* sq) const {
+    const V mv = splat<V>(shift);
+    V d0 = {}, d1 = {}, q0 = {}, q1 = {};
+    for (std::int64_t r = 0; r < rows; ++r) {
+      std::int64_t i = 0;
+      for (; i + 2 * L <= cols; i += 2 * L) {
+        const V a0 = at(r, i) - mv, a1 = at(r, i + L) - mv;
+        d0 += a0; q0 += a0 * a0;
+        d1 += a1; q1 += a1 * a1;
+      }
+      for (; i < cols; i += L) {
+        const std::int64_t n = cols - i;
+        V a0 = (n >= L ? at(r, i) : at_n(r, i, n)) - mv;
+        if (n < L) a0 = O::select(O::lanes_below(n), a0, V{});
+        d0 += a0; q0 += a0 * a0;
+      }
+    }
+    *sd = O::hsum(d0 + d1);
+    *sq = O::hsum(q0 + q1);
+  }
+};
+
+// Moments from sums of deviations from `shift`.
+inline Moments shifted_moments(double n, double shift, double sd, double q) {
   Moments mo;
-  mo.n = count;
-  mo.mean = (double)m + sd / count;
-  mo.m2 = sq - sd * sd / count;
+  mo.n = n;
+  mo.mean = shift + sd / n;
+  mo.m2 = q - sd * sd / n;
   if (mo.m2 < 0) mo.m2 = 0;  // rounding; NaN stays NaN
-  out[0] = mo;
+  return mo;
 }
 
 // Accept moments from sums shifted by K when the shift was close to the mean:
@@ -448,59 +446,43 @@ inline bool shift_ok(double n, double sd, double q) {
   const double m2 = q - sd * sd / n;
   return !(sd * sd / n > 64.0 * m2);  // NaN data: accepted (stays NaN)
 }
-inline Moments shifted_moments(double n, double k, double sd, double q) {
-  Moments mo;
-  mo.n = n;
-  mo.mean = k + sd / n;
-  mo.m2 = q - sd * sd / n;
-  if (mo.m2 < 0) mo.m2 = 0;
-  return mo;
+
+// Exact two-pass: the tile's mean first, then deviations from it.
+template <class T, bool SKIP> void cf_moments_exact(const Tile& t, Moments* out) {
+  typedef CfRun<T, SKIP> R;
+  typedef typename R::O O;
+  typedef typename R::A A;
+  typedef typename R::V V;
+  constexpr int L = R::L;
+  const R run(t);
+  V s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  for (std::int64_t r = 0; r < run.rows; ++r) {
+    std::int64_t i = 0;
+    for (; i + 4 * L <= run.cols; i += 4 * L) {
+      s0 += run.at(r, i);
+      s1 += run.at(r, i + L);
+      s2 += run.at(r, i + 2 * L);
+      s3 += run.at(r, i + 3 * L);
+    }
+    for (; i + L <= run.cols; i += L) s0 += run.at(r, i);
+    if (i < run.cols) s0 += O::select(O::lanes_below(run.cols - i), run.at_n(r, i, run.cols - i), V{});
+  }
+  const A m = (A)(O::hsum((s0 + s1) + (s2 + s3)) / run.count());
+  double sd, sq;
+  run.dev_sums(m, &sd, &sq);
+  out[0] = shifted_moments(run.count(), (double)m, sd, sq);
 }
 
 // One pass of sums shifted by the tile's first element; exact two-pass when
-// the check above fails. Results depend only on the tile's data.
+// shift_ok() fails. Results depend only on the tile's data.
 template <class T, bool SKIP> void cf_moments(const Tile& t, Moments* out) {
-  typedef Ops<T> O;
-  typedef In<T, SKIP> I;
-  typedef typename O::A A;
-  typedef typename O::V V;
-  constexpr int L = O::L;
-  const A* sb = static_cast<const A*>(t.skip_bias);
-  // whole channels are one contiguous run: sum them as one (the order then
-  // depends only on the tile's shape, with or without a skip bias)
-  const bool flat = t.stride == t.cols;
-  const std::int64_t rows = flat ? 1 : t.rows, cols = flat ? t.rows * t.cols : t.cols, stride = t.stride;
-  const Bias<T> bias_of{sb, flat ? t.cols : 0, t.rows};
-  const T* xb = static_cast<const T*>(t.x);
-  const T* kb = static_cast<const T*>(t.skip);
-  const double count = (double)rows * (double)cols;
-  A k0;
-  k0 = I::load_nb(xb, kb, bias_of, 0, 0, 1)[0];
-  const V kv = splat<V>(k0);
-  // two pairs of accumulators: no register spills on 16-register ISAs
-  V d0 = {}, d1 = {}, q0 = {}, q1 = {};
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const T* x = xb + r * stride;
-    const T* k = SKIP ? kb + r * stride : nullptr;
-    std::int64_t i = 0;
-    for (; i + 2 * L <= cols; i += 2 * L) {
-      const V a0 = I::load_b(x + i, k + i, bias_of, r, i) - kv;
-      const V a1 = I::load_b(x + i + L, k + i + L, bias_of, r, i + L) - kv;
-      d0 += a0; q0 += a0 * a0;
-      d1 += a1; q1 += a1 * a1;
-    }
-    for (; i < cols; i += L) {
-      const std::int64_t n = cols - i;
-      V a0 = (n >= L ? I::load_b(x + i, k + i, bias_of, r, i) : I::load_nb(x + i, k + i, bias_of, r, i, n)) - kv;
-      if (n < L) a0 = O::select(O::lanes_below(n), a0, V{});
-      d0 += a0; q0 += a0 * a0;
-    }
-  }
-  const double sd = O::hsum(d0 + d1), sq = O::hsum(q0 + q1);
-  if (shift_ok(count, sd, sq)) out[0] = shifted_moments(count, (double)k0, sd, sq);
+  const CfRun<T, SKIP> run(t);
+  const typename CfRun<T, SKIP>::A k0 = run.at_n(0, 0, 1)[0];
+  double sd, sq;
+  run.dev_sums(k0, &sd, &sq);
+  if (shift_ok(run.count(), sd, sq)) out[0] = shifted_moments(run.count(), (double)k0, sd, sq);
   else cf_moments_exact<T, SKIP>(t, out);
 }
-
 
 template <class T, bool SKIP, bool SILU> void cf_apply(const Tile& t) {
   typedef Ops<T> O;
@@ -652,129 +634,20 @@ template <class T, bool SKIP> struct ClIn {
   }
 };
 
-template <class T, bool SKIP> void cl_moments_exact(const Tile& t, Moments* out) {
+// Per-channel sums of d = x - shift[c] and d*d down the tile's rows into
+// acc/acc2 (zeroed here), four rows per visit of an accumulator; each
+// channel's sum still runs row by row.
+template <class T, bool SKIP>
+void cl_dev_sums(const Tile& t, const ClIn<T, SKIP>& in, const typename Ops<T>::A* shift, typename Ops<T>::A* acc,
+                 typename Ops<T>::A* acc2) {
   typedef Ops<T> O;
   typedef typename O::A A;
   typedef typename O::V V;
   constexpr int L = O::L;
   const std::int64_t w = t.cols, rows = t.rows, st = t.stride;
   const std::int64_t wf = w / L * L;  // full vectors
-  A* acc = static_cast<A*>(t.scratch);  // w
-  A* acc2 = acc + w;                    // w
-  A* shift = acc2 + w;                  // w
-  const ClIn<T, SKIP> in{static_cast<const T*>(t.x), static_cast<const T*>(t.skip),
-                         static_cast<const A*>(t.skip_bias)};
-  auto store_part = [&](A* p, V v, std::int64_t n) { Store<A>::store_n(p, v, n); };
   std::memset(acc, 0, sizeof(A) * w);
-  std::int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) {
-    const std::int64_t o = r * st;
-    for (std::int64_t j = 0; j < wf; j += L) {
-      V a = O::load_acc(acc + j);
-      a += in.load(o, j);
-      a += in.load(o + st, j);
-      a += in.load(o + 2 * st, j);
-      a += in.load(o + 3 * st, j);
-      O::store_acc(acc + j, a);
-    }
-    if (wf < w) {
-      const std::int64_t n = w - wf;
-      V a = O::load_acc_n(acc + wf, n);
-      for (int q = 0; q < 4; ++q) a += in.load_n(o + q * st, wf, n);
-      store_part(acc + wf, a, n);
-    }
-  }
-  for (; r < rows; ++r) {
-    const std::int64_t o = r * st;
-    for (std::int64_t j = 0; j < wf; j += L) O::store_acc(acc + j, O::load_acc(acc + j) + in.load(o, j));
-    if (wf < w) store_part(acc + wf, O::load_acc_n(acc + wf, w - wf) + in.load_n(o, wf, w - wf), w - wf);
-  }
-  const std::int64_t gw = t.group_width, ng = w / gw;
-  const double count = (double)rows * (double)gw;
-  for (std::int64_t g = 0; g < ng; ++g) {
-    A s = 0;
-    for (std::int64_t c = 0; c < gw; ++c) s += acc[g * gw + c];
-    const A m = (A)((double)s / count);
-    for (std::int64_t c = 0; c < gw; ++c) shift[g * gw + c] = m;
-  }
-  std::memset(acc, 0, sizeof(A) * 2 * w);
-  for (r = 0; r + 4 <= rows; r += 4) {
-    const std::int64_t o = r * st;
-    for (std::int64_t j = 0; j < wf; j += L) {
-      const V m = O::load_acc(shift + j);
-      V a = O::load_acc(acc + j), q = O::load_acc(acc2 + j);
-      for (int u = 0; u < 4; ++u) {
-        const V d = in.load(o + u * st, j) - m;
-        a += d;
-        q += d * d;
-      }
-      O::store_acc(acc + j, a);
-      O::store_acc(acc2 + j, q);
-    }
-    if (wf < w) {
-      const std::int64_t n = w - wf;
-      const auto live = O::lanes_below(n);
-      const V m = O::load_acc_n(shift + wf, n);
-      V a = O::load_acc_n(acc + wf, n), q = O::load_acc_n(acc2 + wf, n);
-      for (int u = 0; u < 4; ++u) {
-        const V d = O::select(live, in.load_n(o + u * st, wf, n) - m, V{});
-        a += d;
-        q += d * d;
-      }
-      store_part(acc + wf, a, n);
-      store_part(acc2 + wf, q, n);
-    }
-  }
-  for (; r < rows; ++r) {
-    const std::int64_t o = r * st;
-    for (std::int64_t j = 0; j < w; j += L) {
-      const std::int64_t n = w - j < L ? w - j : L;
-      const auto live = O::lanes_below(n);
-      const V d = O::select(live, (n == L ? in.load(o, j) : in.load_n(o, j, n)) - O::load_acc_n(shift + j, n), V{});
-      store_part(acc + j, O::load_acc_n(acc + j, n) + d, n);
-      store_part(acc2 + j, O::load_acc_n(acc2 + j, n) + d * d, n);
-    }
-  }
-  for (std::int64_t g = 0; g < ng; ++g) {
-    double sd = 0, sq = 0;
-    for (std::int64_t c = 0; c < gw; ++c) {
-      sd += (double)acc[g * gw + c];
-      sq += (double)acc2[g * gw + c];
-    }
-    Moments mo;
-    mo.n = count;
-    mo.mean = (double)shift[g * gw] + sd / count;
-    mo.m2 = sq - sd * sd / count;
-    if (mo.m2 < 0) mo.m2 = 0;
-    out[g] = mo;
-  }
-}
-
-// One pass of per-channel sums shifted by each group's first element (row 0),
-// four rows per visit of an accumulator; a group that fails shift_ok() is
-// redone alone with the exact two-pass sums, so a group's result never
-// depends on its neighbours in the tile.
-template <class T, bool SKIP> void cl_moments(const Tile& t, Moments* out) {
-  typedef Ops<T> O;
-  typedef typename O::A A;
-  typedef typename O::V V;
-  constexpr int L = O::L;
-  const std::int64_t w = t.cols, rows = t.rows, st = t.stride;
-  const std::int64_t wf = w / L * L;
-  A* acc = static_cast<A*>(t.scratch);  // w
-  A* acc2 = acc + w;                    // w
-  A* shift = acc2 + w;                  // w
-  const ClIn<T, SKIP> in{static_cast<const T*>(t.x), static_cast<const T*>(t.skip),
-                         static_cast<const A*>(t.skip_bias)};
-  const std::int64_t gw = t.group_width, ng = w / gw;
-  for (std::int64_t j = 0; j < w; j += L) {  // row 0 as loaded, to pick each group's shift
-    const std::int64_t n = w - j < L ? w - j : L;
-    Store<A>::store_n(acc + j, n == L ? in.load(0, j) : in.load_n(0, j, n), n);
-  }
-  for (std::int64_t g = 0; g < ng; ++g)
-    for (std::int64_t c = 0; c < gw; ++c) shift[g * gw + c] = acc[g * gw];
-  std::memset(acc, 0, sizeof(A) * 2 * w);
-  auto store_part = [&](A* p, V v, std::int64_t n) { Store<A>::store_n(p, v, n); };
+  std::memset(acc2, 0, sizeof(A) * w);
   std::int64_t r = 0;
   for (; r + 4 <= rows; r += 4) {
     const std::int64_t o = r * st;
@@ -800,8 +673,8 @@ template <class T, bool SKIP> void cl_moments(const Tile& t, Moments* out) {
         a += d;
         q += d * d;
       }
-      store_part(acc + wf, a, n);
-      store_part(acc2 + wf, q, n);
+      Store<A>::store_n(acc + wf, a, n);
+      Store<A>::store_n(acc2 + wf, q, n);
     }
   }
   for (; r < rows; ++r) {
@@ -810,17 +683,102 @@ template <class T, bool SKIP> void cl_moments(const Tile& t, Moments* out) {
       const std::int64_t n = w - j < L ? w - j : L;
       const auto live = O::lanes_below(n);
       const V d = O::select(live, (n == L ? in.load(o, j) : in.load_n(o, j, n)) - O::load_acc_n(shift + j, n), V{});
-      store_part(acc + j, O::load_acc_n(acc + j, n) + d, n);
-      store_part(acc2 + j, O::load_acc_n(acc2 + j, n) + d * d, n);
+      Store<A>::store_n(acc + j, O::load_acc_n(acc + j, n) + d, n);
+      Store<A>::store_n(acc2 + j, O::load_acc_n(acc2 + j, n) + d * d, n);
     }
   }
+}
+
+// Group g's sums of deviations over its channels, in channel order.
+template <class A> inline void cl_group_sums(const A* acc, const A* acc2, std::int64_t g, std::int64_t gw, double* sd,
+                                             double* sq) {
+  double a = 0, q = 0;
+  for (std::int64_t c = 0; c < gw; ++c) {
+    a += (double)acc[g * gw + c];
+    q += (double)acc2[g * gw + c];
+  }
+  *sd = a;
+  *sq = q;
+}
+
+// Exact two-pass: per-group tile means first, then deviations from them.
+template <class T, bool SKIP> void cl_moments_exact(const Tile& t, Moments* out) {
+  typedef Ops<T> O;
+  typedef typename O::A A;
+  typedef typename O::V V;
+  constexpr int L = O::L;
+  const std::int64_t w = t.cols, rows = t.rows, st = t.stride;
+  const std::int64_t wf = w / L * L;
+  A* acc = static_cast<A*>(t.scratch);  // w
+  A* acc2 = acc + w;                    // w
+  A* shift = acc2 + w;                  // w
+  const ClIn<T, SKIP> in{static_cast<const T*>(t.x), static_cast<const T*>(t.skip),
+                         static_cast<const A*>(t.skip_bias)};
+  std::memset(acc, 0, sizeof(A) * w);
+  std::int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const std::int64_t o = r * st;
+    for (std::int64_t j = 0; j < wf; j += L) {
+      V a = O::load_acc(acc + j);
+      a += in.load(o, j);
+      a += in.load(o + st, j);
+      a += in.load(o + 2 * st, j);
+      a += in.load(o + 3 * st, j);
+      O::store_acc(acc + j, a);
+    }
+    if (wf < w) {
+      const std::int64_t n = w - wf;
+      V a = O::load_acc_n(acc + wf, n);
+      for (int q = 0; q < 4; ++q) a += in.load_n(o + q * st, wf, n);
+      Store<A>::store_n(acc + wf, a, n);
+    }
+  }
+  for (; r < rows; ++r) {
+    const std::int64_t o = r * st;
+    for (std::int64_t j = 0; j < wf; j += L) O::store_acc(acc + j, O::load_acc(acc + j) + in.load(o, j));
+    if (wf < w) Store<A>::store_n(acc + wf, O::load_acc_n(acc + wf, w - wf) + in.load_n(o, wf, w - wf), w - wf);
+  }
+  const std::int64_t gw = t.group_width, ng = w / gw;
   const double count = (double)rows * (double)gw;
   for (std::int64_t g = 0; g < ng; ++g) {
-    double sd = 0, sq = 0;
-    for (std::int64_t c = 0; c < gw; ++c) {
-      sd += (double)acc[g * gw + c];
-      sq += (double)acc2[g * gw + c];
-    }
+    A s = 0;
+    for (std::int64_t c = 0; c < gw; ++c) s += acc[g * gw + c];
+    const A m = (A)((double)s / count);
+    for (std::int64_t c = 0; c < gw; ++c) shift[g * gw + c] = m;
+  }
+  cl_dev_sums<T, SKIP>(t, in, shift, acc, acc2);
+  for (std::int64_t g = 0; g < ng; ++g) {
+    double sd, sq;
+    cl_group_sums(acc, acc2, g, gw, &sd, &sq);
+    out[g] = shifted_moments(count, (double)shift[g * gw], sd, sq);
+  }
+}
+
+// One pass of per-channel sums shifted by each group's first element (row 0);
+// a group that fails shift_ok() is redone alone with the exact two-pass sums,
+// so a group's result never depends on its neighbours in the tile.
+template <class T, bool SKIP> void cl_moments(const Tile& t, Moments* out) {
+  typedef Ops<T> O;
+  typedef typename O::A A;
+  constexpr int L = O::L;
+  const std::int64_t w = t.cols;
+  A* acc = static_cast<A*>(t.scratch);  // w
+  A* acc2 = acc + w;                    // w
+  A* shift = acc2 + w;                  // w
+  const ClIn<T, SKIP> in{static_cast<const T*>(t.x), static_cast<const T*>(t.skip),
+                         static_cast<const A*>(t.skip_bias)};
+  const std::int64_t gw = t.group_width, ng = w / gw;
+  for (std::int64_t j = 0; j < w; j += L) {  // row 0 as loaded, to pick each group's shift
+    const std::int64_t n = w - j < L ? w - j : L;
+    Store<A>::store_n(acc + j, n == L ? in.load(0, j) : in.load_n(0, j, n), n);
+  }
+  for (std::int64_t g = 0; g < ng; ++g)
+    for (std::int64_t c = 0; c < gw; ++c) shift[g * gw + c] = acc[g * gw];
+  cl_dev_sums<T, SKIP>(t, in, shift, acc, acc2);
+  const double count = (double)t.rows * (double)gw;
+  for (std::int64_t g = 0; g < ng; ++g) {
+    double sd, sq;
+    cl_group_sums(acc, acc2, g, gw, &sd, &sq);
     if (shift_ok(count, sd, sq)) {
       out[g] = shifted_moments(count, (double)shift[g * gw], sd, sq);
     } else {
