@@ -13,6 +13,7 @@
 #error "define GN_ISA_NS before including generic.hpp"
 #endif
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -23,6 +24,8 @@
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
+
+#define GN_INLINE inline __attribute__((always_inline))
 
 namespace groupnorm {
 namespace detail {
@@ -171,6 +174,55 @@ template <> struct Store<bfloat16> {
   static vf round_trip(vf v) { return bf16_to_float(float_to_bf16(v)); }
 };
 
+template <class V, class A> GN_INLINE V splat(A a) {
+  V v;
+  for (int i = 0; i < (int)(sizeof(V) / sizeof(A)); ++i) v[i] = a;
+  return v;
+}
+
+// a * b + c with one rounding, on every ISA (hardware FMA where the ISA has it,
+// std::fma on the portable path), so the exp below rounds the same everywhere.
+GN_INLINE vf fma_(vf a, vf b, vf c) {
+#if defined(__AVX512F__)
+  return bitcast<vf>(_mm512_fmadd_ps(bitcast<__m512>(a), bitcast<__m512>(b), bitcast<__m512>(c)));
+#elif defined(__FMA__)
+  vf r;
+  for (int h = 0; h < 2; ++h) {
+    __m256 x, y, z;
+    std::memcpy(&x, reinterpret_cast<const char*>(&a) + 32 * h, 32);
+    std::memcpy(&y, reinterpret_cast<const char*>(&b) + 32 * h, 32);
+    std::memcpy(&z, reinterpret_cast<const char*>(&c) + 32 * h, 32);
+    const __m256 o = _mm256_fmadd_ps(x, y, z);
+    std::memcpy(reinterpret_cast<char*>(&r) + 32 * h, &o, 32);
+  }
+  return r;
+#else
+  vf r;
+  for (int i = 0; i < 16; ++i) r[i] = std::fma(a[i], b[i], c[i]);
+  return r;
+#endif
+}
+GN_INLINE vd fma_(vd a, vd b, vd c) {
+#if defined(__AVX512F__)
+  return bitcast<vd>(_mm512_fmadd_pd(bitcast<__m512d>(a), bitcast<__m512d>(b), bitcast<__m512d>(c)));
+#elif defined(__FMA__)
+  vd r;
+  for (int h = 0; h < 2; ++h) {
+    __m256d x, y, z;
+    std::memcpy(&x, reinterpret_cast<const char*>(&a) + 32 * h, 32);
+    std::memcpy(&y, reinterpret_cast<const char*>(&b) + 32 * h, 32);
+    std::memcpy(&z, reinterpret_cast<const char*>(&c) + 32 * h, 32);
+    const __m256d o = _mm256_fmadd_pd(x, y, z);
+    std::memcpy(reinterpret_cast<char*>(&r) + 32 * h, &o, 32);
+  }
+  return r;
+#else
+  vd r;
+  for (int i = 0; i < 8; ++i) r[i] = std::fma(a[i], b[i], c[i]);
+  return r;
+#endif
+}
+
 template <class T> struct Ops {
   typedef typename Store<T>::A A;
   typedef typename VecOf<A>::type V;
@@ -201,42 +253,42 @@ template <class T> struct Ops {
   }
 
   // exp, sigmoid and silu from the same operations on every ISA
-  static vf exp_(vf x) {
+  static GN_INLINE vf exp_(vf x) {
     x = x > 88.0f ? vf{} + 88.0f : x;
     x = x < -87.0f ? vf{} - 87.0f : x;
     const vf magic = vf{} + 12582912.0f;  // 1.5 * 2^23: rounds to integer
     const vf t = x * 1.44269504088896341f + magic;
     const vf n = t - magic;
-    const vf r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-06f;
-    vf p = vf{} + (1.0f / 5040.0f);
-    p = p * r + (1.0f / 720.0f);
-    p = p * r + (1.0f / 120.0f);
-    p = p * r + (1.0f / 24.0f);
-    p = p * r + (1.0f / 6.0f);
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    const vf r = fma_(n, splat<vf>(-1.42860682030941723e-06f), fma_(n, splat<vf>(-0.693145751953125f), x));
+    vf p = splat<vf>(1.0f / 5040.0f);
+    p = fma_(p, r, splat<vf>(1.0f / 720.0f));
+    p = fma_(p, r, splat<vf>(1.0f / 120.0f));
+    p = fma_(p, r, splat<vf>(1.0f / 24.0f));
+    p = fma_(p, r, splat<vf>(1.0f / 6.0f));
+    p = fma_(p, r, splat<vf>(0.5f));
+    p = fma_(p, r, splat<vf>(1.0f));
+    p = fma_(p, r, splat<vf>(1.0f));
     const vi32 e = (bitcast<vi32>(t) - bitcast<vi32>(magic) + 127) << 23;
     return p * bitcast<vf>(e);
   }
-  static vd exp_(vd x) {
+  static GN_INLINE vd exp_(vd x) {
     x = x > 709.0 ? vd{} + 709.0 : x;
     x = x < -708.0 ? vd{} - 708.0 : x;
     const vd magic = vd{} + 6755399441055744.0;  // 1.5 * 2^52
     const vd t = x * 1.4426950408889634074 + magic;
     const vd n = t - magic;
-    const vd r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-    vd p = vd{} + (1.0 / 479001600.0);
+    const vd r = fma_(n, splat<vd>(-1.90821492927058770002e-10), fma_(n, splat<vd>(-6.93147180369123816490e-01), x));
+    vd p = splat<vd>(1.0 / 479001600.0);
     const double c[] = {1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
                         1.0 / 720.0,      1.0 / 120.0,     1.0 / 24.0,     1.0 / 6.0,     0.5, 1.0, 1.0};
-    for (double ci : c) p = p * r + ci;
+    for (double ci : c) p = fma_(p, r, splat<vd>(ci));
     const vi64 e = (bitcast<vi64>(t) - bitcast<vi64>(magic) + 1023) << 52;
     return p * bitcast<vd>(e);
   }
-  static V sigmoid(V z) { return 1 / (1 + exp_(-z)); }
-  static V silu(V z) { return z * sigmoid(z); }
+  static GN_INLINE V sigmoid(V z) { return 1 / (1 + exp_(-z)); }
+  static GN_INLINE V silu(V z) { return z * sigmoid(z); }
   // d silu / dz
-  static V dsilu(V z) {
+  static GN_INLINE V dsilu(V z) {
     const V s = sigmoid(z);
     return s * (1 + z * (1 - s));
   }
@@ -351,12 +403,6 @@ template <class T> inline const T* at(const void* p, std::int64_t off) {
   return p ? static_cast<const T*>(p) + off : nullptr;
 }
 template <class T> inline T* at(void* p, std::int64_t off) { return p ? static_cast<T*>(p) + off : nullptr; }
-
-template <class V, class A> inline V splat(A a) {
-  V v;
-  for (int i = 0; i < (int)(sizeof(V) / sizeof(A)); ++i) v[i] = a;
-  return v;
-}
 
 // The skip bias of the elements [i, i + L) of a tile row: a row is one channel,
 // or (flat) several whole channels of `chan_len` elements each.

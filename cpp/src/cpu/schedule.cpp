@@ -149,6 +149,7 @@ Plan make_plan(const Problem& p, int threads, int streams) {
   if (!pl.mode_a) {
     pl.sets_per_step = std::max<std::int64_t>(1, (budget * t) / std::max<std::int64_t>(set_bytes, 1));
     pl.sets_per_step = std::min(pl.sets_per_step, pl.nsets);
+    pl.threads = (int)std::min<std::int64_t>(t, pl.sets_per_step * pl.tiles_per_set);  // no idle workers
   } else {
     pl.threads = (int)std::min<std::int64_t>(t, std::max<std::int64_t>(pl.nsets, 1));
   }
