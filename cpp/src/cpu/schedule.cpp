@@ -208,6 +208,18 @@ TileRef tile_of(const Plan& pl, std::int64_t set, std::int64_t t) {
 
 std::int64_t set_groups(const Plan& pl, std::int64_t set) { return pl.band_groups(set % pl.nbands); }
 
+// Channels-last elementwise passes (apply) have no summation order to keep, so
+// a thread applies whole rows of its band, rows_per_tile at a time: full-width
+// contiguous runs instead of the moments tiles' sub-bands.
+TileRef band_rows(const Plan& pl, std::int64_t set, std::int64_t rc) {
+  TileRef r = tile_of(pl, set, rc * pl.nsub);
+  r.cols = pl.band_groups(set % pl.nbands) * pl.Cg;
+  r.nchan = r.cols;
+  return r;
+}
+
+
+
 // Scratch carved from one buffer (the caller's workspace or one allocation).
 struct Arena {
   char* base = nullptr;
@@ -368,7 +380,7 @@ template <class A> struct Forward {
         for (std::int64_t gi = 0; gi < pl.sub_groups; ++gi) merge(dst[gi], tile_out[gi]);
       }
       for (std::int64_t gi = 0; gi < ngr; ++gi) finish_group(group0 + gi, run[gi]);
-      for (std::int64_t t = 0; t < pl.tiles_per_set; ++t) k.apply(tile(tile_of(pl, set, t), worker));
+      for (std::int64_t rc = 0; rc < pl.row_tiles; ++rc) k.apply(tile(band_rows(pl, set, rc), worker));
     }
   }
 };
@@ -493,7 +505,7 @@ template <class A> struct Backward {
       }
       for (std::int64_t gi = 0; gi < ngr; ++gi) finish_group(group0 + gi);
       if (a.grad_x)
-        for (std::int64_t t = 0; t < pl.tiles_per_set; ++t) k.backward_apply(tile(tile_of(pl, set, t), worker));
+        for (std::int64_t rc = 0; rc < pl.row_tiles; ++rc) k.backward_apply(tile(band_rows(pl, set, rc), worker));
     }
   }
 };
