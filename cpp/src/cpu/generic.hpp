@@ -51,7 +51,49 @@ template <class To, class From> inline To bitcast(const From& f) {
 }
 
 // ---------------------------------------------------------------- 16-bit formats
+// IEEE binary16 <-> float. With F16C (AVX2 and AVX-512 paths) the hardware
+// converts; elsewhere the bit manipulation below does. Both are exact one way
+// and round to nearest even the other, so every path gives the same bits.
+inline vf half_to_float_bits(vu16 h16);
+inline vu16 float_to_half_bits(vf f);
 inline vf half_to_float(vu16 h16) {
+#if defined(__AVX512F__)
+  __m256i h;
+  std::memcpy(&h, &h16, 32);
+  return bitcast<vf>(_mm512_cvtph_ps(h));
+#elif defined(__F16C__)
+  __m128i lo, hi;
+  std::memcpy(&lo, &h16, 16);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&h16) + 16, 16);
+  const __m256 a = _mm256_cvtph_ps(lo), b = _mm256_cvtph_ps(hi);
+  vf r;
+  std::memcpy(&r, &a, 32);
+  std::memcpy(reinterpret_cast<char*>(&r) + 32, &b, 32);
+  return r;
+#else
+  return half_to_float_bits(h16);
+#endif
+}
+inline vu16 float_to_half(vf f) {
+#if defined(__AVX512F__)
+  const __m256i h = _mm512_cvtps_ph(bitcast<__m512>(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return bitcast<vu16>(h);
+#elif defined(__F16C__)
+  __m256 a, b;
+  std::memcpy(&a, &f, 32);
+  std::memcpy(&b, reinterpret_cast<const char*>(&f) + 32, 32);
+  const __m128i lo = _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m128i hi = _mm256_cvtps_ph(b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  vu16 r;
+  std::memcpy(&r, &lo, 16);
+  std::memcpy(reinterpret_cast<char*>(&r) + 16, &hi, 16);
+  return r;
+#else
+  return float_to_half_bits(f);
+#endif
+}
+
+inline vf half_to_float_bits(vu16 h16) {
   const vu32 h = __builtin_convertvector(h16, vu32);
   const vu32 sign = (h & 0x8000u) << 16;
   const vu32 em = h & 0x7fffu;
@@ -62,7 +104,7 @@ inline vf half_to_float(vu16 h16) {
   return bitcast<vf>(bits | sign);
 }
 
-inline vu16 float_to_half(vf f) {  // round to nearest even
+inline vu16 float_to_half_bits(vf f) {  // round to nearest even
   const vu32 u = bitcast<vu32>(f);
   const vu32 sign = (u >> 16) & 0x8000u;
   const vu32 a = u & 0x7fffffffu;
