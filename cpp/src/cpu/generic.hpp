@@ -918,8 +918,9 @@ template <class T, bool SKIP, bool SILU> void cl_apply(const Tile& t) {
       }
       row(o);
     }
-  } else if ((st * (std::int64_t)sizeof(T)) % 64 == 0) {
+  } else if ((st * (std::int64_t)sizeof(T)) % 64 == 0 && !(t.stream && sizeof(T) * L < 64)) {
     // every row has the same alignment: four rows per load of the channel parameters
+    // (not for streamed 16-bit rows: their half-line stores must fill each line in turn)
     std::int64_t h = align_head(yb);
     if (h > w) h = w;
     const std::int64_t body_end = h + (w - h) / L * L;
@@ -1037,8 +1038,9 @@ template <class T, bool SILU> void cl_backward_apply(const Tile& t) {
     write_row<T>(dxb + o, w, t.stream, full, part);
   };
   std::int64_t r = 0;
-  if ((st * (std::int64_t)sizeof(T)) % 64 == 0) {
+  if ((st * (std::int64_t)sizeof(T)) % 64 == 0 && !(t.stream && sizeof(T) * L < 64)) {
     // every row has the same alignment: four rows per load of the channel parameters
+    // (not for streamed 16-bit rows: their half-line stores must fill each line in turn)
     std::int64_t h = align_head(dxb);
     if (h > w) h = w;
     const std::int64_t body_end = h + (w - h) / L * L;
