@@ -288,19 +288,23 @@ Result with_scratch(const Plan& pl, bool backward, const Exec& e, Body body) {
   return {};
 }
 
-template <class A> Tile make_tile(const Plan& pl, const TileRef& r, const Scratch<A>& s, std::size_t esize) {
+// What every tile of a call shares: shape, per-channel arrays, the worker's
+// scratch and the input x (forward and backward add their own pointers).
+template <class A>
+Tile make_tile(const Problem& p, const Plan& pl, const TileRef& r, const Scratch<A>& s, const void* x, int worker) {
   Tile t;
   t.rows = r.rows; t.cols = r.cols; t.stride = r.stride;
   t.group_width = pl.Cg;
   t.channels_last = pl.cl;
   t.stream = pl.stream;
-  (void)esize;
-  const std::int64_t c_in_sample = r.chan0 % pl.C;
+  t.silu = p.activation == Activation::silu;
+  t.x = x ? static_cast<const char*>(x) + r.offset * (std::int64_t)pl.esize : nullptr;
   t.mean = s.mean_c + r.chan0;
   t.scale = s.scale_c + r.chan0;
   t.shift = s.shift_c + r.chan0;
   if (s.c2_c) { t.c2 = s.c2_c + r.chan0; t.c3 = s.c3_c + r.chan0; }
-  if (s.skip_bias) t.skip_bias = s.skip_bias + c_in_sample;
+  if (s.skip_bias) t.skip_bias = s.skip_bias + r.chan0 % pl.C;
+  t.scratch = s.worker + (std::int64_t)worker * 6 * pl.C;
   return t;
 }
 
@@ -320,14 +324,11 @@ template <class A> struct Forward {
   Scratch<A>& s;
 
   Tile tile(const TileRef& r, int worker) const {
-    Tile t = make_tile<A>(pl, r, s, pl.esize);
-    t.silu = p.activation == Activation::silu;
-    t.x = cptr(a.x, r.offset, pl.esize);
+    Tile t = make_tile<A>(p, pl, r, s, a.x, worker);
     t.skip = cptr(a.skip, r.offset, pl.esize);
     if (!a.skip || !a.skip_bias) t.skip_bias = nullptr;
     t.y = mptr(a.y, r.offset, pl.esize);
     t.sum_out = mptr(a.sum_out, r.offset, pl.esize);
-    t.scratch = s.worker + (std::int64_t)worker * 6 * pl.C;
     return t;
   }
 
@@ -456,12 +457,9 @@ template <class A> struct Backward {
   Scratch<A>& s;
 
   Tile tile(const TileRef& r, int worker) const {
-    Tile t = make_tile<A>(pl, r, s, pl.esize);
-    t.silu = p.activation == Activation::silu;
-    t.x = cptr(a.x, r.offset, pl.esize);
+    Tile t = make_tile<A>(p, pl, r, s, a.x, worker);
     t.dy = cptr(a.grad_y, r.offset, pl.esize);
     t.dx = mptr(a.grad_x, r.offset, pl.esize);
-    t.scratch = s.worker + (std::int64_t)worker * 6 * pl.C;
     return t;
   }
 
