@@ -3,15 +3,16 @@
 # run the C++ test suite under qemu-aarch64, on the NEON path (the default) and
 # on the portable path (GROUPNORM_ISA=portable); without OpenMP, then with it
 # (libgomp for arm64 comes with the cross compiler).
-#   bash .ci/aarch64.sh        (build dirs under ${GN_BUILD_ROOT:-/tmp/groupnorm-ci})
+#   bash .ci/aarch64.sh        (build dirs under ${GN_BUILD_ROOT:-build/ci})
 #   GN_AARCH64_OPENMP=0 bash .ci/aarch64.sh   skips the OpenMP build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-OUT=${GN_BUILD_ROOT:-/tmp/groupnorm-ci}
+OUT=${GN_BUILD_ROOT:-$ROOT/build/ci}
 JOBS=${GN_JOBS:-2}
 SYSROOT=/usr/aarch64-linux-gnu
 mkdir -p "$OUT"
+source .ci/common.sh
 
 need_apt=()
 command -v aarch64-linux-gnu-g++ >/dev/null || need_apt+=(g++-aarch64-linux-gnu)
@@ -27,6 +28,7 @@ QEMU=$(command -v qemu-aarch64 || command -v qemu-aarch64-static)
 run_suite() {  # name, cmake args...
   local name=$1; shift
   local dir=$OUT/$name
+  fresh_build_dir "$dir"
   echo "== $name: configure ($*)"
   cmake -S "$ROOT" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_TOOLCHAIN_FILE="$ROOT/cmake/aarch64-linux-gnu.cmake" -DGROUPNORM_BUILD_TESTS=ON "$@" \

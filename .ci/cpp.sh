@@ -2,13 +2,14 @@
 # Host C++ checks: build + ctest with OpenMP and without it (the edge build),
 # the install + examples test, bitwise-equal results across the two builds, and
 # the stripped size of the static library.
-#   bash .ci/cpp.sh            (build dirs under ${GN_BUILD_ROOT:-/tmp/groupnorm-ci})
+#   bash .ci/cpp.sh            (build dirs under ${GN_BUILD_ROOT:-build/ci})
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-OUT=${GN_BUILD_ROOT:-/tmp/groupnorm-ci}
+OUT=${GN_BUILD_ROOT:-$ROOT/build/ci}
 JOBS=${GN_JOBS:-2}
 mkdir -p "$OUT"
+source .ci/common.sh
 
 need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
@@ -23,6 +24,7 @@ GEN=(-G Ninja)
 build_and_test() {  # name, cmake args...
   local name=$1; shift
   local dir=$OUT/$name
+  fresh_build_dir "$dir"
   echo "== $name: configure ($*)"
   cmake -S "$ROOT" -B "$dir" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DGROUPNORM_BUILD_TESTS=ON "$@" >"$dir.configure.log" 2>&1 ||
     { cat "$dir.configure.log"; return 1; }

@@ -2,10 +2,13 @@
 # CUDA backend compile check: builds the library with -DGROUPNORM_CUDA=ON and the
 # CUDA test program with nvcc, then runs it (it prints SKIP and exits 0 when no
 # GPU is visible, as on CI). A broken kernel fails here even without a GPU.
-#   bash .ci/cuda.sh           (build dir under ${GN_BUILD_ROOT:-/tmp/groupnorm-ci})
+#   bash .ci/cuda.sh           (build dir under ${GN_BUILD_ROOT:-build/ci})
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${GN_BUILD_ROOT:-/tmp/groupnorm-ci}/cuda
+OUT=${GN_BUILD_ROOT:-$PWD/build/ci}/cuda
+mkdir -p "$(dirname "$OUT")"
+source .ci/common.sh
+fresh_build_dir "$OUT"
 NVCC=$(command -v nvcc || true)
 [ -n "$NVCC" ] || { [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc; }
 if [ -z "$NVCC" ]; then

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "../chan.hpp"
+
 namespace groupnorm {
 namespace detail {
 
@@ -18,15 +20,7 @@ struct Moments {
 };
 
 // Chan et al.'s pairwise update; always applied in a fixed order.
-inline void merge(Moments& a, const Moments& b) {
-  if (b.n == 0) return;
-  if (a.n == 0) { a = b; return; }
-  const double n = a.n + b.n;
-  const double d = b.mean - a.mean;
-  a.mean += d * (b.n / n);
-  a.m2 += b.m2 + d * d * (a.n * b.n / n);
-  a.n = n;
-}
+inline void merge(Moments& a, const Moments& b) { chan_merge(a, b); }
 
 struct Tile {
   std::int64_t rows = 0, cols = 0, stride = 0;

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "../chan.hpp"
+
 namespace groupnorm {
 namespace cuda {
 namespace kern {
@@ -136,15 +138,7 @@ inline FastDiv make_fastdiv(unsigned d) {
 struct Part {
   double n, mean, m2, pad;
 };
-__device__ __forceinline__ void merge(Part& a, const Part& b) {  // Chan et al., fixed order
-  if (b.n == 0) return;
-  if (a.n == 0) { a = b; return; }
-  const double n = a.n + b.n;
-  const double d = b.mean - a.mean;
-  a.mean += d * (b.n / n);
-  a.m2 += b.m2 + d * d * (a.n * b.n / n);
-  a.n = n;
-}
+__device__ __forceinline__ void merge(Part& a, const Part& b) { detail::chan_merge(a, b); }  // fixed order
 
 // Per (sample, channel) coefficients of the elementwise passes.
 // forward:  y  = act((x - mean) * scale + shift)
