@@ -12,6 +12,7 @@ import ml_dtypes
 from . import _core
 
 bfloat16 = np.dtype(ml_dtypes.bfloat16)
+_core.set_bfloat16_num(bfloat16.num)
 
 # storage dtype -> core dtype code
 DTYPE_CODES = {
