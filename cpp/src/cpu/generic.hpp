@@ -702,6 +702,26 @@ template <class T, bool SILU> void cf_backward_apply(const Tile& t) {
 }
 
 // ================================================================ channels-last
+// The channels-last loops walk four rows side by side (one load of the
+// per-channel accumulators or parameters serves four rows), an order the
+// hardware prefetchers follow poorly: four streams at once, a new 4 KB page
+// every few rows. With Tile::prefetch_rows, the lines of the four rows `ahead`
+// rows further on, at column j, are requested into L2 as the walk goes
+// (channels-last resnet_gn forward: 1.8-2.2x -> 1.0-1.3x of a copy). A hint
+// only: results do not change.
+template <class T> inline std::int64_t rows_ahead(const Tile& t) {
+  if (!t.prefetch_rows) return 0;
+  const std::int64_t row_bytes = t.stride * (std::int64_t)sizeof(T);
+  const std::int64_t blocks = 2048 / (row_bytes > 0 ? row_bytes : 1);  // at least ~8 KB ahead
+  return 4 * (blocks > 2 ? blocks : 2);
+}
+template <class T>
+GN_INLINE void prefetch_block(std::int64_t ahead, const T* base, std::int64_t r, std::int64_t rows, std::int64_t st,
+                              std::int64_t j) {
+  if (!ahead || r + ahead + 4 > rows) return;
+  for (int u = 0; u < 4; ++u) prefetch_l2(base + (r + ahead + u) * st + j);
+}
+
 // Tile rows are spatial positions, columns are channels (whole groups).
 // Per-channel sums run down the rows, four rows per visit of an accumulator
 // (the order of each channel's sum is still row by row).
@@ -740,10 +760,13 @@ void cl_dev_sums(const Tile& t, const ClIn<T, SKIP>& in, const typename Ops<T>::
   const std::int64_t wf = w / L * L;  // full vectors
   std::memset(acc, 0, sizeof(A) * w);
   std::memset(acc2, 0, sizeof(A) * w);
+  const std::int64_t pf = rows_ahead<T>(t);
   std::int64_t r = 0;
   for (; r + 4 <= rows; r += 4) {
     const std::int64_t o = r * st;
     for (std::int64_t j = 0; j < wf; j += L) {
+      prefetch_block(pf, in.x, r, rows, st, j);
+      if (SKIP) prefetch_block(pf, in.k, r, rows, st, j);
       const V m = O::load_acc(shift + j);
       V a = O::load_acc(acc + j), q = O::load_acc(acc2 + j);
       const V e0 = in.load(o, j) - m, e1 = in.load(o + st, j) - m;
@@ -929,6 +952,7 @@ template <class T, bool SKIP, bool SILU> void cl_apply(const Tile& t) {
     if (h > w) h = w;
     const std::int64_t body_end = h + (w - h) / L * L;
     const bool stream = t.stream && reinterpret_cast<std::uintptr_t>(yb + h) % (sizeof(T) * L) == 0;
+    const std::int64_t pf = rows_ahead<T>(t);
     for (; r + 4 <= rows; r += 4) {
       const std::int64_t o = r * st;
       if (h > 0)
@@ -938,6 +962,8 @@ template <class T, bool SKIP, bool SILU> void cl_apply(const Tile& t) {
           O::store_n(yb + ou, SILU ? O::silu(z) : z, h);
         }
       for (std::int64_t j = h; j < body_end; j += L) {
+        prefetch_block(pf, in.x, r, rows, st, j);
+        if (SKIP) prefetch_block(pf, in.k, r, rows, st, j);
         const V m = O::load_acc(mean + j), a = O::load_acc(scale + j), b = O::load_acc(shift + j);
         for (int u = 0; u < 4; ++u) {
           const std::int64_t ou = o + u * st;
@@ -976,9 +1002,12 @@ template <class T, bool SILU> void cl_backward_sums(const Tile& t, double* db, d
   const T* xb = static_cast<const T*>(t.x);
   const T* gb = static_cast<const T*>(t.dy);
   std::memset(ab, 0, sizeof(A) * 2 * w);
+  const std::int64_t pf = rows_ahead<T>(t);
   for (std::int64_t r = 0; r < rows; r += 4) {
     const int nr = rows - r < 4 ? (int)(rows - r) : 4;
     for (std::int64_t j = 0; j < w; j += L) {
+      prefetch_block(pf, xb, r, rows, st, j);
+      prefetch_block(pf, gb, r, rows, st, j);
       const std::int64_t n = w - j < L ? w - j : L;
       const bool full = n == L;
       const auto live = O::lanes_below(n);
@@ -1049,6 +1078,7 @@ template <class T, bool SILU> void cl_backward_apply(const Tile& t) {
     if (h > w) h = w;
     const std::int64_t body_end = h + (w - h) / L * L;
     const bool stream = t.stream && reinterpret_cast<std::uintptr_t>(dxb + h) % (sizeof(T) * L) == 0;
+    const std::int64_t pf = rows_ahead<T>(t);
     for (; r + 4 <= rows; r += 4) {
       const std::int64_t o = r * st;
       auto edge = [&](std::int64_t j, std::int64_t n) {
@@ -1063,6 +1093,8 @@ template <class T, bool SILU> void cl_backward_apply(const Tile& t) {
       };
       edge(0, h);
       for (std::int64_t j = h; j < body_end; j += L) {
+        prefetch_block(pf, xb, r, rows, st, j);
+        prefetch_block(pf, gb, r, rows, st, j);
         const V m = O::load_acc(mean + j), a = O::load_acc(scale + j);
         const V b = SILU ? O::load_acc(shift + j) : V{};
         const V k2 = O::load_acc(c2 + j), k3 = O::load_acc(c3 + j);

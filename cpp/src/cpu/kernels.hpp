@@ -42,10 +42,13 @@ struct Tile {
   const void* shift = nullptr;   // bias
   const void* c2 = nullptr;      // backward: dx = scale*dz + c2*(x-mean) + c3
   const void* c3 = nullptr;
-  void* scratch = nullptr;
-  // apply: elements ahead of x (and skip) to prefetch into L2 while applying,
-  // so the next moments pass finds them in cache (0: none; a hint only)
-  std::int64_t prefetch = 0;       // channels-last: 6 * cols elements of A
+  void* scratch = nullptr;       // channels-last: 6 * cols elements of A
+  // channels-first apply: elements ahead of x (and skip) to prefetch into L2
+  // while applying, so the next moments pass finds them in cache (0: none)
+  std::int64_t prefetch = 0;
+  // channels-last: prefetch the rows ahead of the four-row walks
+  // (both are hints only: results never depend on them)
+  bool prefetch_rows = false;
 };
 
 struct KernelSet {

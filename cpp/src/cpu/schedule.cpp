@@ -303,6 +303,7 @@ Tile make_tile(const Problem& p, const Plan& pl, const TileRef& r, const Scratch
   t.channels_last = pl.cl;
   t.stream = pl.stream;
   t.silu = p.activation == Activation::silu;
+  t.prefetch_rows = pl.cl;
   t.x = x ? static_cast<const char*>(x) + r.offset * (std::int64_t)pl.esize : nullptr;
   t.mean = s.mean_c + r.chan0;
   t.scale = s.scale_c + r.chan0;
