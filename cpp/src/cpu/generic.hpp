@@ -118,14 +118,34 @@ inline vu16 float_to_half_bits(vf f) {  // round to nearest even
   return __builtin_convertvector(r | sign, vu16);
 }
 
-inline vf bf16_to_float(vu16 h16) { return bitcast<vf>(__builtin_convertvector(h16, vu32) << 16); }
+// bfloat16 <-> float: the same integer operations on every path; AVX-512 spells
+// them with its widening/narrowing moves (the generic vector code compiles to
+// several shuffles per vector there).
+inline vf bf16_to_float(vu16 h16) {
+#if defined(__AVX512F__)
+  return bitcast<vf>(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bitcast<__m256i>(h16)), 16));
+#else
+  return bitcast<vf>(__builtin_convertvector(h16, vu32) << 16);
+#endif
+}
 
 inline vu16 float_to_bf16(vf f) {  // round to nearest even, NaN stays NaN (quiet)
+#if defined(__AVX512F__)
+  const __m512i u = bitcast<__m512i>(f);
+  const __m512i hi = _mm512_srli_epi32(u, 16);
+  const __m512i lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  const __m512i r = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+  return bitcast<vu16>(_mm512_cvtepi32_epi16(r));
+#else
   const vu32 u = bitcast<vu32>(f);
   const vu32 is_nan = (u & 0x7fffffffu) > 0x7f800000u ? vu32{} + 1u : vu32{};
   const vu32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   const vu32 quiet = (u >> 16) | 0x40u;
   return __builtin_convertvector(is_nan != 0u ? quiet : rounded, vu16);
+#endif
 }
 
 // ---------------------------------------------------------------- partial vectors
