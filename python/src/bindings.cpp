@@ -52,6 +52,20 @@ gn::Problem problem(const py::array& x, std::int64_t groups, double eps, bool ch
   return p;
 }
 
+// Runs the core's forward or backward with the GIL released; raises its error.
+template <class Args>
+void run_core(gn::Result (*fn)(const gn::Problem&, const Args&, const gn::Exec&), const gn::Problem& p,
+              const Args& a, int num_threads) {
+  gn::Exec e;
+  e.num_threads = num_threads;
+  gn::Result r;
+  {
+    py::gil_scoped_release release;
+    r = fn(p, a, e);
+  }
+  if (!r) raise(r);
+}
+
 void forward(const py::array& x, std::int64_t groups, const py::object& weight, const py::object& bias, double eps,
              bool channels_last, int act, int dtype, int param_dtype, const py::array& y, const py::object& mean,
              const py::object& rstd, const py::object& skip, const py::object& skip_bias, const py::object& sum_out,
@@ -67,14 +81,7 @@ void forward(const py::array& x, std::int64_t groups, const py::object& weight, 
   a.sum_out = mdata(sum_out);
   a.mean = mdata(mean);
   a.rstd = mdata(rstd);
-  gn::Exec e;
-  e.num_threads = num_threads;
-  gn::Result r;
-  {
-    py::gil_scoped_release release;
-    r = gn::forward(p, a, e);
-  }
-  if (!r) raise(r);
+  run_core<gn::ForwardArgs>(&gn::forward, p, a, num_threads);
 }
 
 void backward(const py::array& grad_y, const py::array& x, const py::array& mean, const py::array& rstd,
@@ -92,14 +99,7 @@ void backward(const py::array& grad_y, const py::array& x, const py::array& mean
   a.grad_x = mdata(grad_x);
   a.grad_weight = mdata(grad_weight);
   a.grad_bias = mdata(grad_bias);
-  gn::Exec e;
-  e.num_threads = num_threads;
-  gn::Result r;
-  {
-    py::gil_scoped_release release;
-    r = gn::backward(p, a, e);
-  }
-  if (!r) raise(r);
+  run_core<gn::BackwardArgs>(&gn::backward, p, a, num_threads);
 }
 
 void check(std::int64_t channels, std::int64_t groups, double eps, const char* activation) {
@@ -210,14 +210,7 @@ py::object forward_fast(py::handle x, std::int64_t groups, py::handle weight, py
   a.weight = wv.ok ? wv.data : nullptr;
   a.bias = bv.ok ? bv.data : nullptr;
   a.y = view(y).data;
-  gn::Exec e;
-  e.num_threads = num_threads;
-  gn::Result r;
-  {
-    py::gil_scoped_release release;
-    r = gn::forward(p, a, e);
-  }
-  if (!r) raise(r);
+  run_core<gn::ForwardArgs>(&gn::forward, p, a, num_threads);
   return y;
 }
 
