@@ -620,12 +620,7 @@ template <class T, bool SKIP, bool SILU> void cf_apply(const Tile& t) {
         O::store(y + i, z);
       }
     } else {
-      const std::int64_t pf = t.prefetch;
       auto full = [&](std::int64_t j) {
-        if (pf) {
-          prefetch_l2(x + j + pf);
-          if (SKIP) prefetch_l2(k + j + pf);
-        }
         V z = (I::load(x + j, k + j, b) - mv) * av + bv;
         return SILU ? O::silu(z) : z;
       };

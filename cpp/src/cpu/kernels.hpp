@@ -43,11 +43,8 @@ struct Tile {
   const void* c2 = nullptr;      // backward: dx = scale*dz + c2*(x-mean) + c3
   const void* c3 = nullptr;
   void* scratch = nullptr;       // channels-last: 6 * cols elements of A
-  // channels-first apply: elements ahead of x (and skip) to prefetch into L2
-  // while applying, so the next moments pass finds them in cache (0: none)
-  std::int64_t prefetch = 0;
-  // channels-last: prefetch the rows ahead of the four-row walks
-  // (both are hints only: results never depend on them)
+  // channels-last: prefetch the rows ahead of the four-row walks (a hint
+  // only: results never depend on it)
   bool prefetch_rows = false;
 };
 

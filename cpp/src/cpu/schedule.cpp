@@ -4,14 +4,15 @@
 // Tiles (shape-only, so results never depend on threads or batch size):
 //   channels-first: a group is Cg rows of S contiguous elements. A tile is a
 //     block of whole channels (when S < kChunk) or one piece of a channel.
-//   channels-last: a band of whole groups over a range of spatial rows; the
-//     row count depends on Cg only.
+//   channels-last: up to 2048 channels (whole groups) of a range of spatial
+//     rows; the row count depends on the shape only.
 // Each tile's partial moments come from a two-pass sum over the tile (see
 // generic.hpp); partials merge with Chan's formula in tile order.
 //
 // Scheduling (free to depend on threads and cache; never changes results):
-//   mode A: whole sets (one sample's band of groups) go to threads; a thread
-//     reads a set once from memory for its moments and applies it from cache.
+//   mode A: whole sets go to threads (channels-first: a few groups of one
+//     sample; channels-last: one whole sample); a thread reads a set once
+//     from memory for its moments and applies it from cache.
 //   mode B: when sets are too few or too big, consecutive sets form a step
 //     whose tiles are spread over all threads: moments, merge, apply, with
 //     each thread applying the tiles it just summed.
@@ -58,7 +59,6 @@ struct Plan {
   int threads = 1;
   bool mode_a = true;
   bool stream = false;  // outputs bigger than the cache: non-temporal stores
-  bool prefetch = false;  // cf mode A: applying a group prefetches the next one into L2
   std::int64_t sets_per_step = 1;
 
   std::int64_t band_groups(std::int64_t b) const { return std::min(band, G - b * band); }
@@ -119,16 +119,13 @@ Plan make_plan(const Problem& p, int threads, int streams) {
     while (t > 1 && pl.band > 1 && pl.N * ((pl.G + pl.band - 1) / pl.band) < 4 * t) pl.band = (pl.band + 1) / 2;
     pl.band = largest_divisor_at_most(pl.G, pl.band);
   } else {
-    // whole groups per band; at least 256 bytes of each row, at most the cache budget
-    const std::int64_t row_group_bytes = pl.Cg * (std::int64_t)pl.esize;
-    const std::int64_t min_band = std::min<std::int64_t>(pl.G, std::max<std::int64_t>(1, (256 + row_group_bytes - 1) / row_group_bytes));
-    std::int64_t fit = budget / std::max<std::int64_t>(group_bytes, 1);
-    pl.band = std::max(min_band, std::min(pl.G, fit));
-    // enough sets to keep every thread busy
-    while (pl.band > min_band && pl.N * ((pl.G + pl.band - 1) / pl.band) < t) pl.band = std::max(min_band, (pl.band + 1) / 2);
-    pl.band = largest_divisor_at_most(pl.G, pl.band);
-    // moments tiles span the band's full rows (whole groups, up to 2048 channels):
-    // contiguous reads; narrower sub-bands read each row in strided pieces
+    // A band is the whole sample: every row read in full, front to back. Bands
+    // of a few groups (to fit a cache) read each row in strided pieces, which
+    // measured slower in every case, 2-3x slower with two threads on one sample
+    // (they split the row between them); threads share a sample's rows instead
+    // (mode B) when there are fewer samples than threads.
+    pl.band = pl.G;
+    // moments tiles span up to 2048 channels (whole groups)
     pl.sub_groups = largest_divisor_at_most(pl.band, std::max<std::int64_t>(1, 2048 / pl.Cg));
     pl.nsub = pl.band / pl.sub_groups;
     pl.tiles_per_group = pl.row_tiles * pl.nsub;
@@ -147,9 +144,6 @@ Plan make_plan(const Problem& p, int threads, int streams) {
   const std::int64_t set_bytes = pl.band * group_bytes;
   pl.stream = p.numel() * (std::int64_t)pl.esize >= stream_threshold();
   pl.threads = t;
-  // measured on Zen 4: a win for groups of 128-512 KB (sd_unet: 1.57x -> 1.35x of a copy at 1
-  // thread); smaller groups lose a few percent to the extra instructions
-  pl.prefetch = !pl.cl && !pl.stream && group_bytes >= (128 << 10) && group_bytes <= (512 << 10);
   pl.mode_a = t == 1 || (pl.nsets >= t && (pl.nsets % t == 0 || pl.nsets >= 4 * t) && set_bytes <= budget);
   if (!pl.mode_a) {
     pl.sets_per_step = std::max<std::int64_t>(1, (budget * t) / std::max<std::int64_t>(set_bytes, 1));
@@ -358,13 +352,9 @@ template <class A> struct Forward {
     }
   }
 
-  // last: no set of this worker follows this one
-  void set_mode_a(std::int64_t set, int worker, bool last) const {
+  void set_mode_a(std::int64_t set, int worker) const {
     const std::int64_t ngr = set_groups(pl, set);
     if (!pl.cl) {
-      // while applying a group, bring the next group of this worker into cache
-      // (groups of a sample are contiguous, and so are a worker's sets)
-      const bool pf = pl.prefetch;
       for (std::int64_t gi = 0; gi < ngr; ++gi) {
         const std::int64_t t0 = gi * pl.tiles_per_group;
         Moments acc;
@@ -377,12 +367,7 @@ template <class A> struct Forward {
           merge(acc, m);
         }
         finish_group(ng, acc);
-        const std::int64_t ahead = pf && (gi + 1 < ngr || !last) ? pl.Cg * pl.S : 0;
-        for (std::int64_t t = t0; t < t0 + pl.tiles_per_group; ++t) {
-          Tile ti = tile(tile_of(pl, set, t), worker);
-          ti.prefetch = ahead;
-          k.apply(ti);
-        }
+        for (std::int64_t t = t0; t < t0 + pl.tiles_per_group; ++t) k.apply(tile(tile_of(pl, set, t), worker));
       }
     } else {
       Moments* run = s.running + (std::int64_t)worker * 2 * pl.G;  // running totals
@@ -411,7 +396,7 @@ template <class A> Result run_forward(const Problem& p, const ForwardArgs& a, co
       const int T = pl.threads;
       run_workers(e, T, [&](int w) {
         const std::int64_t b = pl.nsets * w / T, en = pl.nsets * (w + 1) / T;
-        for (std::int64_t set = b; set < en; ++set) f.set_mode_a(set, w, set + 1 == en);
+        for (std::int64_t set = b; set < en; ++set) f.set_mode_a(set, w);
       });
     } else {
       const int T = pl.threads;
