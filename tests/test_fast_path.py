@@ -122,3 +122,18 @@ def test_bfloat16_fast_path(gn, rng):
 def test_float64_without_params_uses_float64_parameters(gn, rng):
     x = rng.x((3, 6, 11), F64)
     assert_bitwise_equal(gn.group_norm(x, 3), _checked(gn, x, 3, None, None), "float64")
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=dtype_id)
+def test_new_outputs_are_64_byte_aligned(gn, rng, dtype):
+    x = rng.x((2, 6, 7, 3), dtype)
+    w, b = rng.params(6, F32)
+    outs = [gn.group_norm(x, 3, w, b),                              # fast path
+            gn.group_norm(x, 3, w, b, return_stats=True)[0],        # checked path
+            gn.group_norm_backward(rng.x(x.shape, dtype), x, *gn.group_norm(x, 3, w, b, return_stats=True)[1:],
+                                   3, w, b)[0]]
+    for y in outs:
+        assert y.shape == x.shape and y.dtype == x.dtype
+        assert y.ctypes.data % 64 == 0
+        assert y.flags.c_contiguous and y.flags.writeable
+    assert_bitwise_equal(outs[0], outs[1], "fast vs checked")

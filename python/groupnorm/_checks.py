@@ -110,10 +110,25 @@ def same_as_x(a, x, name):
     return np.ascontiguousarray(a)
 
 
+def empty_aligned(shape, dtype):
+    """A new C-contiguous array whose data starts on a 64-byte boundary.
+
+    NumPy aligns to 16 bytes; the kernels write whole 64-byte lines (with
+    non-temporal stores for large outputs), and a misaligned output costs a
+    partial line at every row edge: 1.7x instead of 1.2x a copy on
+    channels-last resnet_gn.
+    """
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(n + 64, np.uint8)
+    start = -buf.ctypes.data % 64
+    return buf[start:start + n].view(dtype).reshape(shape)
+
+
 def output(out, shape, dtype, name="out"):
-    """A caller's output array, checked; or a new one."""
+    """A caller's output array, checked; or a new one (64-byte aligned)."""
     if out is None:
-        return np.empty(shape, dtype)
+        return empty_aligned(shape, dtype)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != tuple(shape):

@@ -174,6 +174,24 @@ bool param_view(py::handle h, std::int64_t channels, ArrayView* v) {
   return v->ok && v->ndim == 1 && v->shape[0] == channels && (v->flags & kCContiguous);
 }
 
+// A new C-contiguous array whose data starts on a 64-byte boundary (NumPy
+// aligns to 16 bytes; see _checks.empty_aligned, which this mirrors).
+py::array empty_aligned(const py::dtype& dt, const std::vector<py::ssize_t>& shape) {
+  py::ssize_t n = 1;
+  for (py::ssize_t d : shape) n *= d;
+  const py::ssize_t bytes = n * (py::ssize_t)dt.itemsize();
+  py::array_t<std::uint8_t> buf(bytes + 64);
+  const std::uintptr_t addr = reinterpret_cast<std::uintptr_t>(buf.data());
+  char* start = reinterpret_cast<char*>(buf.mutable_data()) + (64 - addr % 64) % 64;
+  std::vector<py::ssize_t> strides(shape.size());
+  py::ssize_t st = dt.itemsize();
+  for (std::size_t i = shape.size(); i-- > 0;) {
+    strides[i] = st;
+    st *= shape[i];
+  }
+  return py::array(dt, shape, strides, start, buf);
+}
+
 py::object forward_fast(py::handle x, std::int64_t groups, py::handle weight, py::handle bias, double eps,
                         bool channels_last, int act, py::handle out, int num_threads) {
   const ArrayView xv = view(x);
@@ -194,8 +212,8 @@ py::object forward_fast(py::handle x, std::int64_t groups, py::handle weight, py
   const int pcode = pt >= 0 ? dtype_code(pt) : (dt == (int)gn::DType::float64 ? dt : (int)gn::DType::float32);
   py::object y;
   if (out.is_none()) {
-    y = py::array(py::reinterpret_borrow<py::array>(x).dtype(),
-                  std::vector<py::ssize_t>(xv.shape, xv.shape + xv.ndim));
+    y = empty_aligned(py::reinterpret_borrow<py::array>(x).dtype(),
+                      std::vector<py::ssize_t>(xv.shape, xv.shape + xv.ndim));
   } else {
     const ArrayView ov = view(out);
     if (!ov.ok || ov.ndim != xv.ndim || ov.type_num != xv.type_num || !(ov.flags & kCContiguous) ||
