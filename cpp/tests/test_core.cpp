@@ -197,5 +197,21 @@ int main() {
         o.skip = dt == DType::bfloat16;
         run_case(sh, cl, dt, o, seed++);
       }
+  // Scratch is O(N*C + threads), never O(x): four times the spatial size must not
+  // need more workspace (the many-tile schedules sum a chunk of tiles at a time).
+  for (bool cl : {false, true})
+    for (int threads : {1, 2, 3}) {
+      groupnorm::Problem p;
+      p.batch = 1; p.channels = 1024; p.groups = 1024; p.channels_last = cl;
+      p.spatial = 1 << 18;
+      const std::size_t f1 = groupnorm::forward_workspace_bytes(p, threads);
+      const std::size_t b1 = groupnorm::backward_workspace_bytes(p, threads);
+      p.spatial = 1 << 20;
+      const std::size_t f4 = groupnorm::forward_workspace_bytes(p, threads);
+      const std::size_t b4 = groupnorm::backward_workspace_bytes(p, threads);
+      GT_CHECK(f4 <= f1 + 4096 && b4 <= b1 + 4096 && f4 < (8u << 20) && b4 < (16u << 20),
+               "workspace grows with x (cl=%d, %d threads): forward %zu -> %zu, backward %zu -> %zu", (int)cl,
+               threads, f1, f4, b1, b4);
+    }
   return gt::finish("test_core");
 }

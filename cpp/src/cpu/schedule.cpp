@@ -60,6 +60,7 @@ struct Plan {
   bool mode_a = true;
   bool stream = false;  // outputs bigger than the cache: non-temporal stores
   std::int64_t sets_per_step = 1;
+  std::int64_t chunk_tiles = 1;  // mode B: tiles summed per round, so scratch never grows with x
 
   std::int64_t band_groups(std::int64_t b) const { return std::min(band, G - b * band); }
 };
@@ -149,6 +150,12 @@ Plan make_plan(const Problem& p, int threads, int streams) {
     pl.sets_per_step = std::max<std::int64_t>(1, (budget * t) / std::max<std::int64_t>(set_bytes, 1));
     pl.sets_per_step = std::min(pl.sets_per_step, pl.nsets);
     pl.threads = (int)std::min<std::int64_t>(t, pl.sets_per_step * pl.tiles_per_set);  // no idle workers
+    // a step's tiles are summed a chunk at a time (partials of about 1 MB at most,
+    // at least 16 tiles a thread) and merged into running totals in tile order
+    const std::int64_t tile_scratch = (std::int64_t)sizeof(Moments) * pl.moments_per_tile +
+                                      (std::int64_t)sizeof(double) * 2 * pl.chans_per_set_tile;
+    pl.chunk_tiles = std::max<std::int64_t>((std::int64_t)pl.threads * 16, (1 << 20) / tile_scratch);
+    pl.chunk_tiles = std::min(pl.chunk_tiles, pl.sets_per_step * pl.tiles_per_set);
   } else {
     pl.threads = (int)std::min<std::int64_t>(t, std::max<std::int64_t>(pl.nsets, 1));
   }
@@ -234,16 +241,17 @@ struct Arena {
 template <class A> struct Scratch {
   A *mean_c, *scale_c, *shift_c, *c2_c, *c3_c, *skip_bias;  // per (n, c); skip_bias per c
   double *gmean, *grstd;          // per (n, g)
-  Moments* slots;                 // mode B: per tile of a step
+  Moments* slots;                 // mode B: per tile of a chunk
+  Moments* step_run;              // mode B: running totals of a step's groups
   double *db, *ds;                // backward: per (n, c)
-  double *slot_db, *slot_ds;      // backward mode B: per tile channel of a step
+  double *slot_db, *slot_ds;      // backward mode B: per tile channel of a chunk
   A* worker;                      // per worker: 4 * C
   Moments* running;               // per worker: 2 * G
 };
 
 template <class A> void carve(Arena& ar, const Plan& pl, bool backward, Scratch<A>& s) {
   const std::int64_t NC = pl.N * pl.C, NG = pl.N * pl.G;
-  const std::int64_t step_tiles = pl.mode_a ? 0 : pl.sets_per_step * pl.tiles_per_set;
+  const std::int64_t step_tiles = pl.mode_a ? 0 : pl.chunk_tiles;
   s.mean_c = ar.template take<A>(NC);
   s.scale_c = ar.template take<A>(NC);
   s.shift_c = ar.template take<A>(NC);
@@ -253,6 +261,7 @@ template <class A> void carve(Arena& ar, const Plan& pl, bool backward, Scratch<
   s.gmean = ar.template take<double>(NG);
   s.grstd = ar.template take<double>(NG);
   s.slots = backward ? nullptr : ar.template take<Moments>(step_tiles * pl.moments_per_tile);
+  s.step_run = backward || pl.mode_a ? nullptr : ar.template take<Moments>(pl.sets_per_step * pl.band);
   s.db = backward ? ar.template take<double>(NC) : nullptr;
   s.ds = backward ? ar.template take<double>(NC) : nullptr;
   s.slot_db = backward ? ar.template take<double>(step_tiles * pl.chans_per_set_tile) : nullptr;
@@ -406,31 +415,30 @@ template <class A> Result run_forward(const Problem& p, const ForwardArgs& a, co
         auto range = [&](int w, std::int64_t& b, std::int64_t& en) {
           b = ntiles * w / T; en = ntiles * (w + 1) / T;
         };
-        run_workers(e, T, [&](int w) {
-          std::int64_t b, en;
-          range(w, b, en);
-          for (std::int64_t i = b; i < en; ++i) {
-            const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
-            k.moments(f.tile(r, w), s.slots + i * pl.moments_per_tile);
-          }
-        });
-        // merge in tile order
-        for (std::int64_t set = s0; set < s1; ++set) {
-          const std::int64_t ngr = set_groups(pl, set);
-          const std::int64_t base = (set - s0) * pl.tiles_per_set;
-          const std::int64_t group0 = tile_of(pl, set, 0).group0;
-          for (std::int64_t gi = 0; gi < ngr; ++gi) {
-            Moments acc;
-            if (!pl.cl) {
-              for (std::int64_t j = 0; j < pl.tiles_per_group; ++j)
-                merge(acc, s.slots[base + gi * pl.tiles_per_group + j]);
-            } else {
-              const std::int64_t sub = gi / pl.sub_groups, gin = gi % pl.sub_groups;
-              for (std::int64_t rc = 0; rc < pl.row_tiles; ++rc)
-                merge(acc, s.slots[(base + rc * pl.nsub + sub) * pl.moments_per_tile + gin]);
+        // sums a chunk of tiles at a time; partials merge into the step's running
+        // totals in tile order, so each group sees its tiles in order
+        Moments* run = s.step_run;
+        for (std::int64_t i = 0; i < (s1 - s0) * pl.band; ++i) run[i] = Moments();
+        for (std::int64_t c0 = 0; c0 < ntiles; c0 += pl.chunk_tiles) {
+          const std::int64_t nc = std::min(pl.chunk_tiles, ntiles - c0);
+          run_workers(e, T, [&](int w) {
+            for (std::int64_t i = c0 + nc * w / T; i < c0 + nc * (w + 1) / T; ++i) {
+              const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
+              k.moments(f.tile(r, w), s.slots + (i - c0) * pl.moments_per_tile);
             }
-            f.finish_group(group0 + gi, acc);
+          });
+          for (std::int64_t i = c0; i < c0 + nc; ++i) {
+            const std::int64_t set = s0 + i / pl.tiles_per_set;
+            const TileRef r = tile_of(pl, set, i % pl.tiles_per_set);
+            Moments* dst = run + (set - s0) * pl.band + (r.group0 - tile_of(pl, set, 0).group0);
+            for (std::int64_t gi = 0; gi < pl.moments_per_tile; ++gi)
+              merge(dst[gi], s.slots[(i - c0) * pl.moments_per_tile + gi]);
           }
+        }
+        for (std::int64_t set = s0; set < s1; ++set) {
+          const std::int64_t group0 = tile_of(pl, set, 0).group0;
+          for (std::int64_t gi = 0; gi < set_groups(pl, set); ++gi)
+            f.finish_group(group0 + gi, run[(set - s0) * pl.band + gi]);
         }
         run_workers(e, T, [&](int w) {
           std::int64_t b, en;
@@ -538,22 +546,24 @@ template <class A> Result run_backward(const Problem& p, const BackwardArgs& a, 
       for (std::int64_t s0 = 0; s0 < pl.nsets; s0 += pl.sets_per_step) {
         const std::int64_t s1 = std::min(pl.nsets, s0 + pl.sets_per_step);
         const std::int64_t ntiles = (s1 - s0) * pl.tiles_per_set;
-        run_workers(e, T, [&](int w) {
-          const std::int64_t b = ntiles * w / T, en = ntiles * (w + 1) / T;
-          for (std::int64_t i = b; i < en; ++i) {
+        for (std::int64_t c0 = 0; c0 < ntiles; c0 += pl.chunk_tiles) {  // a chunk of tiles at a time
+          const std::int64_t nc = std::min(pl.chunk_tiles, ntiles - c0);
+          run_workers(e, T, [&](int w) {
+            for (std::int64_t i = c0 + nc * w / T; i < c0 + nc * (w + 1) / T; ++i) {
+              const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
+              double* db = s.slot_db + (i - c0) * ct;
+              double* ds = s.slot_ds + (i - c0) * ct;
+              std::fill(db, db + r.nchan, 0.0);
+              std::fill(ds, ds + r.nchan, 0.0);
+              k.backward_sums(bw.tile(r, w), db, ds);
+            }
+          });
+          for (std::int64_t i = c0; i < c0 + nc; ++i) {  // tile order = merge order
             const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
-            double* db = s.slot_db + i * ct;
-            double* ds = s.slot_ds + i * ct;
-            std::fill(db, db + r.nchan, 0.0);
-            std::fill(ds, ds + r.nchan, 0.0);
-            k.backward_sums(bw.tile(r, w), db, ds);
-          }
-        });
-        for (std::int64_t i = 0; i < ntiles; ++i) {  // tile order = merge order
-          const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
-          for (std::int64_t c = 0; c < r.nchan; ++c) {
-            s.db[r.chan0 + c] += s.slot_db[i * ct + c];
-            s.ds[r.chan0 + c] += s.slot_ds[i * ct + c];
+            for (std::int64_t c = 0; c < r.nchan; ++c) {
+              s.db[r.chan0 + c] += s.slot_db[(i - c0) * ct + c];
+              s.ds[r.chan0 + c] += s.slot_ds[(i - c0) * ct + c];
+            }
           }
         }
         for (std::int64_t set = s0; set < s1; ++set) {
