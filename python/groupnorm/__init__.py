@@ -4,22 +4,28 @@
     >>> x = np.random.randn(2, 32, 16, 16).astype(np.float32)
     >>> y = groupnorm.group_norm(x, num_groups=8)
 """
+import os as _os
+import warnings as _warnings
+
 from . import _core
+from . import _checks
 from ._checks import bfloat16
 from .functional import group_norm, group_norm_backward
 from .layer import GroupNorm
 
-__version__ = "0.1.0"
+__version__ = _core.VERSION
 __all__ = ["group_norm", "group_norm_backward", "GroupNorm", "set_num_threads", "get_num_threads",
            "available_isas", "active_isa", "set_isa", "bfloat16"]
 
 
 def set_num_threads(n):
-    """Threads used by calls that do not pass num_threads (n >= 1)."""
-    n = int(n)
-    if n <= 0:
-        raise ValueError(f"num_threads must be positive, got {n}")
-    _core.set_num_threads(n)
+    """Threads used by calls that do not pass num_threads: an int >= 1, or None
+    for the default (the hardware threads). Requests beyond the core's cap run
+    with the cap."""
+    if n is None:
+        _core.set_num_threads(0)
+        return
+    _core.set_num_threads(_checks.threads(n))
 
 
 def get_num_threads():
@@ -44,5 +50,20 @@ def set_isa(name):
     testing and benchmarking. The environment variable GROUPNORM_ISA caps the
     choice made at import time.
     """
-    if not _core.set_isa(str(name)):
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if "\0" in name or not _core.set_isa(name):
         raise ValueError(f"instruction set {name!r} is not available here; available: {available_isas()}")
+
+
+def _check_isa_env():
+    """GROUPNORM_ISA caps the instruction set chosen at import; a value that names
+    none this build can run here is reported, not silently ignored."""
+    name = _os.environ.get("GROUPNORM_ISA")
+    if name and name not in available_isas():
+        _warnings.warn(f"GROUPNORM_ISA={name!r} is not an instruction set available here "
+                       f"(available: {', '.join(available_isas())}); running with {active_isa()!r}",
+                       RuntimeWarning, stacklevel=3)
+
+
+_check_isa_env()

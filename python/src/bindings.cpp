@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "groupnorm/cuda.hpp"
+#include "groupnorm/groupnorm.h"
 #include "groupnorm/groupnorm.hpp"
 
 namespace py = pybind11;
@@ -298,6 +299,7 @@ void backward_cuda(std::uintptr_t grad_y, std::uintptr_t x, std::uintptr_t mean,
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "groupnorm C++ core (use the groupnorm package, not this module)";
+  m.attr("VERSION") = groupnorm_version();  // CMake's project version, read from pyproject.toml
   m.def("forward", &forward);
   m.def("forward_fast", &forward_fast);
   m.def("set_bfloat16_num", [](int num) { g_bfloat16_num = num; });
