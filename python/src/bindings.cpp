@@ -31,6 +31,8 @@ void* mdata(const py::object& o) {
 [[noreturn]] void raise(const gn::Result& r) {
   if (r.status == gn::Status::invalid_dtype) throw py::type_error(r.message);
   if (r.status == gn::Status::out_of_memory) throw std::bad_alloc();
+  if (r.status == gn::Status::device_error || r.status == gn::Status::internal_error)
+    throw std::runtime_error(r.message);
   throw py::value_error(r.message);
 }
 
