@@ -8,10 +8,12 @@ from . import _core
 from ._checks import bfloat16
 from .functional import group_norm, group_norm_backward
 from .layer import GroupNorm
+from .split import Moments, BackwardSums, moments, merge_moments, backward_sums, merge_backward_sums
 
 __version__ = "0.1.0"
 __all__ = ["group_norm", "group_norm_backward", "GroupNorm", "set_num_threads", "get_num_threads",
-           "available_isas", "active_isa", "set_isa", "bfloat16"]
+           "available_isas", "active_isa", "set_isa", "bfloat16",
+           "Moments", "BackwardSums", "moments", "merge_moments", "backward_sums", "merge_backward_sums"]
 
 
 def set_num_threads(n):
