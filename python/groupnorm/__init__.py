@@ -8,6 +8,7 @@ from . import _core
 from ._checks import bfloat16
 from .functional import group_norm, group_norm_backward
 from .layer import GroupNorm
+from . import split, distributed  # noqa: F401 (groupnorm.distributed needs mpi4py only when used)
 from .split import Moments, BackwardSums, moments, merge_moments, backward_sums, merge_backward_sums
 
 __version__ = "0.1.0"
