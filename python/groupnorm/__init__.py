@@ -12,10 +12,13 @@ from . import _checks
 from ._checks import bfloat16
 from .functional import group_norm, group_norm_backward
 from .layer import GroupNorm
+from . import split, distributed  # noqa: F401 (groupnorm.distributed needs mpi4py only when used)
+from .split import Moments, BackwardSums, moments, merge_moments, backward_sums, merge_backward_sums
 
 __version__ = _core.VERSION
 __all__ = ["group_norm", "group_norm_backward", "GroupNorm", "set_num_threads", "get_num_threads",
-           "available_isas", "active_isa", "set_isa", "bfloat16"]
+           "available_isas", "active_isa", "set_isa", "bfloat16",
+           "Moments", "BackwardSums", "moments", "merge_moments", "backward_sums", "merge_backward_sums"]
 
 
 def set_num_threads(n):
