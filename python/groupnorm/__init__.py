@@ -4,6 +4,8 @@
     >>> x = np.random.randn(2, 32, 16, 16).astype(np.float32)
     >>> y = groupnorm.group_norm(x, num_groups=8)
 """
+import numpy as np
+
 from . import _core
 from ._checks import bfloat16
 from .functional import group_norm, group_norm_backward
@@ -11,7 +13,8 @@ from .layer import GroupNorm
 
 __version__ = "0.1.0"
 __all__ = ["group_norm", "group_norm_backward", "GroupNorm", "set_num_threads", "get_num_threads",
-           "available_isas", "active_isa", "set_isa", "bfloat16"]
+           "available_isas", "active_isa", "set_isa", "bfloat16",
+           "set_buffer_cache_limit", "release_memory", "buffer_cache_info"]
 
 
 def set_num_threads(n):
@@ -46,3 +49,31 @@ def set_isa(name):
     """
     if not _core.set_isa(str(name)):
         raise ValueError(f"instruction set {name!r} is not available here; available: {available_isas()}")
+
+
+def set_buffer_cache_limit(nbytes):
+    """Keep at most ``nbytes`` of freed output buffers for reuse (default 512 MiB).
+
+    Outputs the library allocates (``group_norm(x)`` without ``out=``, the
+    ``GroupNorm`` layer, ``group_norm_backward``) come from a cache: when such an
+    array is freed its memory is kept, already mapped, for the next output of a
+    similar size, instead of going back to the OS and faulting in fresh pages
+    on the next call. 0 turns the cache off. The environment variable
+    GROUPNORM_BUFFER_CACHE_BYTES sets the limit at import.
+    """
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
+        raise TypeError(f"nbytes must be an int, got {type(nbytes).__name__}")
+    nbytes = int(nbytes)
+    if nbytes < 0:
+        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+    _core.set_buffer_cache_limit(nbytes)
+
+
+def release_memory():
+    """Return every cached output buffer to the OS now; returns the bytes freed."""
+    return _core.release_memory()
+
+
+def buffer_cache_info():
+    """The output-buffer cache: {"cached_bytes", "cached_blocks", "limit_bytes", "hits", "misses"}."""
+    return dict(_core.buffer_cache_info())
