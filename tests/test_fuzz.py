@@ -195,10 +195,13 @@ def check_forward(p, x, w, b, skip, sb, kw, res):
     assert not bad.any(), (f"y: {bad.sum()} of {y.size} beyond tolerance; got "
                            f"{got[bad][:3].tolist()} expected {ry[bad][:3].tolist()} tol {tol[bad][:3].tolist()}")
     if mean is not None:
+        # one-pass sums shifted by a tile's first element lose a few bits when that
+        # element is far from the mean (a few sigma): 64 units of the accumulation type
         sd_ref = 1.0 / rrstd
-        tol_m = 16 * acc_eps(dt) * (np.abs(rmean) + sd_ref) + 1e-300
-        assert np.all(np.abs(mean - rmean) <= tol_m), f"mean {mean} vs {rmean}"
-        assert np.all(np.abs(rstd - rrstd) <= 16 * acc_eps(dt) * rrstd + 1e-300), f"rstd {rstd} vs {rrstd}"
+        tol_m = 64 * acc_eps(dt) * (np.abs(rmean) + sd_ref) + 1e-300
+        assert np.all(np.abs(mean - rmean) <= tol_m), f"mean {mean.tolist()} vs {rmean.tolist()}"
+        assert np.all(np.abs(rstd - rrstd) <= 64 * acc_eps(dt) * rrstd + 1e-300), \
+            f"rstd {rstd.tolist()} vs {rrstd.tolist()}"
     return s
 
 
