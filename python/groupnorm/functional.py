@@ -6,6 +6,9 @@ from . import _checks as C
 from . import _cuda
 from . import split
 
+_INT62 = 2**62
+_INT31 = 2**31
+
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last=False,
                activation=None, out=None, return_stats=False, num_threads=None,
@@ -52,24 +55,31 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last
     """
     # the common call, with arrays in canonical form, skips the Python checks
     # (the core declines anything else, and the checked path below explains it)
-    if (type(x) is np.ndarray and stats is None and skip is None and skip_bias is None and sum_out is None and not return_stats
-            and type(num_groups) is int and type(eps) is float and type(channels_last) is bool
-            and (activation is None or activation == "silu")
-            and (num_threads is None or (type(num_threads) is int and num_threads > 0))):
+    # (ints in range of the core's int64/int32, so pybind11 never sees a value it cannot convert)
+    if (type(x) is np.ndarray and stats is None and skip is None and skip_bias is None and sum_out is None
+            and return_stats is False
+            and type(num_groups) is int and 0 < num_groups < _INT62 and type(eps) is float
+            and type(channels_last) is bool and (activation is None or activation == "silu")
+            and (num_threads is None or (type(num_threads) is int and 0 < num_threads < _INT31))):
         y = _core.forward_fast(x, num_groups, weight, bias, eps, channels_last, 0 if activation is None else 1,
                                out, num_threads or 0)
         if y is not None:
             return y
+    # the scalar arguments, checked before anything is allocated or written
+    groups = C.groups_of(num_groups)
+    e = C.eps_value(eps)
+    channels_last = C.flag(channels_last, "channels_last")
+    return_stats = C.flag(return_stats, "return_stats")
+    act = C.activation(activation)
+    nthreads = C.threads(num_threads)
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
         if stats is not None:
             raise TypeError("stats= is supported for CPU (NumPy) arrays only")
-        return _cuda.group_norm(x, C.groups_of(num_groups), weight, bias, C.eps_value(eps), channels_last,
-                                C.activation(activation), out, return_stats, skip, skip_bias, sum_out)
+        return _cuda.group_norm(x, groups, weight, bias, e, channels_last, act, out, return_stats, skip, skip_bias,
+                                sum_out)
     x = C.as_input(x)
     channels = C.channels_of(x, channels_last)
-    groups = C.groups_of(num_groups)
-    e = eps if type(eps) is float else C.eps_value(eps)
-    act = 0 if activation is None else C.activation(activation)
+    _core.check(channels, groups, e, None)  # the core's rules, before any allocation
     dcode = C.DTYPE_CODES[x.dtype]
     if skip is not None:
         skip = C.same_as_x(C.as_input(skip, "skip"), x, "skip")
@@ -86,18 +96,15 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last
     if return_stats:
         sd = C.stats_dtype(x.dtype)
         n = x.shape[0]
-        if groups <= 0:  # before allocating (N, groups): the core names the problem
-            _core.check(channels, groups, e, None)
         mean = np.empty((n, groups), sd)
         rstd = np.empty((n, groups), sd)
     if stats is None:
         _core.forward(x, groups, weight, bias, e, channels_last, act, dcode, pcode, y, mean, rstd,
-                      skip, skip_bias, sum_out, 0 if num_threads is None else C.threads(num_threads))
+                      skip, skip_bias, sum_out, nthreads)
     else:
-        _core.check(channels, groups, e, None)
         given = split.given_stats(stats, x.shape[0], groups, x.dtype)
         _core.forward_given(x, groups, weight, bias, e, channels_last, act, dcode, pcode, y, mean, rstd,
-                            skip, skip_bias, sum_out, *given, 0 if num_threads is None else C.threads(num_threads))
+                            skip, skip_bias, sum_out, *given, nthreads)
     if return_stats:
         return y, mean, rstd
     return y
@@ -127,15 +134,16 @@ def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight=None, bias=Non
         (grad_x, grad_weight, grad_bias): grad_x like x; grad_weight/grad_bias of
         shape (C,) in weight's/bias's dtype, or None when weight/bias is None.
     """
+    groups = C.groups_of(num_groups)
+    channels_last = C.flag(channels_last, "channels_last")
+    act = C.activation(activation)
+    nthreads = C.threads(num_threads)
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
         if sums is not None:
             raise TypeError("sums= is supported for CPU (NumPy) arrays only")
-        return _cuda.group_norm_backward(grad_y, x, mean, rstd, C.groups_of(num_groups), weight, bias,
-                                         channels_last, C.activation(activation), out)
+        return _cuda.group_norm_backward(grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, out)
     x = C.as_input(x)
     channels = C.channels_of(x, channels_last)
-    groups = C.groups_of(num_groups)
-    act = C.activation(activation)
     _core.check(channels, groups, 0.0, None)
     grad_y = C.same_as_x(C.as_input(grad_y, "grad_y"), x, "grad_y")
     sd = C.stats_dtype(x.dtype)
@@ -154,14 +162,13 @@ def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight=None, bias=Non
     grad_x = C.output(out, x.shape, x.dtype)
     gw = None if weight is None else np.empty(channels, weight.dtype)
     gb = None if bias is None else np.empty(channels, bias.dtype)
-    nt = 0 if num_threads is None else C.threads(num_threads)
     if sums is None:
         _core.backward(grad_y, x, stats[0], stats[1], groups, weight, bias, channels_last, act, dcode, pcode,
-                       grad_x, gw, gb, nt)
+                       grad_x, gw, gb, nthreads)
     else:
         sums = split.given_sums(sums, n, channels, split._spatial(x, channels_last))
         _core.backward_given(grad_y, x, stats[0], stats[1], groups, weight, bias, channels_last, act, dcode, pcode,
-                             grad_x, gw, gb, sums.sum_dz, sums.sum_dz_xc, sums.spatial, nt)
+                             grad_x, gw, gb, sums.sum_dz, sums.sum_dz_xc, sums.spatial, nthreads)
     # each gradient in its own parameter's dtype
     if gw is not None and gw.dtype != np.asarray(weight_in).dtype:
         gw = gw.astype(np.asarray(weight_in).dtype)
