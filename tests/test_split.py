@@ -501,3 +501,17 @@ def test_memmap_example(gn, rng, tmp_path, channels_last, capsys):
     assert ex.main(["--shape", "1", "4", "7", "6", "5", "--groups", "2", "--budget", "500", "--check",
                     "--dir", str(tmp_path)] + (["--channels-last"] if channels_last else [])) == 0
     assert "ok" in capsys.readouterr().out
+
+
+def test_readme_tiled_example(gn):
+    """The README's split-phase Python example runs and gives the whole tensor's normalization."""
+    import os
+    import re
+    readme = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")).read()
+    sec = readme[readme.index("## Split phase"):]
+    code = re.search(r"```python\n(.*?)```", sec, re.S).group(1)
+    ns = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    ref, mref, rref = ref_forward(ns["x"], 32, ns["w"], ns["b"])
+    assert_close(ns["y"], ref, what="README y", **TOL[F32])
+    assert_close(ns["rstd"], rref, rtol=2e-5, atol=0, what="README rstd")
