@@ -17,7 +17,9 @@ class GroupNorm:
             shape (C,); None when False.
         channels_last: inputs are (N, *spatial, C) instead of (N, C, *spatial).
         activation: None or "silu", fused after the affine transform.
-        dtype: dtype of weight and bias (default float32).
+        dtype: dtype of weight, bias and their gradients (default float32;
+            float64, float16 or bfloat16 too). The kernels take them in x's
+            dtype or float32 (a float64 weight with float32 x is rounded).
 
     Calling the layer on x returns y and remembers x, mean and rstd;
     ``backward(grad_y)`` returns grad_x and adds the parameter gradients into
@@ -27,19 +29,23 @@ class GroupNorm:
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, channels_last=False,
                  activation=None, dtype=np.float32):
         num_groups = C.groups_of(num_groups)
-        num_channels = C.groups_of(num_channels)
+        num_channels = C.integer(num_channels, "num_channels")
         eps = C.eps_value(eps)
         C.activation(activation)
         _core.check(num_channels, num_groups, eps, None)
         self.num_groups = num_groups
         self.num_channels = num_channels
         self.eps = eps
-        self.affine = bool(affine)
-        self.channels_last = bool(channels_last)
+        self.affine = C.flag(affine, "affine")
+        self.channels_last = C.flag(channels_last, "channels_last")
         self.activation = activation
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float64, float32, float16 or bfloat16, got {dtype!r}") from None
         if dtype not in C.DTYPE_CODES:
             raise TypeError(f"dtype must be float64, float32, float16 or bfloat16, got {dtype}")
+        self.dtype = dtype
         if self.affine:
             self.weight = np.ones(num_channels, dtype)
             self.bias = np.zeros(num_channels, dtype)
@@ -59,6 +65,11 @@ class GroupNorm:
     def __call__(self, x, *, num_threads=None):
         """y = group_norm(x); x of shape (N, C, *spatial) or (N, *spatial, C)."""
         x = C.as_input(x)
+        if x.ndim >= 2:
+            dim = x.ndim - 1 if self.channels_last else 1
+            if x.shape[dim] != self.num_channels:
+                raise ValueError(f"{self!r} expects {self.num_channels} channels in dim {dim} of x, "
+                                 f"got {x.shape[dim]} (x shape {x.shape})")
         y, mean, rstd = group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
                                    channels_last=self.channels_last, activation=self.activation,
                                    return_stats=True, num_threads=num_threads)
@@ -106,4 +117,4 @@ class GroupNorm:
 
     def __repr__(self):
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
-                f"channels_last={self.channels_last}, activation={self.activation!r})")
+                f"channels_last={self.channels_last}, activation={self.activation!r}, dtype={self.dtype.name})")
