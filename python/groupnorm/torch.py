@@ -379,3 +379,109 @@ def replace_group_norm(model):
             m.activation = None
             count += 1
     return count
+
+
+# --------------------------------------------------------------------------- SyncGroupNorm
+
+
+def _all_gather_f64(a, group):
+    """Every rank's float64 array (same shape on every rank), in rank order."""
+    import torch.distributed as dist
+
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, t, group=group)
+    return [p.numpy() for p in parts]
+
+
+def _world(group):
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+class _SyncGroupNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups, eps, activation, group):
+        from . import functional, split
+
+        cl = _channels_last(x)
+        x = _canonical(x, cl)
+        xa = _array(x, cl)
+        threads = torch.get_num_threads()
+        m = split.moments(xa, num_groups, channels_last=cl, num_threads=threads)
+        if _world(group):
+            # count, mean, m2 of every rank, merged in rank order: every rank
+            # merges the same bytes in the same order, so all get the same bits
+            packed = np.stack([m.count.astype(np.float64), m.mean, m.m2])
+            parts = _all_gather_f64(packed, group)
+            m = split.merge_moments([split.Moments(p[0].astype(np.int64), p[1], p[2], m.stats_dtype)
+                                     for p in parts])
+        y = _new_output(x)
+        functional.group_norm(xa, num_groups, _param_array(weight), _param_array(bias), eps, channels_last=cl,
+                              activation=activation, out=_array(y, cl), num_threads=threads, stats=m)
+        mean, rstd = m.mean_rstd(eps)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.stats = (mean, rstd)
+        ctx.cfg = (num_groups, activation, group, cl)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        from . import functional, split
+
+        x, weight, bias = ctx.saved_tensors
+        mean, rstd = ctx.stats
+        num_groups, activation, group, cl = ctx.cfg
+        grad_y = _canonical(grad_y, cl)
+        xa, ga = _array(x, cl), _array(grad_y, cl)
+        wa, ba = _param_array(weight), _param_array(bias)
+        threads = torch.get_num_threads()
+        s = split.backward_sums(ga, xa, mean, rstd, num_groups, wa, ba, channels_last=cl, activation=activation,
+                                num_threads=threads)
+        if _world(group):
+            nc = s.sum_dz.size
+            packed = np.concatenate([s.sum_dz.ravel(), s.sum_dz_xc.ravel(), [float(s.spatial)]])
+            parts = _all_gather_f64(packed, group)
+            s = split.merge_backward_sums([split.BackwardSums(p[:nc].reshape(s.shape), p[nc:2 * nc].reshape(s.shape),
+                                                              int(p[2 * nc])) for p in parts])
+        gx = _new_output(x)
+        _, gw, gb = functional.group_norm_backward(ga, xa, mean, rstd, num_groups, wa, ba, channels_last=cl,
+                                                   activation=activation, num_threads=threads, out=_array(gx, cl),
+                                                   sums=s)
+        gw = _param_grad(gw, weight, x) if weight is not None and ctx.needs_input_grad[1] else None
+        gb = _param_grad(gb, bias, x) if bias is not None and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None, None, None, None
+
+
+class SyncGroupNorm(GroupNorm):
+    """GroupNorm of a tensor split spatially across the ranks of a torch.distributed group.
+
+    Each rank holds a tile of the same samples: all N and C, part of the
+    spatial extent (rows of an image for patch-parallel decoding, slabs of a
+    volume). The forward all-gathers every rank's (N, G) moments (count, mean,
+    M2: never sums of x and x^2) and merges them in rank order, so every rank
+    normalizes with bitwise the same statistics, those of the whole tensor. The
+    backward does the same with the (N, C) sums of the gradient; every rank
+    gets its tile's grad_x and the whole tensor's grad_weight / grad_bias
+    (bitwise the same on every rank: do not average them again across ranks).
+
+    Runs on CPU tensors with any torch.distributed backend that all-gathers
+    CPU tensors (gloo, MPI). Without an initialized process group (or with
+    one rank) it is GroupNorm of the local tensor.
+
+    Args:
+        num_groups, num_channels, eps, affine, device, dtype, activation: as GroupNorm.
+        process_group: the group to synchronize over (default: the world).
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *,
+                 activation=None, process_group=None):
+        super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype, activation=activation)
+        self.process_group = process_group
+
+    def forward(self, input):
+        groups, eps, act = _check(input, self.num_groups, self.weight, self.bias, self.eps, self.activation, None)
+        if input.device.type != "cpu":
+            raise ValueError(f"input is on {input.device}: SyncGroupNorm runs on CPU tensors")
+        return _SyncGroupNormFn.apply(input, self.weight, self.bias, groups, eps, _act(act), self.process_group)
