@@ -8,8 +8,8 @@ one process (the swap is undone by restoring the module class), so both see
 the same machine state. For every configuration it reports:
 
   - end-to-end decode time (median of the repeats),
-  - GroupNorm's time inside the model (torch.profiler: aten::group_norm for
-    stock, groupnorm::group_norm for the swap),
+  - GroupNorm's time inside the model (torch.profiler, in the same decodes:
+    aten::group_norm for stock, groupnorm::group_norm for the swap),
   - the standalone time of the same GroupNorm calls (same shapes, layouts and
     parameters, random data, called back to back outside the model),
   - the max abs difference between the decoded images.
@@ -49,15 +49,14 @@ def build_vae():
 
 
 def gn_calls(vae, z):
-    """(shape, channels_last, num_groups, eps, weight, bias) of every GroupNorm call of one decode."""
+    """(shape, strides, num_groups, eps, weight, bias) of every GroupNorm call of one decode."""
     import torch
 
     calls = []
 
     def hook(m, inputs, output):
         x = inputs[0]
-        cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        calls.append((tuple(x.shape), cl, m.num_groups, m.eps, m.weight, m.bias))
+        calls.append((tuple(x.shape), x.stride(), m.num_groups, m.eps, m.weight, m.bias))
 
     hs = [m.register_forward_hook(hook) for m in vae.decoder.modules() if isinstance(m, torch.nn.GroupNorm)]
     with torch.no_grad():
@@ -67,40 +66,40 @@ def gn_calls(vae, z):
     return calls
 
 
-def profile_gn(vae, z, op_names):
-    """GroupNorm's total time (s) inside one decode, from torch.profiler."""
+def timed_decode(vae, z, op_names):
+    """(wall time, GroupNorm's total time inside the decode) of one decode under torch.profiler."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
         vae.decode(z)
-    total = 0.0
-    for e in prof.key_averages():
-        if e.key in op_names:
-            total += e.cpu_time_total * 1e-6
-    return total
+        wall = time.perf_counter() - t
+    gn = sum(e.cpu_time_total for e in prof.key_averages() if e.key in op_names) * 1e-6
+    return wall, gn
 
 
-def standalone(calls, fn, repeats):
-    """Median over repeats of the time of all the calls back to back."""
+def standalone(calls, fns, repeats):
+    """For each of fns: median over repeats of the time of all the calls back to back (fns alternate)."""
     import torch
 
     inputs = []
-    for shape, cl, g, eps, w, b in calls:
-        x = torch.randn(shape)
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for shape, stride, g, eps, w, b in calls:
+        x = torch.empty_strided(shape, stride)
+        x.normal_()
         inputs.append((x, g, w, b, eps))
-    times = []
+    times = [[] for _ in fns]
     with torch.no_grad():
-        for x, g, w, b, eps in inputs:  # warm up
-            fn(x, g, w, b, eps)
-        for _ in range(repeats):
-            t = time.perf_counter()
+        for fn in fns:  # warm up
             for x, g, w, b, eps in inputs:
                 fn(x, g, w, b, eps)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for r in range(repeats):
+            for k in (range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))):
+                t = time.perf_counter()
+                for x, g, w, b, eps in inputs:
+                    fns[k](x, g, w, b, eps)
+                times[k].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
 
 
 def run_config(size, channels_last, repeats):
@@ -131,24 +130,21 @@ def run_config(size, channels_last, repeats):
         ours()
         img_ours = vae.decode(z).sample
     diff = (img_stock - img_ours).abs().max().item()
+    ops = {"stock": {"aten::group_norm"}, "ours": {"groupnorm::group_norm"}}
     times = {"stock": [], "ours": []}
-    order = [("stock", stock), ("ours", ours)]
-    with torch.no_grad():
-        for r in range(repeats):
-            for name, setup in (order if r % 2 == 0 else order[::-1]):
-                setup()
-                t = time.perf_counter()
-                vae.decode(z)
-                times[name].append(time.perf_counter() - t)
     prof = {"stock": [], "ours": []}
-    for r in range(max(1, repeats // 2)):
+    order = [("stock", stock), ("ours", ours)]
+    for r in range(repeats):  # alternate which goes first
         for name, setup in (order if r % 2 == 0 else order[::-1]):
             setup()
-            prof[name].append(profile_gn(vae, z, {"aten::group_norm"} if name == "stock" else
-                                         {"groupnorm::group_norm"}))
-    alone_stock = standalone(calls, lambda x, g, w, b, e: F.group_norm(x, g, w, b, e), repeats)
-    alone_ours = standalone(calls, lambda x, g, w, b, e: gnt.group_norm(x, g, w, b, e), repeats)
+            wall, gn = timed_decode(vae, z, ops[name])
+            times[name].append(wall)
+            prof[name].append(gn)
+    alone_stock, alone_ours = standalone(calls, [lambda x, g, w, b, e: F.group_norm(x, g, w, b, e),
+                                                 lambda x, g, w, b, e: gnt.group_norm(x, g, w, b, e)],
+                                         max(repeats, 5))
     return {
+        "gn_in_model_stock_all": prof["stock"], "gn_in_model_ours_all": prof["ours"],
         "size": size, "layout": "channels_last" if channels_last else "contiguous",
         "threads": torch.get_num_threads(), "gn_calls": len(calls),
         "decode_stock": statistics.median(times["stock"]), "decode_ours": statistics.median(times["ours"]),

@@ -381,3 +381,13 @@ def test_numpy_api_refuses_tensors_that_require_grad():
 def test_import_groupnorm_does_not_import_torch():
     code = "import sys, groupnorm; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_one_openmp_runtime_with_torch():
+    """groupnorm and torch share one OpenMP runtime (one thread pool), in either import order."""
+    for first, second in (("groupnorm.torch", "torch"), ("torch", "groupnorm.torch")):
+        code = (f"import {first}, {second}, groupnorm.torch as g; r = g.openmp_runtimes(); "
+                "assert len(r) == 1, r; print(r[0])")
+        out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], check=True,
+                             capture_output=True, text=True).stdout
+        assert "gomp" in out

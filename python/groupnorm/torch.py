@@ -13,9 +13,19 @@ The operators ``torch.ops.groupnorm.group_norm`` and
 ``torch.library`` (with fake implementations, so ``torch.compile(fullgraph=True)``
 and ``torch.export`` trace through them, and with autograd). Tensors reach the
 C++ kernels without copies when they are contiguous in either memory format;
-outputs are allocated by torch in the input's memory format. Calls run on as
-many threads as ``torch.get_num_threads()`` says.
+outputs are tensors in the input's memory format.
+
+Threads: each call runs on ``torch.get_num_threads()`` threads, and on PyTorch's
+own intra-op threads: PyTorch's wheel bundles its libgomp under the soname
+``libgomp.so.1``, the one groupnorm's extension links, so the process maps a
+single OpenMP runtime whichever of the two is imported first, and both
+libraries' parallel regions use one pool of threads (no second pool spinning
+on the same cores). ``openmp_runtimes()`` lists the runtimes mapped; if a
+build ever brings a second one, importing this module warns.
 """
+import os
+import re
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -23,8 +33,25 @@ import torch
 
 from . import _core
 from . import _checks as C
+from . import functional, split
 
-__all__ = ["group_norm", "GroupNorm", "replace_group_norm", "SyncGroupNorm"]
+__all__ = ["group_norm", "GroupNorm", "replace_group_norm", "SyncGroupNorm", "openmp_runtimes"]
+
+
+def openmp_runtimes():
+    """Paths of the OpenMP runtime libraries mapped in this process (Linux; [] elsewhere)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if len(line.split()) >= 6}
+    except OSError:
+        return []
+    libs = {os.path.realpath(p) for p in paths if re.search(r"/lib(gomp|iomp5|omp)[-.][^/]*so", p)}
+    return sorted(libs)
+
+
+if len(openmp_runtimes()) > 1:  # pragma: no cover - depends on how torch was built
+    warnings.warn(f"two OpenMP runtimes are loaded ({openmp_runtimes()}): groupnorm's and PyTorch's threads "
+                  "may compete for the cores; OMP_WAIT_POLICY=passive limits the loss", RuntimeWarning)
 
 _NP_DTYPES = {
     torch.float32: np.dtype(np.float32),
@@ -128,12 +155,11 @@ def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
     if x.is_cuda:
         _forward_cuda(x, num_groups, weight, bias, eps, activation, skip, cl, y, mean, rstd, s)
         return y, mean, rstd, s
-    from .functional import group_norm as np_group_norm
-    _, m, r = np_group_norm(_array(x, cl), num_groups, _param_array(weight), _param_array(bias), eps,
-                            channels_last=cl, activation=_act(activation), out=_array(y, cl), return_stats=True,
-                            num_threads=torch.get_num_threads(),
-                            skip=None if skip is None else _array(skip, cl),
-                            sum_out=None if skip is None else _array(s, cl))
+    _, m, r = functional.group_norm(_array(x, cl), num_groups, _param_array(weight), _param_array(bias), eps,
+                                    channels_last=cl, activation=_act(activation), out=_array(y, cl),
+                                    return_stats=True, num_threads=torch.get_num_threads(),
+                                    skip=None if skip is None else _array(skip, cl),
+                                    sum_out=None if skip is None else _array(s, cl))
     mean.numpy()[...] = m
     rstd.numpy()[...] = r
     return y, mean, rstd, s
@@ -161,11 +187,10 @@ def _group_norm_backward_op(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.T
     if x.is_cuda:
         gw, gb = _backward_cuda(grad_y, x, mean, rstd, num_groups, weight, bias, activation, cl, gx)
         return gx, gw, gb
-    from .functional import group_norm_backward as np_backward
-    _, gw, gb = np_backward(_array(grad_y, cl), _array(x, cl), _array(mean.contiguous()),
-                            _array(rstd.contiguous()), num_groups, _param_array(weight), _param_array(bias),
-                            channels_last=cl, activation=_act(activation), num_threads=torch.get_num_threads(),
-                            out=_array(gx, cl))
+    _, gw, gb = functional.group_norm_backward(_array(grad_y, cl), _array(x, cl), _array(mean.contiguous()),
+                                               _array(rstd.contiguous()), num_groups, _param_array(weight),
+                                               _param_array(bias), channels_last=cl, activation=_act(activation),
+                                               num_threads=torch.get_num_threads(), out=_array(gx, cl))
     return gx, _param_grad(gw, weight, x), _param_grad(gb, bias, x)
 
 
@@ -240,10 +265,13 @@ def _forward_cuda(x, num_groups, weight, bias, eps, activation, skip, cl, y, mea
     xv = x.movedim(1, -1) if cl else x
     n, c, sp = _nsc(xv, cl)
     dcode, pcode = _codes(x, weight, bias)
+    weight = None if weight is None else weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
     stream = torch.cuda.current_stream(x.device).cuda_stream
-    _core.forward_cuda(x.data_ptr(), n, c, sp, num_groups, _ptr(weight), _ptr(bias), eps, cl,
-                       C.activation(_act(activation)), dcode, pcode, y.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
-                       _ptr(skip), 0, _ptr(s) if skip is not None else 0, stream)
+    with torch.cuda.device(x.device):
+        _core.forward_cuda(x.data_ptr(), n, c, sp, num_groups, _ptr(weight), _ptr(bias), eps, cl,
+                           C.activation(_act(activation)), dcode, pcode, y.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                           _ptr(skip), 0, _ptr(s) if skip is not None else 0, stream)
 
 
 def _backward_cuda(grad_y, x, mean, rstd, num_groups, weight, bias, activation, cl, gx):
@@ -251,12 +279,16 @@ def _backward_cuda(grad_y, x, mean, rstd, num_groups, weight, bias, activation, 
     xv = x.movedim(1, -1) if cl else x
     n, c, sp = _nsc(xv, cl)
     dcode, pcode = _codes(x, weight, bias)
+    weight = None if weight is None else weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    mean, rstd = mean.contiguous(), rstd.contiguous()
     gw = torch.empty_like(weight) if weight is not None else x.new_empty(_EMPTY)
     gb = torch.empty_like(bias) if bias is not None else x.new_empty(_EMPTY)
     stream = torch.cuda.current_stream(x.device).cuda_stream
-    _core.backward_cuda(grad_y.data_ptr(), x.data_ptr(), mean.contiguous().data_ptr(), rstd.contiguous().data_ptr(),
-                        n, c, sp, num_groups, _ptr(weight), _ptr(bias), cl, C.activation(_act(activation)), dcode,
-                        pcode, gx.data_ptr(), _ptr(gw), _ptr(gb), stream)
+    with torch.cuda.device(x.device):
+        _core.backward_cuda(grad_y.data_ptr(), x.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                            n, c, sp, num_groups, _ptr(weight), _ptr(bias), cl, C.activation(_act(activation)), dcode,
+                            pcode, gx.data_ptr(), _ptr(gw), _ptr(gb), stream)
     return gw, gb
 
 
@@ -403,8 +435,6 @@ def _world(group):
 class _SyncGroupNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, num_groups, eps, activation, group):
-        from . import functional, split
-
         cl = _channels_last(x)
         x = _canonical(x, cl)
         xa = _array(x, cl)
@@ -428,8 +458,6 @@ class _SyncGroupNormFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        from . import functional, split
-
         x, weight, bias = ctx.saved_tensors
         mean, rstd = ctx.stats
         num_groups, activation, group, cl = ctx.cfg
