@@ -1,5 +1,6 @@
 #include "threads.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <thread>
@@ -59,6 +60,47 @@ void run_workers(const Exec& e, int workers, WorkerFn fn) {
 #else
   for (int w = 0; w < workers; ++w) fn(w);
 #endif
+}
+
+void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn) {
+  constexpr int kMaxWorkers = 256;  // cursors live on the stack: calls never allocate
+  if (workers > items) workers = (int)std::max<std::int64_t>(items, 1);
+  if (workers <= 1) {
+    for (std::int64_t i = 0; i < items; ++i) fn(0, i);
+    return;
+  }
+  // GROUPNORM_STATIC_SCHEDULE=1: static ranges only (to measure what the
+  // dynamic part is worth; results are the same either way)
+  static const bool static_only = [] {
+    const char* s = std::getenv("GROUPNORM_STATIC_SCHEDULE");
+    return s && *s && *s != '0';
+  }();
+  if (workers > kMaxWorkers || static_only) {  // static ranges
+    run_workers(e, workers, [&](int w) {
+      for (std::int64_t i = items * w / workers; i < items * (w + 1) / workers; ++i) fn(w, i);
+    });
+    return;
+  }
+  struct alignas(64) Range {
+    std::atomic<std::int64_t> next;
+    std::int64_t end;
+  };
+  Range ranges[kMaxWorkers];
+  for (int w = 0; w < workers; ++w) {
+    ranges[w].next.store(items * w / workers, std::memory_order_relaxed);
+    ranges[w].end = items * (w + 1) / workers;
+  }
+  run_workers(e, workers, [&](int w) {
+    for (int k = 0; k < workers; ++k) {  // its own range first, then the others'
+      Range& r = ranges[(w + k) % workers];
+      for (;;) {
+        if (r.next.load(std::memory_order_relaxed) >= r.end) break;
+        const std::int64_t i = r.next.fetch_add(1, std::memory_order_relaxed);
+        if (i >= r.end) break;
+        fn(w, i);
+      }
+    }
+  });
 }
 
 std::int64_t cache_budget(int threads) {
