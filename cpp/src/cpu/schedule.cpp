@@ -43,8 +43,8 @@ std::int64_t stream_threshold() {
 }
 
 // The plan of a call on this machine (cache sizes, GROUPNORM_* overrides).
-Plan make_plan(const Problem& p, int threads, int streams) {
-  return detail::make_plan(p, threads, streams, &cache_budget, stream_threshold());
+Plan make_plan(const Problem& p, int threads, int streams, bool one_phase = false) {
+  return detail::make_plan(p, threads, streams, &cache_budget, stream_threshold(), one_phase);
 }
 
 // Scratch carved from one buffer (the caller's workspace or one allocation).
@@ -505,7 +505,7 @@ void fill_nan_stats(const Problem& p, void* mean, void* rstd) {
 }
 
 Result run_forward_phases(const Problem& p, const ForwardArgs& a, const Exec& e, const ForwardPhases& ph) {
-  Plan pl = make_plan(p, resolve_threads(e), 1);
+  Plan pl = make_plan(p, resolve_threads(e), 1, ph.phase != Phase::all);
   if (overlaps(p, a.y, a.x) || overlaps(p, a.y, a.skip) || overlaps(p, a.sum_out, a.x)) pl.stream = false;
   const KernelSet& k = active_kernels().by_dtype[(int)p.dtype];
   try {
@@ -516,7 +516,7 @@ Result run_forward_phases(const Problem& p, const ForwardArgs& a, const Exec& e,
 }
 
 Result run_backward_phases(const Problem& p, const BackwardArgs& a, const Exec& e, const BackwardPhases& ph) {
-  Plan pl = make_plan(p, resolve_threads(e), 2);
+  Plan pl = make_plan(p, resolve_threads(e), 2, ph.sums_only() || ph.given());
   if (overlaps(p, a.grad_x, a.grad_y) || overlaps(p, a.grad_x, a.x)) pl.stream = false;
   const KernelSet& k = active_kernels().by_dtype[(int)p.dtype];
   try {
@@ -536,22 +536,30 @@ std::size_t forward_workspace_bytes(const Problem& p, int num_threads) {
   if (!validate(p) || empty_call(p)) return 0;
   Exec e;
   e.num_threads = num_threads;
-  const Plan pl = make_plan(p, resolve_threads(e), 1);
-  Arena ar;
-  if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, false, s); }
-  else { Scratch<float> s{}; carve<float>(ar, pl, false, s); }
-  return ar.used + 64;
+  std::size_t most = 0;
+  for (bool one_phase : {false, true}) {  // the one-call plan, and the split-phase calls' plan
+    const Plan pl = make_plan(p, resolve_threads(e), 1, one_phase);
+    Arena ar;
+    if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, false, s); }
+    else { Scratch<float> s{}; carve<float>(ar, pl, false, s); }
+    most = std::max(most, ar.used + 64);
+  }
+  return most;
 }
 
 std::size_t backward_workspace_bytes(const Problem& p, int num_threads) {
   if (!validate(p) || empty_call(p)) return 0;
   Exec e;
   e.num_threads = num_threads;
-  const Plan pl = make_plan(p, resolve_threads(e), 2);
-  Arena ar;
-  if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, true, s); }
-  else { Scratch<float> s{}; carve<float>(ar, pl, true, s); }
-  return ar.used + 64;
+  std::size_t most = 0;
+  for (bool one_phase : {false, true}) {  // the one-call plan, and the split-phase calls' plan
+    const Plan pl = make_plan(p, resolve_threads(e), 2, one_phase);
+    Arena ar;
+    if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, true, s); }
+    else { Scratch<float> s{}; carve<float>(ar, pl, true, s); }
+    most = std::max(most, ar.used + 64);
+  }
+  return most;
 }
 
 Result forward(const Problem& p, const ForwardArgs& a, const Exec& e) {
