@@ -146,7 +146,7 @@ inline char* mptr(void* p, std::int64_t off, std::size_t es) {
 }
 
 // 1 / sqrt(var + eps) of merged moments: the one formula of forward() and mean_rstd().
-inline double rstd_of(const Moments& m, double eps) { return 1.0 / std::sqrt(m.m2 / m.n + eps); }
+inline double rstd_of(const Moments& m, double eps) { return chan_rstd(m, eps); }
 
 // ---------------------------------------------------------------- forward
 // Which phases a forward call runs: all of them (the one-call path), the
@@ -209,13 +209,8 @@ template <class A> struct Forward {
     for (std::int64_t c = g * pl.Cg; c < (g + 1) * pl.Cg; ++c) {
       const double w = a.weight ? load_scalar(a.weight, p.param_dtype, c) : 1.0;
       const double b = a.bias ? load_scalar(a.bias, p.param_dtype, c) : 0.0;
-      // the part of the mean that A cannot hold goes into the shift:
-      // (x - hi) * scale + (b - lo * scale), so large offsets cost no accuracy
-      const A hi = (A)mean;
-      const double lo = mean - (double)hi;
-      s.mean_c[n * pl.C + c] = hi;
-      s.scale_c[n * pl.C + c] = (A)(w * rstd);
-      s.shift_c[n * pl.C + c] = (A)(b - lo * (w * rstd));
+      fold_coefficients<A>(mean, rstd, w, b, s.mean_c[n * pl.C + c], s.scale_c[n * pl.C + c],
+                           s.shift_c[n * pl.C + c]);
     }
   }
 
