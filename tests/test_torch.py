@@ -391,3 +391,26 @@ def test_one_openmp_runtime_with_torch():
         out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], check=True,
                              capture_output=True, text=True).stdout
         assert "gomp" in out
+
+
+def test_calls_run_on_torchs_threads():
+    """One pool of threads: the first parallel call (ours) starts it, torch's ops and ours reuse it."""
+    code = """
+import os, torch, torch.nn.functional as F, groupnorm.torch as gnt
+torch.set_num_threads(3)
+x = torch.randn(2, 64, 96, 96)
+count = lambda: len(os.listdir('/proc/self/task'))
+start = count()
+gnt.group_norm(x, 8)
+pool = count()
+F.group_norm(x, 8)
+torch.mm(torch.randn(512, 512), torch.randn(512, 512))
+after_torch = count()
+gnt.group_norm(x.contiguous(memory_format=torch.channels_last), 8)
+after_ours = count()
+print(start, pool, after_torch, after_ours)
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    start, pool, after_torch, after_ours = map(int, out.split())
+    assert pool >= start + 2  # our call started the pool (2 threads besides the caller): the count sees it
+    assert after_torch == pool and after_ours == pool, (start, pool, after_torch, after_ours)
