@@ -338,9 +338,19 @@ def test_errors_name_the_argument():
 
 
 @pytest.mark.skipif(groupnorm._core.HAS_CUDA, reason="this build has CUDA")
-def test_cuda_device_needs_a_cuda_build():
-    with pytest.raises(ValueError, match="CPU only"):
-        gnt._require_cuda_build()
+def test_cuda_tensors_need_a_cuda_build():
+    """A CUDA tensor (a fake one: this torch may have no CUDA) is refused, naming x, before any work."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(2, 8, 4, device="cuda")
+        with pytest.raises(ValueError, match="x is on a CUDA device, but this groupnorm build runs on the CPU only"):
+            gnt.group_norm(x, 2)
+        with pytest.raises(ValueError, match="x is on a CUDA device"):
+            gnt.GroupNorm(2, 8)(x)
+        xc = torch.empty(2, 8, 4)
+        with pytest.raises(ValueError, match="weight is on cuda"):
+            gnt.group_norm(xc, 2, torch.empty(8, device="cuda"))
 
 
 def test_meta_tensors_give_shapes():
