@@ -1,4 +1,5 @@
 """groupnorm.torch against PyTorch's own GroupNorm (float64 autograd as the reference)."""
+import os
 import subprocess
 import sys
 
@@ -13,12 +14,15 @@ import groupnorm.torch as gnt  # noqa: E402
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 # error bound on outputs of magnitude ~1, relative to the float64 reference
-TOL = {torch.float64: 1e-10, torch.float32: 3e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.2e-2}
 SPATIAL = {0: (), 1: (7,), 2: (5, 6), 3: (3, 4, 5)}
 
 
 def _seed(request):
-    return abs(hash(request.node.name)) % (2 ** 31)
+    """A fresh seed per run, printed (pytest shows it when the test fails)."""
+    seed = int.from_bytes(os.urandom(4), "little") >> 1
+    print(f"{request.node.name}: seed {seed}")
+    return seed
 
 
 def make_x(shape, dtype, channels_last, gen, scale=1.0, offset=0.0):
