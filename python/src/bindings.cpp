@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "groupnorm/cuda.hpp"
+#include "groupnorm/groupnorm.h"
 #include "groupnorm/groupnorm.hpp"
 
 namespace py = pybind11;
@@ -33,6 +34,8 @@ void* mdata(const py::object& o) {
 [[noreturn]] void raise(const gn::Result& r) {
   if (r.status == gn::Status::invalid_dtype) throw py::type_error(r.message);
   if (r.status == gn::Status::out_of_memory) throw std::bad_alloc();
+  if (r.status == gn::Status::device_error || r.status == gn::Status::internal_error)
+    throw std::runtime_error(r.message);
   throw py::value_error(r.message);
 }
 
@@ -434,10 +437,171 @@ void backward_cuda(std::uintptr_t grad_y, std::uintptr_t x, std::uintptr_t mean,
   if (!r) raise(r);
 }
 
+
+// ---------------------------------------------------------------- split phase
+// Arrays arrive checked (shapes, dtypes, contiguity) by python/groupnorm/split.py.
+void moments(const py::array& x, std::int64_t groups, bool channels_last, int dtype, int param_dtype,
+             const py::object& skip, const py::object& skip_bias, const py::array& count, const py::array& mean,
+             const py::array& m2, int num_threads) {
+  const gn::Problem p = problem(x, groups, 0.0, channels_last, 0, dtype, param_dtype);
+  gn::MomentsArgs a;
+  a.x = x.data();
+  a.skip = cdata(skip);
+  a.skip_bias = cdata(skip_bias);
+  a.count = static_cast<std::int64_t*>(const_cast<void*>(count.data()));
+  a.mean = static_cast<double*>(const_cast<void*>(mean.data()));
+  a.m2 = static_cast<double*>(const_cast<void*>(m2.data()));
+  run_core<gn::MomentsArgs>(&gn::moments, p, a, num_threads);
+}
+
+// parts: a list of (count, mean, m2) arrays of `size` entries, merged in list order
+void merge_moments(const py::list& parts, const py::array& count, const py::array& mean, const py::array& m2) {
+  std::vector<const std::int64_t*> c;
+  std::vector<const double*> m, q;
+  std::vector<py::array> keep;
+  for (py::handle h : parts) {
+    const py::tuple t = py::reinterpret_borrow<py::tuple>(h);
+    for (int i = 0; i < 3; ++i) keep.push_back(t[i].cast<py::array>());
+    c.push_back(static_cast<const std::int64_t*>(keep[keep.size() - 3].data()));
+    m.push_back(static_cast<const double*>(keep[keep.size() - 2].data()));
+    q.push_back(static_cast<const double*>(keep[keep.size() - 1].data()));
+  }
+  gn::Result r;
+  {
+    py::gil_scoped_release release;
+    r = gn::merge_moments((std::int64_t)count.size(), (std::int64_t)c.size(), c.data(), m.data(), q.data(),
+                          static_cast<std::int64_t*>(const_cast<void*>(count.data())),
+                          static_cast<double*>(const_cast<void*>(mean.data())),
+                          static_cast<double*>(const_cast<void*>(m2.data())));
+  }
+  if (!r) raise(r);
+}
+
+void mean_rstd(const py::array& count, const py::array& mean, const py::array& m2, double eps, int dtype,
+               const py::array& mean_out, const py::array& rstd_out) {
+  const gn::Result r = gn::mean_rstd((std::int64_t)count.size(), static_cast<const std::int64_t*>(count.data()),
+                                     static_cast<const double*>(mean.data()), static_cast<const double*>(m2.data()),
+                                     eps, (gn::DType)dtype, const_cast<void*>(mean_out.data()),
+                                     const_cast<void*>(rstd_out.data()));
+  if (!r) raise(r);
+}
+
+// forward with given statistics: moments (count, gmean, gm2) or (smean, srstd)
+void forward_given(const py::array& x, std::int64_t groups, const py::object& weight, const py::object& bias,
+                   double eps, bool channels_last, int act, int dtype, int param_dtype, const py::array& y,
+                   const py::object& mean, const py::object& rstd, const py::object& skip,
+                   const py::object& skip_bias, const py::object& sum_out, const py::object& count,
+                   const py::object& gmean, const py::object& gm2, const py::object& smean,
+                   const py::object& srstd, int num_threads) {
+  const gn::Problem p = problem(x, groups, eps, channels_last, act, dtype, param_dtype);
+  gn::ForwardArgs a;
+  a.x = x.data();
+  a.weight = cdata(weight);
+  a.bias = cdata(bias);
+  a.skip = cdata(skip);
+  a.skip_bias = cdata(skip_bias);
+  a.y = const_cast<void*>(y.data());
+  a.sum_out = mdata(sum_out);
+  a.mean = mdata(mean);
+  a.rstd = mdata(rstd);
+  gn::GivenStats g;
+  g.count = static_cast<const std::int64_t*>(cdata(count));
+  g.mean = static_cast<const double*>(cdata(gmean));
+  g.m2 = static_cast<const double*>(cdata(gm2));
+  g.stats_mean = cdata(smean);
+  g.stats_rstd = cdata(srstd);
+  gn::Exec e;
+  e.num_threads = num_threads;
+  gn::Result r;
+  {
+    py::gil_scoped_release release;
+    r = gn::forward(p, a, g, e);
+  }
+  if (!r) raise(r);
+}
+
+gn::BackwardArgs backward_args(const py::array& grad_y, const py::array& x, const py::array& mean,
+                               const py::array& rstd, const py::object& weight, const py::object& bias) {
+  gn::BackwardArgs a;
+  a.grad_y = grad_y.data();
+  a.x = x.data();
+  a.mean = mean.data();
+  a.rstd = rstd.data();
+  a.weight = cdata(weight);
+  a.bias = cdata(bias);
+  return a;
+}
+
+void backward_sums(const py::array& grad_y, const py::array& x, const py::array& mean, const py::array& rstd,
+                   std::int64_t groups, const py::object& weight, const py::object& bias, bool channels_last,
+                   int act, int dtype, int param_dtype, const py::array& sum_dz, const py::array& sum_dz_xc,
+                   int num_threads) {
+  const gn::Problem p = problem(x, groups, 0.0, channels_last, act, dtype, param_dtype);
+  const gn::BackwardArgs a = backward_args(grad_y, x, mean, rstd, weight, bias);
+  gn::Exec e;
+  e.num_threads = num_threads;
+  gn::Result r;
+  {
+    py::gil_scoped_release release;
+    r = gn::backward_sums(p, a, static_cast<double*>(const_cast<void*>(sum_dz.data())),
+                          static_cast<double*>(const_cast<void*>(sum_dz_xc.data())), e);
+  }
+  if (!r) raise(r);
+}
+
+// parts: a list of (sum_dz, sum_dz_xc) arrays, added in list order
+void merge_backward_sums(const py::list& parts, const py::array& out_dz, const py::array& out_dz_xc) {
+  std::vector<const double*> d, q;
+  std::vector<py::array> keep;
+  for (py::handle h : parts) {
+    const py::tuple t = py::reinterpret_borrow<py::tuple>(h);
+    for (int i = 0; i < 2; ++i) keep.push_back(t[i].cast<py::array>());
+    d.push_back(static_cast<const double*>(keep[keep.size() - 2].data()));
+    q.push_back(static_cast<const double*>(keep[keep.size() - 1].data()));
+  }
+  const gn::Result r = gn::merge_backward_sums((std::int64_t)out_dz.size(), (std::int64_t)d.size(), d.data(),
+                                               q.data(), static_cast<double*>(const_cast<void*>(out_dz.data())),
+                                               static_cast<double*>(const_cast<void*>(out_dz_xc.data())));
+  if (!r) raise(r);
+}
+
+void backward_given(const py::array& grad_y, const py::array& x, const py::array& mean, const py::array& rstd,
+                    std::int64_t groups, const py::object& weight, const py::object& bias, bool channels_last,
+                    int act, int dtype, int param_dtype, const py::object& grad_x, const py::object& grad_weight,
+                    const py::object& grad_bias, const py::array& sum_dz, const py::array& sum_dz_xc,
+                    std::int64_t total_spatial, int num_threads) {
+  const gn::Problem p = problem(x, groups, 0.0, channels_last, act, dtype, param_dtype);
+  gn::BackwardArgs a = backward_args(grad_y, x, mean, rstd, weight, bias);
+  a.grad_x = mdata(grad_x);
+  a.grad_weight = mdata(grad_weight);
+  a.grad_bias = mdata(grad_bias);
+  gn::Exec e;
+  e.num_threads = num_threads;
+  gn::Result r;
+  {
+    py::gil_scoped_release release;
+    r = gn::backward(p, a, static_cast<const double*>(sum_dz.data()), static_cast<const double*>(sum_dz_xc.data()),
+                     total_spatial, e);
+  }
+  if (!r) raise(r);
+}
+
+void def_split(py::module_& m) {
+  m.def("moments", &moments);
+  m.def("merge_moments", &merge_moments);
+  m.def("mean_rstd", &mean_rstd);
+  m.def("forward_given", &forward_given);
+  m.def("backward_sums", &backward_sums);
+  m.def("merge_backward_sums", &merge_backward_sums);
+  m.def("backward_given", &backward_given);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "groupnorm C++ core (use the groupnorm package, not this module)";
+  m.attr("VERSION") = groupnorm_version();  // CMake's project version, read from pyproject.toml
+  def_split(m);
   m.def("forward", &forward);
   m.def("forward_fast", &forward_fast);
   m.def("set_bfloat16_num", [](int num) { g_bfloat16_num = num; });
