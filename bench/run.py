@@ -71,11 +71,11 @@ SHAPES = {
 }
 LAYOUTS = ("cf", "cl")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
-PASSES = ("fwd", "bwd", "silu", "silu_bwd")
-DEFAULT_PASSES = ("fwd", "bwd", "silu")
+PASSES = ("fwd", "bwd", "silu", "silu_bwd", "fwd_alloc", "fwd_inplace")
+DEFAULT_PASSES = ("fwd", "bwd", "silu", "fwd_alloc", "fwd_inplace")
 # bytes moved per pass, in units of x.nbytes: forward reads x and writes y; backward
 # reads x and grad_y and writes grad_x
-BYTES_PER_X = {"fwd": 2, "silu": 2, "bwd": 3, "silu_bwd": 3}
+BYTES_PER_X = {"fwd": 2, "silu": 2, "bwd": 3, "silu_bwd": 3, "fwd_alloc": 2, "fwd_inplace": 2}
 PEER_LABEL = {"ours": "groupnorm", "torch": "PyTorch", "openvino": "OpenVINO", "onnxruntime": "ONNX Runtime",
               "ncnn": "ncnn", "ncnn_packed": "ncnn packed in place"}
 TARGET_RATIO = 1.25
@@ -114,7 +114,9 @@ def parse_args(argv=None):
     ap.add_argument("--dtypes", default="float32", help="float32, float16, bfloat16, float64 (default float32)")
     ap.add_argument("--shapes", default="all", help='shape names (comma list) or "all" (default all)')
     ap.add_argument("--passes", default=",".join(DEFAULT_PASSES),
-                    help="fwd, bwd, silu (fused GroupNorm+SiLU forward), silu_bwd (default fwd,bwd,silu)")
+                    help="fwd, bwd, silu (fused GroupNorm+SiLU forward), silu_bwd, fwd_alloc (ours: "
+                         "group_norm(x) without out=, a new array per call), fwd_inplace (ours: out=x) "
+                         "(default fwd,bwd,silu,fwd_alloc,fwd_inplace)")
     ap.add_argument("--peers", default="torch,openvino,onnxruntime,ncnn,ncnn_packed",
                     help='peers to compare with, comma list, or "none" (default: all, those installed)')
     ap.add_argument("--repeat", type=int, default=None,
@@ -319,7 +321,27 @@ def ours_builders(gn, case):
             return fn
         return build
 
-    return {"fwd": fwd(None), "silu": fwd("silu"), "bwd": bwd(None), "silu_bwd": bwd("silu")}
+    def alloc():  # the call users write: a new output every call (from the library's buffer cache)
+        gn.group_norm(x, g, w, b, eps, channels_last=cl, num_threads=t)
+        fn = lambda: gn.group_norm(x, g, w, b, eps, channels_last=cl, num_threads=t)  # noqa: E731
+        fn.output = fn
+        return fn
+
+    def inplace():  # out=x, on an aligned copy of x (normalized again on every call)
+        xi = gn._checks.empty_aligned(x.shape, x.dtype)
+        xi[...] = x
+        fn = lambda: gn.group_norm(xi, g, w, b, eps, channels_last=cl, out=xi, num_threads=t)  # noqa: E731
+
+        def output():  # one call on fresh data
+            xo = gn._checks.empty_aligned(x.shape, x.dtype)
+            xo[...] = x
+            return gn.group_norm(xo, g, w, b, eps, channels_last=cl, out=xo, num_threads=t)
+        fn()
+        fn.output = output
+        return fn
+
+    return {"fwd": fwd(None), "silu": fwd("silu"), "bwd": bwd(None), "silu_bwd": bwd("silu"),
+            "fwd_alloc": alloc, "fwd_inplace": inplace}
 
 
 def call_overhead_builders(gn, case):
@@ -809,6 +831,9 @@ def make_summary(rows, meta, args):
                  f"the target is {TARGET_RATIO}. Backward reads x and grad_y and writes grad_x, so its "
                  "floor is 1.5. Lower is better. OpenVINO and ONNX Runtime channels-last rows run "
                  "Transpose -> GroupNormalization -> Transpose (they have no channels-last GroupNorm). "
+                 "\"allocating / out=\": time of `y = group_norm(x, ...)` (a new array every call) over the "
+                 "`out=` call's (target 1.15); \"in place\": `out=x`, time / copy time (target 1.0 where "
+                 "a group fits in L2). "
                  "ncnn runs one sample per call (no batch): its net takes channels-first data only; "
                  "\"ncnn packed in place\" is its layer alone on data already in its own packed layout "
                  "(shown on both layouts' rows). "
@@ -819,12 +844,19 @@ def make_summary(rows, meta, args):
         fwd = {(r["shape"], r["layout"]): r for r in _pick(rows, dtype=dt, threads=t) if r["pass"] == "fwd"}
         bwd = {(r["shape"], r["layout"]): r for r in _pick(rows, dtype=dt, threads=t) if r["pass"] == "bwd"}
         silu = {(r["shape"], r["layout"]): r for r in _pick(rows, dtype=dt, threads=t) if r["pass"] == "silu"}
+        alloc = {(r["shape"], r["layout"]): r for r in _pick(rows, dtype=dt, threads=t) if r["pass"] == "fwd_alloc"}
+        inpl = {(r["shape"], r["layout"]): r for r in _pick(rows, dtype=dt, threads=t)
+                if r["pass"] == "fwd_inplace"}
         keys = list(dict.fromkeys(list(fwd) + list(bwd)))
         if not keys:
             continue
         lines += ["", f"### {t} thread{'s' if t > 1 else ''}" + (" (all)" if t == meta["cpus"] else ""), ""]
         head = ["shape", "layout", "copy us", "fwd ours"]
         head += [f"fwd {PEER_LABEL[p]}" for p in P.PEER_NAMES if have_peer[p]]
+        if alloc:
+            head += ["fwd ours, allocating / out="]
+        if inpl:
+            head += ["fwd ours in place"]
         if silu:
             head += ["fwd+silu ours"] + (["fwd+silu PyTorch"] if have_peer["torch"] else [])
         if bwd:
@@ -838,6 +870,11 @@ def make_summary(rows, meta, args):
             cells = [f"{key[0]} ({dims} G{any_row.get('groups', '')})", key[1], fmt_num(any_row.get("copy_us"), 1),
                      _cell(f.get("x_copy"), bold=True)]
             cells += [_cell(f.get(f"{p}_x_copy"), missing=bool(f)) for p in P.PEER_NAMES if have_peer[p]]
+            if alloc:
+                al = alloc.get(key, {})
+                cells += [_cell(al["x_copy"] / f["x_copy"]) if al.get("x_copy") and f.get("x_copy") else ""]
+            if inpl:
+                cells += [_cell(inpl.get(key, {}).get("x_copy"), bold=True)]
             if silu:
                 cells += [_cell(s.get("x_copy"), bold=True)]
                 cells += [_cell(s.get("torch_x_copy"), missing=bool(s))] if have_peer["torch"] else []

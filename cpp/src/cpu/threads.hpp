@@ -49,7 +49,10 @@ class ItemFn {
 // that runs out takes the next unclaimed items of the others' ranges. A
 // thread the OS deschedules (a busy machine) then delays the call by the item
 // it holds, not by its whole share. Which worker runs an item must never
-// change a result (items write disjoint outputs).
+// change a result (items write disjoint outputs). With OpenMP builds and no
+// engine parallel-for, the workers are the calling thread and a small pool of
+// threads (threads.cpp) that the call waits for only if they took work;
+// otherwise the engine's threads or OpenMP's.
 void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn);
 
 // Per-thread cache budget in bytes for a call on `threads` threads
