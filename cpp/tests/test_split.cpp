@@ -176,6 +176,22 @@ void determinism() {
   gn::MomentsArgs a;
   a.x = x.data(); a.count = c0.data(); a.mean = m0.data(); a.m2 = q0.data();
   GT_CHECK(gn::moments(p, a).ok(), "moments");
+  {  // a caller workspace of forward_workspace_bytes() serves moments and apply
+    for (int t : {1, 2, 4}) {
+      std::vector<char> ws(gn::forward_workspace_bytes(p, t));
+      gn::Exec ex;
+      ex.num_threads = t; ex.workspace = ws.data(); ex.workspace_bytes = ws.size();
+      a.count = c1.data(); a.mean = m1.data(); a.m2 = q1.data();
+      GT_CHECK(gn::moments(p, a, ex).ok(), "moments in a workspace, %d threads", t);
+      GT_CHECK(same_bits(m0, m1) && same_bits(q0, q1), "moments in a workspace");
+      std::vector<float> y(x.size());
+      gn::ForwardArgs f;
+      f.x = x.data(); f.y = y.data();
+      gn::GivenStats g;
+      g.count = c1.data(); g.mean = m1.data(); g.m2 = q1.data();
+      GT_CHECK(gn::forward(p, f, g, ex).ok(), "apply in a workspace, %d threads", t);
+    }
+  }
   std::string isas = gn::available_isas();
   for (std::size_t s = 0; s <= isas.size();) {
     const std::size_t e = std::min(isas.find(',', s), isas.size());

@@ -160,7 +160,9 @@ inline Result forward(Problem p, const T* x, const T* weight, const T* bias, T* 
 // problem: whole channels of whole samples over part of the spatial extent,
 // described by a Problem whose `spatial` is the tile's. Every phase runs on the
 // same scheduler and kernels as forward()/backward(), and is bitwise the same
-// for any thread count, parallel-for and instruction set.
+// for any thread count, parallel-for and instruction set. A caller workspace of
+// forward_workspace_bytes() serves moments() and forward() with given stats;
+// one of backward_workspace_bytes() serves backward_sums() and backward() with sums.
 
 // Per (n, g) moments of a tile: element count, mean, and m2, the sum of squared
 // deviations from mean. N*G of each, float64 (count int64).

@@ -10,6 +10,18 @@
 // Each tile's partial moments come from one pass of sums shifted by the tile's
 // first element, or an exact two-pass sum when that shift is far from the
 // mean (see generic.hpp).
+//
+// Scheduling (free to depend on threads and cache; never changes results):
+//   mode A: whole sets go to threads (channels-first: a few groups of one
+//     sample; channels-last: one whole sample); a thread reads a set once
+//     from memory for its moments and applies it from cache.
+//   mode B: when sets are too few or too big, consecutive sets form a step
+//     whose tiles are spread over all threads: moments, merge, apply, with
+//     each thread applying the tiles it just summed.
+//   Sets (mode A) and tiles (mode B phases) go to threads through
+//   run_dynamic: each thread starts on its static share and takes unclaimed
+//   items from the others when it runs out, so a descheduled thread (a busy
+//   machine) delays a call by one item, not by its share.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -43,8 +55,8 @@ std::int64_t stream_threshold() {
 }
 
 // The plan of a call on this machine (cache sizes, GROUPNORM_* overrides).
-Plan make_plan(const Problem& p, int threads, int streams) {
-  return detail::make_plan(p, threads, streams, &cache_budget, stream_threshold());
+Plan make_plan(const Problem& p, int threads, int streams, bool one_phase = false) {
+  return detail::make_plan(p, threads, streams, &cache_budget, stream_threshold(), one_phase);
 }
 
 // Scratch carved from one buffer (the caller's workspace or one allocation).
@@ -146,7 +158,7 @@ inline char* mptr(void* p, std::int64_t off, std::size_t es) {
 }
 
 // 1 / sqrt(var + eps) of merged moments: the one formula of forward() and mean_rstd().
-inline double rstd_of(const Moments& m, double eps) { return 1.0 / std::sqrt(m.m2 / m.n + eps); }
+inline double rstd_of(const Moments& m, double eps) { return chan_rstd(m, eps); }
 
 // ---------------------------------------------------------------- forward
 // Which phases a forward call runs: all of them (the one-call path), the
@@ -209,13 +221,8 @@ template <class A> struct Forward {
     for (std::int64_t c = g * pl.Cg; c < (g + 1) * pl.Cg; ++c) {
       const double w = a.weight ? load_scalar(a.weight, p.param_dtype, c) : 1.0;
       const double b = a.bias ? load_scalar(a.bias, p.param_dtype, c) : 0.0;
-      // the part of the mean that A cannot hold goes into the shift:
-      // (x - hi) * scale + (b - lo * scale), so large offsets cost no accuracy
-      const A hi = (A)mean;
-      const double lo = mean - (double)hi;
-      s.mean_c[n * pl.C + c] = hi;
-      s.scale_c[n * pl.C + c] = (A)(w * rstd);
-      s.shift_c[n * pl.C + c] = (A)(b - lo * (w * rstd));
+      fold_coefficients<A>(mean, rstd, w, b, s.mean_c[n * pl.C + c], s.scale_c[n * pl.C + c],
+                           s.shift_c[n * pl.C + c]);
     }
   }
 
@@ -274,29 +281,22 @@ template <class A> Result run_forward(const Problem& p, const ForwardArgs& a, co
     }
     if (pl.mode_a) {
       const int T = pl.threads;
-      run_workers(e, T, [&](int w) {
-        const std::int64_t b = pl.nsets * w / T, en = pl.nsets * (w + 1) / T;
-        for (std::int64_t set = b; set < en; ++set) f.set_mode_a(set, w);
-      });
+      run_dynamic(e, T, pl.nsets, [&](int w, std::int64_t set) { f.set_mode_a(set, w); });
     } else {
       const int T = pl.threads;
       for (std::int64_t s0 = 0; s0 < pl.nsets; s0 += pl.sets_per_step) {
         const std::int64_t s1 = std::min(pl.nsets, s0 + pl.sets_per_step);
         const std::int64_t ntiles = (s1 - s0) * pl.tiles_per_set;
-        auto range = [&](int w, std::int64_t& b, std::int64_t& en) {
-          b = ntiles * w / T; en = ntiles * (w + 1) / T;
-        };
         // sums a chunk of tiles at a time; partials merge into the step's running
         // totals in tile order, so each group sees its tiles in order
         Moments* run = s.step_run;
         for (std::int64_t i = 0; i < (s1 - s0) * pl.band; ++i) run[i] = Moments();
         for (std::int64_t c0 = 0; ph.phase != Phase::apply && c0 < ntiles; c0 += pl.chunk_tiles) {
           const std::int64_t nc = std::min(pl.chunk_tiles, ntiles - c0);
-          run_workers(e, T, [&](int w) {
-            for (std::int64_t i = c0 + nc * w / T; i < c0 + nc * (w + 1) / T; ++i) {
-              const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
-              k.moments(f.tile(r, w), s.slots + (i - c0) * pl.moments_per_tile);
-            }
+          run_dynamic(e, T, nc, [&](int w, std::int64_t j) {
+            const std::int64_t i = c0 + j;
+            const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
+            k.moments(f.tile(r, w), s.slots + j * pl.moments_per_tile);
           });
           for (std::int64_t i = c0; i < c0 + nc; ++i) {
             const std::int64_t set = s0 + i / pl.tiles_per_set;
@@ -311,11 +311,8 @@ template <class A> Result run_forward(const Problem& p, const ForwardArgs& a, co
           for (std::int64_t gi = 0; gi < set_groups(pl, set); ++gi)
             f.finish_group(group0 + gi, run[(set - s0) * pl.band + gi]);
         }
-        if (ph.phase != Phase::moments) run_workers(e, T, [&](int w) {
-          std::int64_t b, en;
-          range(w, b, en);
-          for (std::int64_t i = b; i < en; ++i)
-            k.apply(f.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
+        if (ph.phase != Phase::moments) run_dynamic(e, T, ntiles, [&](int w, std::int64_t i) {
+          k.apply(f.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
         });
       }
     }
@@ -422,10 +419,7 @@ template <class A> Result run_backward(const Problem& p, const BackwardArgs& a, 
     Backward<A> bw{p, a, pl, k, s, ph};
     const int T = pl.threads;
     if (pl.mode_a) {
-      run_workers(e, T, [&](int w) {
-        const std::int64_t b = pl.nsets * w / T, en = pl.nsets * (w + 1) / T;
-        for (std::int64_t set = b; set < en; ++set) bw.set_mode_a(set, w);
-      });
+      run_dynamic(e, T, pl.nsets, [&](int w, std::int64_t set) { bw.set_mode_a(set, w); });
     } else {
       const std::int64_t ct = pl.chans_per_set_tile;
       for (std::int64_t s0 = 0; s0 < pl.nsets; s0 += pl.sets_per_step) {
@@ -433,15 +427,14 @@ template <class A> Result run_backward(const Problem& p, const BackwardArgs& a, 
         const std::int64_t ntiles = (s1 - s0) * pl.tiles_per_set;
         for (std::int64_t c0 = 0; !ph.given() && c0 < ntiles; c0 += pl.chunk_tiles) {  // a chunk of tiles at a time
           const std::int64_t nc = std::min(pl.chunk_tiles, ntiles - c0);
-          run_workers(e, T, [&](int w) {
-            for (std::int64_t i = c0 + nc * w / T; i < c0 + nc * (w + 1) / T; ++i) {
-              const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
-              double* db = s.slot_db + (i - c0) * ct;
-              double* ds = s.slot_ds + (i - c0) * ct;
-              std::fill(db, db + r.nchan, 0.0);
-              std::fill(ds, ds + r.nchan, 0.0);
-              k.backward_sums(bw.tile(r, w), db, ds);
-            }
+          run_dynamic(e, T, nc, [&](int w, std::int64_t j) {
+            const std::int64_t i = c0 + j;
+            const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
+            double* db = s.slot_db + j * ct;
+            double* ds = s.slot_ds + j * ct;
+            std::fill(db, db + r.nchan, 0.0);
+            std::fill(ds, ds + r.nchan, 0.0);
+            k.backward_sums(bw.tile(r, w), db, ds);
           });
           for (std::int64_t i = c0; i < c0 + nc; ++i) {  // tile order = merge order
             const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
@@ -456,10 +449,8 @@ template <class A> Result run_backward(const Problem& p, const BackwardArgs& a, 
           for (std::int64_t gi = 0; gi < set_groups(pl, set); ++gi) bw.finish_group(group0 + gi);
         }
         if (a.grad_x)
-          run_workers(e, T, [&](int w) {
-            const std::int64_t b = ntiles * w / T, en = ntiles * (w + 1) / T;
-            for (std::int64_t i = b; i < en; ++i)
-              k.backward_apply(bw.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
+          run_dynamic(e, T, ntiles, [&](int w, std::int64_t i) {
+            k.backward_apply(bw.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
           });
       }
     }
@@ -505,7 +496,7 @@ void fill_nan_stats(const Problem& p, void* mean, void* rstd) {
 }
 
 Result run_forward_phases(const Problem& p, const ForwardArgs& a, const Exec& e, const ForwardPhases& ph) {
-  Plan pl = make_plan(p, resolve_threads(e), 1);
+  Plan pl = make_plan(p, resolve_threads(e), 1, ph.phase != Phase::all);
   if (overlaps(p, a.y, a.x) || overlaps(p, a.y, a.skip) || overlaps(p, a.sum_out, a.x)) pl.stream = false;
   const KernelSet& k = active_kernels().by_dtype[(int)p.dtype];
   try {
@@ -516,7 +507,7 @@ Result run_forward_phases(const Problem& p, const ForwardArgs& a, const Exec& e,
 }
 
 Result run_backward_phases(const Problem& p, const BackwardArgs& a, const Exec& e, const BackwardPhases& ph) {
-  Plan pl = make_plan(p, resolve_threads(e), 2);
+  Plan pl = make_plan(p, resolve_threads(e), 2, ph.sums_only() || ph.given());
   if (overlaps(p, a.grad_x, a.grad_y) || overlaps(p, a.grad_x, a.x)) pl.stream = false;
   const KernelSet& k = active_kernels().by_dtype[(int)p.dtype];
   try {
@@ -536,22 +527,30 @@ std::size_t forward_workspace_bytes(const Problem& p, int num_threads) {
   if (!validate(p) || empty_call(p)) return 0;
   Exec e;
   e.num_threads = num_threads;
-  const Plan pl = make_plan(p, resolve_threads(e), 1);
-  Arena ar;
-  if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, false, s); }
-  else { Scratch<float> s{}; carve<float>(ar, pl, false, s); }
-  return ar.used + 64;
+  std::size_t most = 0;
+  for (bool one_phase : {false, true}) {  // the one-call plan, and the split-phase calls' plan
+    const Plan pl = make_plan(p, resolve_threads(e), 1, one_phase);
+    Arena ar;
+    if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, false, s); }
+    else { Scratch<float> s{}; carve<float>(ar, pl, false, s); }
+    most = std::max(most, ar.used + 64);
+  }
+  return most;
 }
 
 std::size_t backward_workspace_bytes(const Problem& p, int num_threads) {
   if (!validate(p) || empty_call(p)) return 0;
   Exec e;
   e.num_threads = num_threads;
-  const Plan pl = make_plan(p, resolve_threads(e), 2);
-  Arena ar;
-  if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, true, s); }
-  else { Scratch<float> s{}; carve<float>(ar, pl, true, s); }
-  return ar.used + 64;
+  std::size_t most = 0;
+  for (bool one_phase : {false, true}) {  // the one-call plan, and the split-phase calls' plan
+    const Plan pl = make_plan(p, resolve_threads(e), 2, one_phase);
+    Arena ar;
+    if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, true, s); }
+    else { Scratch<float> s{}; carve<float>(ar, pl, true, s); }
+    most = std::max(most, ar.used + 64);
+  }
+  return most;
 }
 
 Result forward(const Problem& p, const ForwardArgs& a, const Exec& e) {
