@@ -447,3 +447,13 @@ def test_layer_dtype_honoured_and_shown(gn, rng, dtype):
     assert_close(y, ref_forward(x, 2, layer.weight, layer.bias)[0], 1e-5, 1e-5)
     layer.backward(rng.x(x.shape, np.float32))
     assert layer.weight_grad.dtype == dtype and layer.bias_grad.dtype == dtype
+
+
+@pytest.mark.parametrize("value", ["no", None, 1])
+def test_split_phase_channels_last_must_be_bool(gn, rng, value):
+    x = rng.x((2, 8, 5), np.float32)
+    with pytest.raises(TypeError, match="channels_last"):
+        gn.moments(x, 2, channels_last=value)
+    _, m, r = gn.group_norm(x, 2, return_stats=True)
+    with pytest.raises(TypeError, match="channels_last"):
+        gn.backward_sums(x, x, m, r, 2, channels_last=value)

@@ -4,8 +4,12 @@
     >>> x = np.random.randn(2, 32, 16, 16).astype(np.float32)
     >>> y = groupnorm.group_norm(x, num_groups=8)
 """
+from __future__ import annotations
+
 import os as _os
 import warnings as _warnings
+from typing import Dict, List, Optional
+
 import numpy as np
 
 from . import _core
@@ -16,14 +20,14 @@ from .layer import GroupNorm
 from . import split, distributed  # noqa: F401 (groupnorm.distributed needs mpi4py only when used)
 from .split import Moments, BackwardSums, moments, merge_moments, backward_sums, merge_backward_sums
 
-__version__ = _core.VERSION
+__version__: str = _core.VERSION
 __all__ = ["group_norm", "group_norm_backward", "GroupNorm", "set_num_threads", "get_num_threads",
            "available_isas", "active_isa", "set_isa", "bfloat16",
            "Moments", "BackwardSums", "moments", "merge_moments", "backward_sums", "merge_backward_sums",
            "set_buffer_cache_limit", "release_memory", "buffer_cache_info"]
 
 
-def set_num_threads(n):
+def set_num_threads(n: Optional[int]) -> None:
     """Threads used by calls that do not pass num_threads: an int >= 1, or None
     for the default (the hardware threads). Requests beyond the core's cap run
     with the cap."""
@@ -33,22 +37,22 @@ def set_num_threads(n):
     _core.set_num_threads(_checks.threads(n))
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Threads used by calls that do not pass num_threads."""
     return _core.get_num_threads()
 
 
-def available_isas():
+def available_isas() -> List[str]:
     """Instruction sets this CPU and build can run, best first (e.g. ['avx512', 'avx2', 'portable'])."""
     return _core.available_isas().split(",")
 
 
-def active_isa():
+def active_isa() -> str:
     """The instruction set the kernels run with now."""
     return _core.active_isa()
 
 
-def set_isa(name):
+def set_isa(name: str) -> None:
     """Run the kernels with instruction set `name` (one of available_isas()).
 
     Results are bitwise the same on every instruction set; this exists for
@@ -61,7 +65,7 @@ def set_isa(name):
         raise ValueError(f"instruction set {name!r} is not available here; available: {available_isas()}")
 
 
-def set_buffer_cache_limit(nbytes):
+def set_buffer_cache_limit(nbytes: int) -> None:
     """Keep at most ``nbytes`` of freed output buffers for reuse (default 512 MiB).
 
     Outputs the library allocates (``group_norm(x)`` without ``out=``, the
@@ -79,12 +83,12 @@ def set_buffer_cache_limit(nbytes):
     _core.set_buffer_cache_limit(nbytes)
 
 
-def release_memory():
+def release_memory() -> int:
     """Return every cached output buffer to the OS now; returns the bytes freed."""
     return _core.release_memory()
 
 
-def buffer_cache_info():
+def buffer_cache_info() -> Dict[str, int]:
     """The output-buffer cache: {"cached_bytes", "cached_blocks", "limit_bytes", "hits", "misses"}."""
     return dict(_core.buffer_cache_info())
 

@@ -41,12 +41,32 @@ def as_input(x, name="x"):
     if not isinstance(x, np.ndarray):
         if hasattr(x, "__cuda_array_interface__"):
             raise TypeError(f"{name} is a GPU array and x is not: put both on the same device")
-        x = np.asarray(x)
+        x = from_dlpack(x, name) if hasattr(x, "__dlpack__") else np.asarray(x)
     if x.dtype not in DTYPE_CODES:
         raise TypeError(f"{name} must be float64, float32, float16 or bfloat16, got {x.dtype}")
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
     return x
+
+
+def from_dlpack(x, name="x"):
+    """A NumPy view (no copy) of a CPU DLPack producer (PyTorch, JAX, CuPy host arrays...).
+
+    bfloat16 (which NumPy's DLPack import does not know) is taken from torch
+    tensors through an int16 view. A tensor that requires grad is refused:
+    this API has no autograd (groupnorm.torch has).
+    """
+    if getattr(x, "requires_grad", False):
+        raise TypeError(f"{name} is a tensor that requires grad; the NumPy-level API has no autograd: use "
+                        f"groupnorm.torch.group_norm, or pass {name}.detach()")
+    try:
+        return np.from_dlpack(x)
+    except (BufferError, TypeError, RuntimeError, ValueError) as e:
+        if type(x).__module__.startswith("torch") and str(getattr(x, "dtype", "")) == "torch.bfloat16":
+            import torch  # only reached with a torch tensor in hand
+            if x.device.type == "cpu":
+                return x.view(torch.int16).numpy().view(bfloat16)
+        raise TypeError(f"{name} could not be read through DLPack: {e}") from None
 
 
 def channels_of(x, channels_last):

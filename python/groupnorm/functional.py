@@ -1,4 +1,8 @@
 """Functional group normalization on NumPy arrays."""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
 import numpy as np
 
 from . import _core
@@ -10,9 +14,11 @@ _INT62 = 2**62
 _INT31 = 2**31
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last=False,
-               activation=None, out=None, return_stats=False, num_threads=None,
-               skip=None, skip_bias=None, sum_out=None, stats=None):
+def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5, *, channels_last: bool = False, activation: Optional[str] = None,
+               out: Optional[Any] = None, return_stats: bool = False, num_threads: Optional[int] = None,
+               skip: Optional[Any] = None, skip_bias: Optional[Any] = None, sum_out: Optional[Any] = None,
+               stats: Optional[Any] = None) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Group normalization.
 
     Splits the C channels into ``num_groups`` groups and normalizes each group of
@@ -110,8 +116,11 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last
     return y
 
 
-def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight=None, bias=None, *,
-                        channels_last=False, activation=None, num_threads=None, out=None, sums=None):
+def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: int, weight: Optional[Any] = None,
+                        bias: Optional[Any] = None, *, channels_last: bool = False,
+                        activation: Optional[str] = None, num_threads: Optional[int] = None,
+                        out: Optional[Any] = None, sums: Optional[Any] = None,
+                        ) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
     """Gradients of :func:`group_norm`.
 
     Args:

@@ -143,6 +143,7 @@ def moments(x_tile, num_groups, *, channels_last=False, skip=None, skip_bias=Non
     Returns:
         a :class:`Moments` with count, mean, m2 of shape (N, G).
     """
+    channels_last = C.flag(channels_last, "channels_last")
     x = _cpu_input(x_tile, "x_tile")
     channels = C.channels_of(x, channels_last)
     groups = C.groups_of(num_groups)
@@ -236,6 +237,7 @@ def backward_sums(grad_y_tile, x_tile, mean, rstd, num_groups, weight=None, bias
     Returns:
         a :class:`BackwardSums` (sum_dz, sum_dz_xc of shape (N, C), float64).
     """
+    channels_last = C.flag(channels_last, "channels_last")
     x = _cpu_input(x_tile, "x_tile")
     channels = C.channels_of(x, channels_last)
     groups = C.groups_of(num_groups)

@@ -10,6 +10,18 @@
 // Each tile's partial moments come from one pass of sums shifted by the tile's
 // first element, or an exact two-pass sum when that shift is far from the
 // mean (see generic.hpp).
+//
+// Scheduling (free to depend on threads and cache; never changes results):
+//   mode A: whole sets go to threads (channels-first: a few groups of one
+//     sample; channels-last: one whole sample); a thread reads a set once
+//     from memory for its moments and applies it from cache.
+//   mode B: when sets are too few or too big, consecutive sets form a step
+//     whose tiles are spread over all threads: moments, merge, apply, with
+//     each thread applying the tiles it just summed.
+//   Sets (mode A) and tiles (mode B phases) go to threads through
+//   run_dynamic: each thread starts on its static share and takes unclaimed
+//   items from the others when it runs out, so a descheduled thread (a busy
+//   machine) delays a call by one item, not by its share.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -269,29 +281,22 @@ template <class A> Result run_forward(const Problem& p, const ForwardArgs& a, co
     }
     if (pl.mode_a) {
       const int T = pl.threads;
-      run_workers(e, T, [&](int w) {
-        const std::int64_t b = pl.nsets * w / T, en = pl.nsets * (w + 1) / T;
-        for (std::int64_t set = b; set < en; ++set) f.set_mode_a(set, w);
-      });
+      run_dynamic(e, T, pl.nsets, [&](int w, std::int64_t set) { f.set_mode_a(set, w); });
     } else {
       const int T = pl.threads;
       for (std::int64_t s0 = 0; s0 < pl.nsets; s0 += pl.sets_per_step) {
         const std::int64_t s1 = std::min(pl.nsets, s0 + pl.sets_per_step);
         const std::int64_t ntiles = (s1 - s0) * pl.tiles_per_set;
-        auto range = [&](int w, std::int64_t& b, std::int64_t& en) {
-          b = ntiles * w / T; en = ntiles * (w + 1) / T;
-        };
         // sums a chunk of tiles at a time; partials merge into the step's running
         // totals in tile order, so each group sees its tiles in order
         Moments* run = s.step_run;
         for (std::int64_t i = 0; i < (s1 - s0) * pl.band; ++i) run[i] = Moments();
         for (std::int64_t c0 = 0; ph.phase != Phase::apply && c0 < ntiles; c0 += pl.chunk_tiles) {
           const std::int64_t nc = std::min(pl.chunk_tiles, ntiles - c0);
-          run_workers(e, T, [&](int w) {
-            for (std::int64_t i = c0 + nc * w / T; i < c0 + nc * (w + 1) / T; ++i) {
-              const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
-              k.moments(f.tile(r, w), s.slots + (i - c0) * pl.moments_per_tile);
-            }
+          run_dynamic(e, T, nc, [&](int w, std::int64_t j) {
+            const std::int64_t i = c0 + j;
+            const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
+            k.moments(f.tile(r, w), s.slots + j * pl.moments_per_tile);
           });
           for (std::int64_t i = c0; i < c0 + nc; ++i) {
             const std::int64_t set = s0 + i / pl.tiles_per_set;
@@ -306,11 +311,8 @@ template <class A> Result run_forward(const Problem& p, const ForwardArgs& a, co
           for (std::int64_t gi = 0; gi < set_groups(pl, set); ++gi)
             f.finish_group(group0 + gi, run[(set - s0) * pl.band + gi]);
         }
-        if (ph.phase != Phase::moments) run_workers(e, T, [&](int w) {
-          std::int64_t b, en;
-          range(w, b, en);
-          for (std::int64_t i = b; i < en; ++i)
-            k.apply(f.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
+        if (ph.phase != Phase::moments) run_dynamic(e, T, ntiles, [&](int w, std::int64_t i) {
+          k.apply(f.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
         });
       }
     }
@@ -417,10 +419,7 @@ template <class A> Result run_backward(const Problem& p, const BackwardArgs& a, 
     Backward<A> bw{p, a, pl, k, s, ph};
     const int T = pl.threads;
     if (pl.mode_a) {
-      run_workers(e, T, [&](int w) {
-        const std::int64_t b = pl.nsets * w / T, en = pl.nsets * (w + 1) / T;
-        for (std::int64_t set = b; set < en; ++set) bw.set_mode_a(set, w);
-      });
+      run_dynamic(e, T, pl.nsets, [&](int w, std::int64_t set) { bw.set_mode_a(set, w); });
     } else {
       const std::int64_t ct = pl.chans_per_set_tile;
       for (std::int64_t s0 = 0; s0 < pl.nsets; s0 += pl.sets_per_step) {
@@ -428,15 +427,14 @@ template <class A> Result run_backward(const Problem& p, const BackwardArgs& a, 
         const std::int64_t ntiles = (s1 - s0) * pl.tiles_per_set;
         for (std::int64_t c0 = 0; !ph.given() && c0 < ntiles; c0 += pl.chunk_tiles) {  // a chunk of tiles at a time
           const std::int64_t nc = std::min(pl.chunk_tiles, ntiles - c0);
-          run_workers(e, T, [&](int w) {
-            for (std::int64_t i = c0 + nc * w / T; i < c0 + nc * (w + 1) / T; ++i) {
-              const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
-              double* db = s.slot_db + (i - c0) * ct;
-              double* ds = s.slot_ds + (i - c0) * ct;
-              std::fill(db, db + r.nchan, 0.0);
-              std::fill(ds, ds + r.nchan, 0.0);
-              k.backward_sums(bw.tile(r, w), db, ds);
-            }
+          run_dynamic(e, T, nc, [&](int w, std::int64_t j) {
+            const std::int64_t i = c0 + j;
+            const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
+            double* db = s.slot_db + j * ct;
+            double* ds = s.slot_ds + j * ct;
+            std::fill(db, db + r.nchan, 0.0);
+            std::fill(ds, ds + r.nchan, 0.0);
+            k.backward_sums(bw.tile(r, w), db, ds);
           });
           for (std::int64_t i = c0; i < c0 + nc; ++i) {  // tile order = merge order
             const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
@@ -451,10 +449,8 @@ template <class A> Result run_backward(const Problem& p, const BackwardArgs& a, 
           for (std::int64_t gi = 0; gi < set_groups(pl, set); ++gi) bw.finish_group(group0 + gi);
         }
         if (a.grad_x)
-          run_workers(e, T, [&](int w) {
-            const std::int64_t b = ntiles * w / T, en = ntiles * (w + 1) / T;
-            for (std::int64_t i = b; i < en; ++i)
-              k.backward_apply(bw.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
+          run_dynamic(e, T, ntiles, [&](int w, std::int64_t i) {
+            k.backward_apply(bw.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
           });
       }
     }

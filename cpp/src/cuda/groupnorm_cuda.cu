@@ -412,8 +412,18 @@ Result enter(const NamedPtr (&ptrs)[K], DeviceGuard* guard) {
     if (!np.p) continue;
     cudaPointerAttributes at;
     if ((e = cudaPointerGetAttributes(&at, np.p)) != cudaSuccess) return cuda_fail("cudaPointerGetAttributes", e);
-    if (at.type == cudaMemoryTypeUnregistered)
-      return {Status::invalid_combination, std::string(np.name) + " is not memory the GPU can reach (a host pointer?)"};
+    if (at.type == cudaMemoryTypeUnregistered) {
+      // plain host memory: reachable only where the device reads pageable memory (HMM, ATS)
+      int dev_now = 0, pageable = 0;
+      if (cudaGetDevice(&dev_now) != cudaSuccess ||
+          cudaDeviceGetAttribute(&pageable, cudaDevAttrPageableMemoryAccess, dev_now) != cudaSuccess) {
+        cudaGetLastError();
+        pageable = 0;
+      }
+      if (!pageable)
+        return {Status::invalid_combination, std::string(np.name) + " is not memory the GPU can reach (a host pointer?)"};
+      continue;
+    }
     if (at.type != cudaMemoryTypeDevice) continue;  // pinned host or managed memory: any device
     if (dev < 0) {
       dev = at.device;
