@@ -633,6 +633,8 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("set_num_threads", &gn::set_num_threads);
   m.def("get_num_threads", &gn::get_num_threads);
+  m.def("set_worker_pool", &gn::set_worker_pool);
+  m.def("worker_pool", &gn::worker_pool);
   m.def("active_isa", &gn::active_isa);
   m.def("available_isas", &gn::available_isas);
   m.def("set_isa", [](const std::string& name) { return gn::set_isa(name.c_str()); });

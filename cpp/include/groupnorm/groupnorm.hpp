@@ -141,6 +141,15 @@ Result backward(const Problem& p, const BackwardArgs& a, const Exec& e = Exec())
 void set_num_threads(int n);
 int get_num_threads();
 
+// OpenMP builds run parallel work on a small pool of their own threads by
+// default: a call waits only for the threads that took work, so a thread the
+// OS has descheduled (a busy machine) does not hold it up. Off (or
+// GROUPNORM_WORKER_POOL=0 in the environment), the work runs in OpenMP
+// regions: the right choice inside a host that shares our OpenMP runtime
+// (PyTorch), so that both use one set of threads. Results are the same either way.
+void set_worker_pool(bool on);
+bool worker_pool();
+
 // Instruction-set dispatch: "portable", "avx2", "avx512", "neon". The best one the
 // CPU supports is chosen on first use; GROUPNORM_ISA=<name> in the environment
 // caps it. set_isa() fails (returns false) for an ISA this CPU or build lacks.
