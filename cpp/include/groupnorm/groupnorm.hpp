@@ -51,6 +51,13 @@ std::size_t dtype_size(DType t);
 const char* dtype_name(DType t);
 // mean/rstd are float64 for float64 data, float32 otherwise.
 inline DType stats_dtype(DType t) { return t == DType::float64 ? DType::float64 : DType::float32; }
+// The dtype a call takes its per-channel parameters (weight, bias, skip_bias) in,
+// given the dtypes the caller's parameters have (`present`, n of them): their
+// one dtype when they share x's dtype or float32; else the narrowest of float32
+// and x's dtype that holds them all exactly (float64 for float64 data with a
+// float64 parameter, otherwise float32); stats_dtype(x) when there are none.
+// Front ends (Python) convert the parameters to it.
+DType param_dtype_for(DType x, const DType* present, int n);
 
 // Everything a call depends on, except the data pointers.
 struct Problem {
