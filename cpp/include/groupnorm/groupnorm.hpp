@@ -24,8 +24,8 @@ enum class Status : int {
   null_pointer = 1,         // a required pointer is null
   invalid_size = 2,         // batch/spatial < 0 or channels <= 0
   invalid_groups = 3,       // groups <= 0 or channels % groups != 0
-  size_overflow = 4,        // N*C*S (in bytes) does not fit in int64 / size_t
-  invalid_eps = 5,          // eps is NaN or infinite
+  size_overflow = 4,        // C > 2^31-1, or N*C*S > 2^56 (zero factors counted as 1)
+  invalid_eps = 5,          // eps is NaN, infinite or negative
   invalid_dtype = 6,        // unknown dtype, or param_dtype neither float32 nor dtype
   invalid_activation = 7,   // unknown activation
   invalid_combination = 8,  // e.g. skip_bias or sum_out without skip
@@ -34,6 +34,7 @@ enum class Status : int {
   out_of_memory = 11,       // an internal allocation failed
   device_error = 12,        // the CUDA runtime reported an error
   internal_error = 13,      // an unexpected failure inside the library (a bug)
+  overlapping_buffers = 14, // an output overlaps an input or another output (see validate_args)
 };
 const char* status_name(Status s);
 
@@ -59,7 +60,8 @@ struct Problem {
   std::int64_t groups = 0;       // G, C % G == 0
   std::int64_t spatial = 1;      // product of spatial dims (S >= 0)
   bool channels_last = false;    // (N, S, C) instead of (N, C, S)
-  double eps = 1e-5;             // any finite value (negative allowed, as in PyTorch)
+  double eps = 1e-5;             // finite, >= 0. eps = 0 on a constant group (var = 0)
+                                 // gives rstd = inf and y = NaN for that group
   Activation activation = Activation::none;
   DType dtype = DType::float32;        // x, y, skip, sum_out, grad_y, grad_x
   DType param_dtype = DType::float32;  // weight, bias, skip_bias, grad_weight, grad_bias:
@@ -107,6 +109,11 @@ struct BackwardArgs {
   void* grad_bias = nullptr;     // param_dtype, C (optional)
 };
 
+// Memory rules (overlapping_buffers otherwise): no output (y, sum_out, mean,
+// rstd; grad_x, grad_weight, grad_bias) may share a byte with an input or with
+// another output, judged from their extents (N*C*S, C or N*G elements), except
+// these exact aliases (same address): y or sum_out may be x or skip (in-place
+// normalization, in-place residual add), grad_x may be grad_y.
 Result validate_args(const Problem& p, const ForwardArgs& a);
 Result validate_args(const Problem& p, const BackwardArgs& a);
 
@@ -116,7 +123,7 @@ typedef void (*TaskFn)(void* task_ctx, std::int64_t i);
 typedef void (*ParallelFor)(void* engine_ctx, std::int64_t n, TaskFn task, void* task_ctx);
 
 struct Exec {
-  int num_threads = 0;                  // 0: get_num_threads()
+  int num_threads = 0;                  // <= 0: get_num_threads(); capped at max_threads()
   ParallelFor parallel_for = nullptr;   // null: OpenMP (or serial in a no-OpenMP build)
   void* parallel_ctx = nullptr;
   void* workspace = nullptr;            // optional caller scratch: no allocation when it is
@@ -130,9 +137,14 @@ std::size_t backward_workspace_bytes(const Problem& p, int num_threads = 0);
 Result forward(const Problem& p, const ForwardArgs& a, const Exec& e = Exec());
 Result backward(const Problem& p, const BackwardArgs& a, const Exec& e = Exec());
 
-// Threads used when Exec::num_threads is 0 (default: all hardware threads).
+// Threads used when Exec::num_threads is <= 0 (default: all hardware threads,
+// or OMP_NUM_THREADS in an OpenMP build). n <= 0 restores the default. Every
+// thread request (Exec::num_threads, set_num_threads, OMP_NUM_THREADS) is capped
+// at max_threads(): 4x the hardware threads, so a value like 65536 from a
+// config file costs no more than oversubscribing by 4x.
 void set_num_threads(int n);
 int get_num_threads();
+int max_threads();
 
 // Instruction-set dispatch: "portable", "avx2", "avx512", "neon". The best one the
 // CPU supports is chosen on first use; GROUPNORM_ISA=<name> in the environment

@@ -950,15 +950,21 @@ template <class T, bool SKIP, bool SILU> void cl_apply(const Tile& t) {
   };
   std::int64_t r = 0;
   if (SKIP && sob) {
+    // each vector is loaded once and both outputs written from it, so sum_out
+    // may be x or skip itself (and y may be x or skip)
     for (; r < rows; ++r) {
       const std::int64_t o = r * st;
       T* so = sob + o;
+      T* yo = yb + o;
       for (std::int64_t j = 0; j < w; j += L) {
         const std::int64_t n = w - j < L ? w - j : L;
         const V v = n == L ? in.load(o, j) : in.load_n(o, j, n);
-        if (n == L) O::store(so + j, v); else O::store_n(so + j, v, n);
+        V z = n == L ? (v - O::load_acc(mean + j)) * O::load_acc(scale + j) + O::load_acc(shift + j)
+                     : (v - O::load_acc_n(mean + j, n)) * O::load_acc_n(scale + j, n) + O::load_acc_n(shift + j, n);
+        if (SILU) z = O::silu(z);
+        if (n == L) { O::store(so + j, v); O::store(yo + j, z); }
+        else { O::store_n(so + j, v, n); O::store_n(yo + j, z, n); }
       }
-      row(o);
     }
   } else if ((st * (std::int64_t)sizeof(T)) % 64 == 0 && !(t.stream && sizeof(T) * L < 64)) {
     // every row has the same alignment: four rows per load of the channel parameters

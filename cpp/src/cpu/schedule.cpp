@@ -230,12 +230,17 @@ TileRef band_rows(const Plan& pl, std::int64_t set, std::int64_t rc) {
 struct Arena {
   char* base = nullptr;
   std::size_t used = 0;
+  static constexpr std::size_t kMax = std::numeric_limits<std::size_t>::max() / 2;
   template <class X> X* take(std::int64_t n) {
+    // saturates at kMax (never wraps), which no allocation or workspace can satisfy
+    const std::size_t cnt = (std::size_t)std::max<std::int64_t>(n, 0);
+    if (used >= kMax || cnt > (kMax - used - 64) / sizeof(X)) { used = kMax; return nullptr; }
     used = (used + 63) / 64 * 64;
     X* p = base ? reinterpret_cast<X*>(base + used) : nullptr;
-    used += sizeof(X) * (std::size_t)std::max<std::int64_t>(n, 0);
+    used += sizeof(X) * cnt;
     return p;
   }
+  std::size_t total() const { return used >= kMax ? std::numeric_limits<std::size_t>::max() : used + 64; }
 };
 
 template <class A> struct Scratch {
@@ -276,7 +281,9 @@ Result with_scratch(const Plan& pl, bool backward, const Exec& e, Body body) {
   Arena measure;
   Scratch<A> s{};
   carve<A>(measure, pl, backward, s);
-  const std::size_t need = measure.used + 64;
+  const std::size_t need = measure.total();
+  if (need == std::numeric_limits<std::size_t>::max())
+    return {Status::out_of_memory, "the scratch of this problem does not fit in memory"};
   std::unique_ptr<char[]> owned;
   char* base;
   if (e.workspace) {
@@ -616,7 +623,7 @@ std::size_t forward_workspace_bytes(const Problem& p, int num_threads) {
   Arena ar;
   if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, false, s); }
   else { Scratch<float> s{}; carve<float>(ar, pl, false, s); }
-  return ar.used + 64;
+  return ar.total();
 }
 
 std::size_t backward_workspace_bytes(const Problem& p, int num_threads) {
@@ -627,7 +634,7 @@ std::size_t backward_workspace_bytes(const Problem& p, int num_threads) {
   Arena ar;
   if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, true, s); }
   else { Scratch<float> s{}; carve<float>(ar, pl, true, s); }
-  return ar.used + 64;
+  return ar.total();
 }
 
 Result forward(const Problem& p, const ForwardArgs& a, const Exec& e) {
@@ -650,10 +657,11 @@ Result backward(const Problem& p, const BackwardArgs& a, const Exec& e) {
   Result r = validate_args(p, a);
   if (!r) return r;
   if (empty_call(p)) {
-    for (std::int64_t c = 0; c < p.channels; ++c) {
-      if (a.grad_weight) store_scalar(a.grad_weight, p.param_dtype, c, 0.0);
-      if (a.grad_bias) store_scalar(a.grad_bias, p.param_dtype, c, 0.0);
-    }
+    if (a.grad_weight || a.grad_bias)  // the caller's C entries
+      for (std::int64_t c = 0; c < p.channels; ++c) {
+        if (a.grad_weight) store_scalar(a.grad_weight, p.param_dtype, c, 0.0);
+        if (a.grad_bias) store_scalar(a.grad_bias, p.param_dtype, c, 0.0);
+      }
     return {};
   }
   const Plan pl = make_plan(p, resolve_threads(e), 2);
