@@ -171,3 +171,129 @@ def test_empty_batch_backward_gives_zero_parameter_gradients(gn, rng, dtype):
     w, b = rng.params(6, dtype)
     gx, gw, gb = gn.group_norm_backward(x, x, np.zeros((0, 3), dtype), np.zeros((0, 3), dtype), 3, w, b)
     assert gx.shape == (0, 6, 4) and np.array_equal(gw, np.zeros(6)) and np.array_equal(gb, np.zeros(6))
+
+
+# ----------------------------------------------------------------- 5. range limits
+from conftest import BF16  # noqa: E402
+
+F16 = np.float16
+# float32 data: above ~1.8e19 the squares overflow float; near 3.4e38 x - mean can too
+RANGE_SHAPES = [((2, 8, 100), False), ((2, 8, 100), True), ((3, 16), False), ((1, 4, 40000), False),
+                ((1, 40000, 4), True), ((2, 6, 5, 8), True)]
+
+
+def _scaled_ref(x, G, channels_last, weight=None, bias=None):
+    """float64 reference of data at any scale: exact power-of-two rescaling first (eps is negligible)."""
+    x64 = np.asarray(x).astype(F64)
+    amax = np.max(np.abs(x64))
+    k = np.ldexp(1.0, -int(np.frexp(amax)[1])) if amax > 0 else 1.0
+    y, mean, rstd = ref_forward(x64 * k, G, weight, bias, eps=0.0, channels_last=channels_last)
+    return y, mean / k, rstd * k
+
+
+@pytest.mark.parametrize("shape,cl", RANGE_SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype,scale", [(F32, 2e19), (F32, 1e30), (F32, 1.6e38), (BF16, 1e30), (BF16, 1.6e38),
+                                         (F64, 1e200), (F64, 8e307)], ids=lambda v: str(v))
+def test_data_near_the_dtype_max_normalizes(gn, rng, shape, cl, dtype, scale):
+    x = (rng.rng.uniform(-1.0, 1.0, size=shape) * scale).astype(dtype)
+    x.flat[0] = scale  # at least one value at the extreme (sign varies below)
+    C = shape[-1] if cl else shape[1]
+    w, b = rng.params(C, F32 if dtype != F64 else F64)
+    y, mean, rstd = gn.group_norm(x, 4, w, b, channels_last=cl, return_stats=True)
+    ref, mref, rref = _scaled_ref(x, 4, cl, w, b)
+    tol = {F32: 1e-5, BF16: 2e-2, F64: 1e-12}[dtype]
+    assert np.isfinite(y.astype(F64)).all()
+    assert np.abs(y.astype(F64) - ref).max() <= tol * max(1.0, np.abs(ref).max())
+    assert np.allclose(mean, mref, rtol=tol, atol=0)
+    assert np.allclose(rstd.astype(F64), rref, rtol=tol, atol=0)
+
+
+def test_float32_group_spanning_the_whole_range(gn):
+    """x - mean exceeds float32's max here: the apply must not overflow."""
+    x = np.array([[3e38, -3e38, 2e38, 1e38]], F32)
+    y = gn.group_norm(x, 1)
+    ref, _, _ = _scaled_ref(x, 1, False)
+    assert np.allclose(y, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64, F16, BF16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("eps", [1e-5, 1e-40, 1e-80, 1e-300, 5e-324])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_constant_group_is_exactly_the_bias_for_any_positive_eps(gn, rng, dtype, eps, channels_last):
+    shape = (2, 5, 8, 12) if channels_last else (2, 8, 5, 12)
+    x = rng.normal(shape, dtype)
+    C = 12 if channels_last else 8
+    sl = (slice(None), Ellipsis, slice(0, 3)) if channels_last else (slice(None), slice(0, 2))
+    x[sl] = 3.25  # group 0 of both samples is constant (G = 4: channels 0..1 / 0..2)
+    G = 4
+    w, b = rng.params(C, F32)
+    y, mean, rstd = gn.group_norm(x, G, w, b, eps=eps, channels_last=channels_last, return_stats=True)
+    cg = C // G
+    yc = np.moveaxis(y, -1, 1) if channels_last else y
+    want = np.broadcast_to(b[:cg].astype(dtype).reshape((1, cg) + (1,) * (yc.ndim - 2)), yc[:, :cg].shape)
+    assert np.array_equal(yc[:, :cg].astype(F64), want.astype(F64)), "constant group: y must be the bias"
+    assert np.array_equal(mean[:, 0], np.full(2, 3.25))
+    assert (rstd[:, 0] > 0).all()
+    # the other groups are ordinary
+    ref, _, _ = ref_forward(x, G, w, b, eps=eps, channels_last=channels_last)
+    refc = np.moveaxis(ref, -1, 1) if channels_last else ref
+    tol = {F32: 1e-4, F64: 1e-10, F16: 1e-2, BF16: 5e-2}[dtype]
+    assert np.abs(yc[:, cg:].astype(F64) - refc[:, cg:]).max() < tol * 10
+
+
+@pytest.mark.parametrize("dtype", [F32, F64, F16, BF16], ids=lambda d: np.dtype(d).name)
+def test_constant_group_with_eps_zero_is_nan_and_isolated(gn, rng, dtype):
+    x = rng.normal((2, 8, 7), dtype)
+    x[:, 0:2] = -1.5
+    y, mean, rstd = gn.group_norm(x, 4, eps=0.0, return_stats=True)
+    assert np.isnan(y[:, 0:2].astype(F64)).all()
+    assert np.isinf(rstd[:, 0]).all() and np.array_equal(mean[:, 0], [-1.5, -1.5])
+    assert np.isfinite(y[:, 2:].astype(F64)).all()
+
+
+@pytest.mark.parametrize("dtype,scale", [(F32, 1e-41), (F32, 1e-30), (F32, 1e-20), (F64, 1e-310), (F64, 1e-160),
+                                         (BF16, 1e-40), (F16, 1e-7)], ids=lambda v: str(v))
+@pytest.mark.parametrize("eps", [1e-5, 1e-60, 1e-90, 1e-320, 0.0])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_denormal_scale_data_is_right_or_nan(gn, rng, dtype, scale, eps, channels_last):
+    shape = (2, 5, 40, 8) if channels_last else (2, 8, 5, 40)
+    x = (rng.rng.normal(0, 1, size=shape) * scale).astype(dtype)
+    C = 8
+    y = gn.group_norm(x, 4, eps=eps, channels_last=channels_last).astype(F64)
+    xd = x.astype(F64)
+    xc = np.moveaxis(xd, -1, 1) if channels_last else xd
+    g = xc.reshape(2, 4, -1)
+    # exact reference in scaled units: var + eps = (var_k + eps k^2) / k^2
+    e = int(np.frexp(np.abs(g).max())[1])
+    gk = np.ldexp(g, -e)
+    m = gk.mean(-1, keepdims=True)
+    with np.errstate(over="ignore"):
+        ref = (gk - m) / np.sqrt(((gk - m) ** 2).mean(-1, keepdims=True) + np.ldexp(eps, -2 * e))
+    ref = ref.reshape(xc.shape)
+    if channels_last:
+        ref = np.moveaxis(ref, 1, -1)
+    tol = {F32: 2e-5, F64: 1e-9, F16: 4e-3, BF16: 3e-2}[dtype]
+    ok = np.isnan(y) | (np.abs(y - ref) <= tol * np.maximum(1.0, np.abs(ref)))
+    assert ok.all(), f"finite wrong values: {y[~ok][:4]} vs {ref[~ok][:4]}"
+    if eps >= 1e-5 or (dtype == F32 and scale >= 1e-30) or (dtype == F64 and scale >= 1e-160):
+        assert not np.isnan(y).any(), "this case is representable and must be right"
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_range_limit_results_are_bitwise_stable(gn, rng, channels_last):
+    shape = (3, 20, 16) if not channels_last else (3, 16, 20)
+    x = (rng.rng.uniform(-1, 1, size=shape) * 1e35).astype(F32)
+    x[1] = (rng.rng.uniform(-1, 1, size=shape[1:]) * 1e-41).astype(F32)
+    x[2, ...] = 7.0
+    outs = []
+    for isa in gn.available_isas():
+        gn.set_isa(isa)
+        for t in (1, 2, 3):
+            outs.append(gn.group_norm(x, 4, eps=1e-70, channels_last=channels_last, num_threads=t))
+            outs.append(gn.group_norm(x[1:2], 4, eps=1e-70, channels_last=channels_last, num_threads=t))
+    gn.set_isa(gn.available_isas()[0])
+    for o in outs[2::2]:
+        assert np.array_equal(_bits(o), _bits(outs[0]))
+    for o in outs[3::2]:
+        assert np.array_equal(_bits(o), _bits(outs[1]))
+    assert np.array_equal(_bits(outs[1]), _bits(outs[0][1:2]))

@@ -85,8 +85,10 @@ typedef struct groupnorm_problem {
   int32_t dtype;         /* a groupnorm_dtype: x, y, skip, sum_out, grad_y, grad_x */
   int32_t param_dtype;   /* a groupnorm_dtype: weight, bias, skip_bias, grad_weight,
                             grad_bias; FLOAT32 or the same as dtype */
-  double eps;            /* finite and >= 0 (PyTorch's default is 1e-5); with eps = 0 a
-                            constant group (variance 0) gives rstd = inf and y = NaN */
+  double eps;            /* finite and >= 0 (PyTorch's default is 1e-5). A constant group
+                            gives exactly the bias for any eps > 0; with eps = 0 its
+                            rstd is inf and its y NaN. Data anywhere in the dtype's
+                            range normalizes correctly (see groupnorm.hpp) */
 } groupnorm_problem;
 
 /* batch 0, channels 0, groups 0, spatial 1, channels-first, no activation,

@@ -9,6 +9,13 @@
 //
 // Layouts: channels-first x is (N, C, S) and channels-last x is (N, S, C),
 // S the product of the spatial dims (1 when there are none).
+//
+// Range: data anywhere in the dtype's finite range normalizes correctly (groups
+// whose fast sums overflow, or whose variance lies below the accumulation
+// type's normal range, are recomputed exactly in double, scaled by a power of
+// two). Where weight * rstd itself does not fit the accumulation type (a group
+// whose spread is below ~1e-38 in float, with eps smaller still) y is NaN for
+// that group, never a wrong finite value. NaN/Inf data give NaN for their group.
 #pragma once
 
 #include <cstddef>
@@ -60,8 +67,9 @@ struct Problem {
   std::int64_t groups = 0;       // G, C % G == 0
   std::int64_t spatial = 1;      // product of spatial dims (S >= 0)
   bool channels_last = false;    // (N, S, C) instead of (N, C, S)
-  double eps = 1e-5;             // finite, >= 0. eps = 0 on a constant group (var = 0)
-                                 // gives rstd = inf and y = NaN for that group
+  double eps = 1e-5;             // finite, >= 0. A constant group gives exactly the bias
+                                 // for any eps > 0; with eps = 0 its rstd is inf and its
+                                 // y NaN (0/0, as in PyTorch)
   Activation activation = Activation::none;
   DType dtype = DType::float32;        // x, y, skip, sum_out, grad_y, grad_x
   DType param_dtype = DType::float32;  // weight, bias, skip_bias, grad_weight, grad_bias:

@@ -95,5 +95,17 @@ inline void store_scalar(void* p, DType t, std::int64_t i, double v) {
   }
 }
 
+// v (float for 16-bit data) rounded to the storage type t, as the kernels'
+// round trip does for x + skip.
+inline double round_to_storage(DType t, double v) {
+  switch (t) {
+    case DType::float32: return (float)v;
+    case DType::float64: return v;
+    case DType::float16: return half_bits_to_float(float_to_half_bits((float)v));
+    case DType::bfloat16: return bf16_bits_to_float(float_to_bf16_bits((float)v));
+  }
+  return v;
+}
+
 }  // namespace detail
 }  // namespace groupnorm

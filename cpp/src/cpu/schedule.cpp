@@ -332,6 +332,88 @@ inline char* mptr(void* p, std::int64_t off, std::size_t es) {
 }
 
 // ---------------------------------------------------------------- forward
+// Below this, var + eps may have lost its precision in the fast sums (squares
+// of deviations under A's normal range); the group is then recomputed exactly.
+template <class A> struct kTinyVar;
+template <> struct kTinyVar<float> { static constexpr double value = 0x1p-100; };
+template <> struct kTinyVar<double> { static constexpr double value = 0x1p-1000; };
+
+struct GroupStats {
+  double mean, rstd;
+  double center;  // what the apply subtracts in A: the mean, or the middle of
+                  // the data's range when x - mean could overflow A
+  bool constant;  // every value of the group is the same
+};
+
+// The statistics of group ng element by element, in double, on the values
+// scaled by a power of two so that neither squares nor sums can overflow or
+// underflow: the rare path for data at the edges of the dtype's range. The
+// values are those the kernels normalize (x + skip (+ skip_bias), rounded to
+// the dtype). Depends on the group's data only, like the fast path.
+template <class A>
+GroupStats exact_group_stats(const Problem& p, const ForwardArgs& a, const Plan& pl, const A* skip_bias,
+                             std::int64_t ng) {
+  const std::int64_t n = ng / pl.G, g = ng % pl.G;
+  const std::int64_t c0 = g * pl.Cg;
+  auto value = [&](std::int64_t c, std::int64_t sp) {
+    const std::int64_t i = pl.cl ? (n * pl.S + sp) * pl.C + c : (n * pl.C + c) * pl.S + sp;
+    A v = (A)load_scalar(a.x, p.dtype, i);
+    if (a.skip) {
+      v = v + (A)load_scalar(a.skip, p.dtype, i);
+      if (a.skip_bias) v = v + skip_bias[c];
+      v = (A)round_to_storage(p.dtype, v);
+    }
+    return (double)v;
+  };
+  auto each = [&](auto f) {
+    for (std::int64_t c = c0; c < c0 + pl.Cg; ++c)
+      for (std::int64_t sp = 0; sp < pl.S; ++sp) f(value(c, sp));
+  };
+  const double count = (double)pl.Cg * (double)pl.S;
+  double lo = INFINITY, hi = -INFINITY, sum = 0;
+  bool finite = true;
+  each([&](double v) {
+    if (!std::isfinite(v)) finite = false;
+    lo = std::fmin(lo, v);
+    hi = std::fmax(hi, v);
+    sum += v;
+  });
+  GroupStats r;
+  r.constant = false;
+  if (!finite) {  // NaN/Inf data: NaN statistics, as the fast path gives
+    r.mean = r.center = sum / count;
+    r.rstd = std::numeric_limits<double>::quiet_NaN();
+    return r;
+  }
+  if (lo == hi) {
+    r.constant = true;
+    r.mean = r.center = lo;
+    r.rstd = 1.0 / std::sqrt(p.eps);  // inf for eps = 0
+    return r;
+  }
+  int e;
+  std::frexp(std::fmax(std::fabs(lo), std::fabs(hi)), &e);
+  // values * 2^-e in [-1, 1) (ldexp: exact, even where 2^-e itself is not a double)
+  double s1 = 0;
+  each([&](double v) { s1 += std::ldexp(v, -e); });
+  const double m = s1 / count;
+  double sd = 0, sq = 0;
+  each([&](double v) {
+    const double d = std::ldexp(v, -e) - m;
+    sd += d;
+    sq += d * d;
+  });
+  const double var = std::fmax(sq - sd * sd / count, 0.0) / count;  // of the scaled values
+  r.mean = std::ldexp(m + sd / count, e);
+  const double eps_k = std::ldexp(p.eps, -2 * e);
+  // var + eps = (var_k + eps k^2) / k^2 with k = 2^-e; when eps k^2 overflows,
+  // var is nothing next to eps
+  r.rstd = std::isinf(eps_k) ? 1.0 / std::sqrt(p.eps) : std::ldexp(1.0 / std::sqrt(var + eps_k), -e);
+  const double big = (double)std::numeric_limits<A>::max() / 2;
+  r.center = (hi - r.mean > big || r.mean - lo > big) ? lo / 2 + hi / 2 : r.mean;
+  return r;
+}
+
 template <class A> struct Forward {
   const Problem& p;
   const ForwardArgs& a;
@@ -351,8 +433,20 @@ template <class A> struct Forward {
   // statistics of group ng -> per-channel mean/scale/shift
   void finish_group(std::int64_t ng, const Moments& m) const {
     const double var = m.m2 / m.n;
-    const double rstd = 1.0 / std::sqrt(var + p.eps);
-    s.gmean[ng] = m.mean;
+    double mean = m.mean, rstd, center = m.mean;
+    bool constant = m.m2 == 0;
+    if (!(std::isfinite(mean) && std::isfinite(var)) || !(var + p.eps >= kTinyVar<A>::value)) {
+      // rare: the fast sums overflowed A (|x| beyond ~1e19 in float), or the
+      // variance is below A's normal range, or the data holds NaN/Inf
+      const GroupStats gs = exact_group_stats<A>(p, a, pl, s.skip_bias, ng);
+      mean = gs.mean;
+      rstd = gs.rstd;
+      center = gs.center;
+      constant = gs.constant;
+    } else {
+      rstd = 1.0 / std::sqrt(var + p.eps);
+    }
+    s.gmean[ng] = mean;
     s.grstd[ng] = rstd;
     const std::int64_t n = ng / pl.G, g = ng % pl.G;
     for (std::int64_t c = g * pl.Cg; c < (g + 1) * pl.Cg; ++c) {
@@ -360,11 +454,17 @@ template <class A> struct Forward {
       const double b = a.bias ? load_scalar(a.bias, p.param_dtype, c) : 0.0;
       // the part of the mean that A cannot hold goes into the shift:
       // (x - hi) * scale + (b - lo * scale), so large offsets cost no accuracy
-      const A hi = (A)m.mean;
-      const double lo = m.mean - (double)hi;
+      const A hi = (A)center;
+      const double lo = mean - (double)hi;
+      double scale = w * rstd;
+      // weight * rstd beyond A's range (a spread below ~1e-38 in float, or a
+      // tiny eps): a constant group is still exactly the bias (0 * inf would
+      // be NaN); any other group is NaN rather than a wrong finite value
+      if (std::isfinite(rstd) && !std::isfinite((double)(A)scale))
+        scale = constant ? 0.0 : std::numeric_limits<double>::quiet_NaN();
       s.mean_c[n * pl.C + c] = hi;
-      s.scale_c[n * pl.C + c] = (A)(w * rstd);
-      s.shift_c[n * pl.C + c] = (A)(b - lo * (w * rstd));
+      s.scale_c[n * pl.C + c] = (A)scale;
+      s.shift_c[n * pl.C + c] = (A)(b - lo * scale);
     }
   }
 
