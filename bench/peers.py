@@ -9,8 +9,10 @@ and reports the peer as missing for that row.
 
 Peers: PyTorch (forward, backward via autograd, group_norm + silu), OpenVINO
 (forward, opset12 GroupNormalization), ONNX Runtime (forward, standard
-GroupNormalization opset 21). Copy floors: groupnorm._core.parallel_copy and
-torch's Tensor.copy_, both with the case's thread count.
+GroupNormalization opset 21), ncnn (forward: its GroupNorm layer in a generated
+net, and the layer alone in place on data already in its packed layout). Copy
+floors: groupnorm._core.parallel_copy and torch's Tensor.copy_, both with the
+case's thread count.
 """
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ class Case:
 def peer_versions():
     """{name: version or None} for the peers that can be imported."""
     out = {}
-    for name, mod in (("torch", "torch"), ("openvino", "openvino"), ("onnxruntime", "onnxruntime")):
+    for name, mod in (("torch", "torch"), ("openvino", "openvino"), ("onnxruntime", "onnxruntime"),
+                      ("ncnn", "ncnn"), ("ncnn_packed", "ncnn")):
         try:
             out[name] = importlib.import_module(mod).__version__
         except Exception as e:  # noqa: BLE001 - any import failure means "not installed"
@@ -426,6 +429,115 @@ def onnxruntime_forward(case, activation=None):
     raise RuntimeError("; ".join(errors))
 
 
+# ------------------------------------------------------------------------------------------ ncnn
+# ncnn has no batch dimension and no channels-last layout: a net runs one sample
+# (C, *spatial) at a time, in its own packed layout (channels interleaved by 4,
+# 8 or 16 lanes) inside the net. Two candidates:
+#   ncnn         the GroupNorm layer in a generated net (param/bin files in a
+#                temporary folder), NCHW float32 in and out, one extract per sample
+#                (channels-first rows only);
+#   ncnn_packed  the layer alone, forward_inplace on each sample already packed
+#                in its layout (what it does inside an engine). Reported on both
+#                layouts' rows: the packed layout is neither.
+
+def _ncnn_check(case):
+    if case.dtype != np.float32:
+        raise NotImplementedError("float32 only here (ncnn's half storage is an engine option)")
+    if len(case.dims) > 5:
+        raise NotImplementedError("ncnn Mats have at most 3 spatial dims")
+
+
+def _ncnn_sample_cf(case, n):
+    """Sample n of x as a C-contiguous (C, *spatial) float32 array."""
+    x = case.x[n]
+    if case.channels_last:
+        x = np.ascontiguousarray(np.moveaxis(x, -1, 0))
+    return x
+
+
+def ncnn_forward(case, activation=None):
+    if activation is not None:
+        raise NotImplementedError("forward group_norm only")
+    if case.channels_last:
+        raise NotImplementedError("no channels-last layout in ncnn (see ncnn_packed)")
+    _ncnn_check(case)
+    import os
+    import tempfile
+    import ncnn
+    c, g = case.channels, case.groups
+    tmp = tempfile.mkdtemp(prefix="gn_bench_ncnn_")
+    param, binf = os.path.join(tmp, "gn.param"), os.path.join(tmp, "gn.bin")
+    with open(param, "w") as f:
+        f.write(f"7767517\n2 2\nInput in 0 1 in\nGroupNorm gn 1 1 in out 0={g} 1={c} 2={case.eps:.9g} 3=1\n")
+    with open(binf, "wb") as f:  # raw float32 gamma then beta
+        f.write(case.weight.astype(np.float32).tobytes() + case.bias.astype(np.float32).tobytes())
+    net = ncnn.Net()
+    net.opt.num_threads = int(case.threads)
+    net.opt.lightmode = False  # with lightmode the Python binding crashes on an in-place layer's input
+    if net.load_param(param) != 0 or net.load_model(binf) != 0:
+        raise RuntimeError("ncnn could not load the generated GroupNorm net")
+    mats = [ncnn.Mat(case.x[n]) for n in range(case.x.shape[0])]
+    outs = [None] * len(mats)
+
+    def fn():
+        for n, m in enumerate(mats):
+            ex = net.create_extractor()
+            ex.input("in", m)
+            r, outs[n] = ex.extract("out")
+            if r != 0:
+                raise RuntimeError(f"ncnn extract failed ({r})")
+    fn()
+    fn.output = lambda: np.stack([np.array(o) for o in outs]).reshape(case.x.shape)
+    return fn, "GroupNorm layer in a generated ncnn net, one extract per sample (no batch in ncnn)"
+
+
+def ncnn_packed_forward(case, activation=None):
+    if activation is not None:
+        raise NotImplementedError("forward group_norm only")
+    _ncnn_check(case)
+    import ncnn
+    c, g, t = case.channels, case.groups, int(case.threads)
+    layer = ncnn.create_layer("GroupNorm")
+    pd = ncnn.ParamDict()
+    pd.set(0, g)
+    pd.set(1, c)
+    pd.set(2, float(case.eps))
+    pd.set(3, 0)  # no affine: the Python binding cannot hand the layer its weights outside a net
+    layer.load_param(pd)
+    opt = ncnn.Option()
+    opt.num_threads = t
+    opt.use_packing_layout = True
+    if layer.create_pipeline(opt) != 0:
+        raise RuntimeError("ncnn GroupNorm create_pipeline failed")
+    pack = 16 if c % 16 == 0 else (8 if c % 8 == 0 else (4 if c % 4 == 0 else 1))
+    packed = []
+    for n in range(case.x.shape[0]):
+        src = _ncnn_sample_cf(case, n)
+        p = ncnn.Mat()
+        ncnn.convert_packing(ncnn.Mat(src), p, pack, opt)
+        packed.append(p)
+    # the layer is right before timing it: one call on fresh packed data, unpacked,
+    # against a float64 reference of the same (affine-free) normalization
+    p0 = packed[0].clone()
+    if layer.forward_inplace(p0, opt) != 0:
+        raise RuntimeError("ncnn GroupNorm forward_inplace failed")
+    u = ncnn.Mat()
+    ncnn.convert_packing(p0, u, 1, opt)
+    got = np.array(u).astype(np.float64)
+    xg = _ncnn_sample_cf(case, 0).astype(np.float64).reshape(g, -1)
+    want = ((xg - xg.mean(1, keepdims=True)) / np.sqrt(xg.var(1, keepdims=True) + case.eps)).reshape(got.shape)
+    err = float(np.max(np.abs(got - want)))
+    if not err < 2e-3:
+        raise RuntimeError(f"ncnn packed GroupNorm disagrees with the reference (max err {err:.3g})")
+
+    def fn():
+        for p in packed:
+            layer.forward_inplace(p, opt)
+    fn()
+    return fn, (f"layer forward_inplace on data packed by {packed[0].elempack} (ncnn's layout), affine off "
+                f"(same work per element), one call per sample; checked before timing (max err {err:.1e})")
+
+
 def _short(e, n=160):
     s = " ".join(str(e).split())
     return s if len(s) <= n else s[:n - 3] + "..."
@@ -466,5 +578,7 @@ PEERS = {
               "silu_bwd": lambda c: torch_backward(c, "silu")},
     "openvino": {"fwd": openvino_forward},
     "onnxruntime": {"fwd": onnxruntime_forward},
+    "ncnn": {"fwd": ncnn_forward},
+    "ncnn_packed": {"fwd": ncnn_packed_forward},
 }
 PEER_NAMES = list(PEERS)

@@ -9,9 +9,17 @@ For every (shape, layout, dtype, threads, pass) it reports the median time of
 our call, GB/s, the ratio to a same-size multi-threaded copy of x measured in
 the same run (``x_copy`` = our time / copy time), and the ratio to every
 installed peer (``vs_<peer>`` = peer time / our time, > 1 means we are faster).
-Peers: PyTorch (forward, autograd backward, group_norm + silu), OpenVINO and
-ONNX Runtime (forward only). A peer that cannot run a case is reported as
-missing with its reason.
+Peers: PyTorch (forward, autograd backward, group_norm + silu), OpenVINO,
+ONNX Runtime and ncnn (forward only; ncnn both through a generated net and as
+its layer in place on data already in its packed layout). A peer that cannot
+run a case is reported as missing with its reason.
+
+Processes: ours and each peer are timed in separate processes (one per peer,
+or one per peer and configuration with --isolate), each next to its own copy
+floor: the thread pools of other runtimes (PyTorch's OpenMP, OpenVINO's TBB,
+ONNX Runtime's) keep spinning after their calls and would slow whatever runs
+next in the same process. vs_<peer> is then the ratio of the two processes'
+time / copy time figures. --same-process times everything in one process.
 
 Timing: each candidate (ours, the copies, the peers) is warmed up, its per-call
 time estimated, and then all candidates of one (shape, layout, dtype, threads)
@@ -63,20 +71,21 @@ SHAPES = {
 }
 LAYOUTS = ("cf", "cl")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
-PASSES = ("fwd", "bwd", "silu", "silu_bwd")
-DEFAULT_PASSES = ("fwd", "bwd", "silu")
+PASSES = ("fwd", "bwd", "silu", "silu_bwd", "fwd_alloc", "fwd_inplace")
+DEFAULT_PASSES = ("fwd", "bwd", "silu", "fwd_alloc", "fwd_inplace")
 # bytes moved per pass, in units of x.nbytes: forward reads x and writes y; backward
 # reads x and grad_y and writes grad_x
-BYTES_PER_X = {"fwd": 2, "silu": 2, "bwd": 3, "silu_bwd": 3}
-PEER_LABEL = {"ours": "groupnorm", "torch": "PyTorch", "openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
+BYTES_PER_X = {"fwd": 2, "silu": 2, "bwd": 3, "silu_bwd": 3, "fwd_alloc": 2, "fwd_inplace": 2}
+PEER_LABEL = {"ours": "groupnorm", "torch": "PyTorch", "openvino": "OpenVINO", "onnxruntime": "ONNX Runtime",
+              "ncnn": "ncnn", "ncnn_packed": "ncnn packed in place"}
 TARGET_RATIO = 1.25
 
 CSV_FIELDS = [
     "shape", "dims", "groups", "layout", "dtype", "pass", "threads",
     "median_us", "min_us", "gbps", "x_copy", "x_copy_bytes", "copy_us", "copy_gbps", "copy_impl",
-    "vs_torch", "vs_openvino", "vs_onnxruntime",
-    "torch_us", "openvino_us", "onnxruntime_us",
-    "torch_x_copy", "openvino_x_copy", "onnxruntime_x_copy",
+    "vs_torch", "vs_openvino", "vs_onnxruntime", "vs_ncnn", "vs_ncnn_packed",
+    "torch_us", "openvino_us", "onnxruntime_us", "ncnn_us", "ncnn_packed_us",
+    "torch_x_copy", "openvino_x_copy", "onnxruntime_x_copy", "ncnn_x_copy", "ncnn_packed_x_copy",
     "spread_pct", "samples", "calls_per_sample", "isa", "check", "missing", "notes",
 ]
 
@@ -105,9 +114,11 @@ def parse_args(argv=None):
     ap.add_argument("--dtypes", default="float32", help="float32, float16, bfloat16, float64 (default float32)")
     ap.add_argument("--shapes", default="all", help='shape names (comma list) or "all" (default all)')
     ap.add_argument("--passes", default=",".join(DEFAULT_PASSES),
-                    help="fwd, bwd, silu (fused GroupNorm+SiLU forward), silu_bwd (default fwd,bwd,silu)")
-    ap.add_argument("--peers", default="torch,openvino,onnxruntime",
-                    help='peers to compare with, comma list, or "none" (default: all three, those installed)')
+                    help="fwd, bwd, silu (fused GroupNorm+SiLU forward), silu_bwd, fwd_alloc (ours: "
+                         "group_norm(x) without out=, a new array per call), fwd_inplace (ours: out=x) "
+                         "(default fwd,bwd,silu,fwd_alloc,fwd_inplace)")
+    ap.add_argument("--peers", default="torch,openvino,onnxruntime,ncnn,ncnn_packed",
+                    help='peers to compare with, comma list, or "none" (default: all, those installed)')
     ap.add_argument("--repeat", type=int, default=None,
                     help="timed samples (interleaved rounds) per measurement; the median is reported "
                          "(default 15, --quick 5)")
@@ -123,6 +134,9 @@ def parse_args(argv=None):
     ap.add_argument("--isolate", action="store_true",
                     help="run each (shape, dtype, layout) in its own process, so a crash (segfault) in "
                          "our kernels or a peer is reported as missing instead of ending the run")
+    ap.add_argument("--same-process", action="store_true",
+                    help="time ours and every peer in one process (default: one process each)")
+    ap.add_argument("--only", default=None, help=argparse.SUPPRESS)  # child: "ours" or one peer
     ap.add_argument("--child-rows", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -307,7 +321,27 @@ def ours_builders(gn, case):
             return fn
         return build
 
-    return {"fwd": fwd(None), "silu": fwd("silu"), "bwd": bwd(None), "silu_bwd": bwd("silu")}
+    def alloc():  # the call users write: a new output every call (from the library's buffer cache)
+        gn.group_norm(x, g, w, b, eps, channels_last=cl, num_threads=t)
+        fn = lambda: gn.group_norm(x, g, w, b, eps, channels_last=cl, num_threads=t)  # noqa: E731
+        fn.output = fn
+        return fn
+
+    def inplace():  # out=x, on an aligned copy of x (normalized again on every call)
+        xi = gn._checks.empty_aligned(x.shape, x.dtype)
+        xi[...] = x
+        fn = lambda: gn.group_norm(xi, g, w, b, eps, channels_last=cl, out=xi, num_threads=t)  # noqa: E731
+
+        def output():  # one call on fresh data
+            xo = gn._checks.empty_aligned(x.shape, x.dtype)
+            xo[...] = x
+            return gn.group_norm(xo, g, w, b, eps, channels_last=cl, out=xo, num_threads=t)
+        fn()
+        fn.output = output
+        return fn
+
+    return {"fwd": fwd(None), "silu": fwd("silu"), "bwd": bwd(None), "silu_bwd": bwd("silu"),
+            "fwd_alloc": alloc, "fwd_inplace": inplace}
 
 
 def call_overhead_builders(gn, case):
@@ -426,7 +460,10 @@ def run_config(args, gn, case, peers_avail, isa, rows, printer, refs):
     if not any(k.startswith("copy:") for k in cands):
         add("copy:numpy", lambda: P.numpy_copy(case))
     # ours
-    if gn is None:
+    with_ours = args.only in (None, "ours")
+    if not with_ours:
+        pass
+    elif gn is None:
         for p in list(args.passes) + (["call_alloc"] if case.shape_name == "tiny" else []):
             build_errors[f"ours:{p}"] = args.gn_error
     else:
@@ -480,7 +517,7 @@ def run_config(args, gn, case, peers_avail, isa, rows, printer, refs):
             if copy_us:
                 row["x_copy"] = _r(us / copy_us, 3)
                 row["x_copy_bytes"] = _r(us / (copy_us * BYTES_PER_X[p] / 2), 3)
-        elif f"ours:{p}" in errors:
+        elif f"ours:{p}" in errors and with_ours:
             missing.append(f"ours: {errors[f'ours:{p}']}")
         for peer in P.PEER_NAMES:
             key = f"{peer}:{p}"
@@ -505,7 +542,7 @@ def run_config(args, gn, case, peers_avail, isa, rows, printer, refs):
         rows.append(row)
         printer.row(row)
 
-    if case.shape_name == "tiny":
+    if case.shape_name == "tiny" and with_ours:
         for k in ("call_alloc",):
             st = stats.get(f"ours:{k}")
             row = base_row(k)
@@ -532,7 +569,8 @@ def args_dtype_name(dt):
 
 class Printer:
     COLS = [("shape", 9), ("layout", 3), ("dtype", 8), ("thr", 3), ("pass", 10), ("us", 10), ("GB/s", 7),
-            ("x_copy", 6), ("copy_us", 9), ("vs_torch", 8), ("vs_ov", 6), ("vs_ort", 6), ("±%", 5)]
+            ("x_copy", 6), ("copy_us", 9), ("vs_torch", 8), ("vs_ov", 6), ("vs_ort", 6), ("vs_ncnn", 7),
+            ("vs_ncpk", 7), ("±%", 5)]
 
     def __init__(self):
         self.n = 0
@@ -550,7 +588,8 @@ class Printer:
         vals = [r["shape"], r["layout"], r["dtype"], r["threads"], r["pass"],
                 fmt_num(r.get("median_us"), 2), fmt_num(r.get("gbps"), 1), fmt_ratio(r.get("x_copy")),
                 fmt_num(r.get("copy_us"), 1), fmt_ratio(r.get("vs_torch")), fmt_ratio(r.get("vs_openvino")),
-                fmt_ratio(r.get("vs_onnxruntime")), fmt_num(r.get("spread_pct"), 0)]
+                fmt_ratio(r.get("vs_onnxruntime")), fmt_ratio(r.get("vs_ncnn")), fmt_ratio(r.get("vs_ncnn_packed")),
+                fmt_num(r.get("spread_pct"), 0)]
         print(" ".join(f"{str(v):>{w}}" for v, (_, w) in zip(vals, self.COLS)))
         if r.get("missing"):
             print(f"{'':>12}missing: {r['missing']}")
@@ -611,10 +650,10 @@ def main(argv=None):
 
     rows = []
     t_start = time.perf_counter()
-    if args.isolate:
-        run_isolated(args, rows)
-    else:
+    if args.child_rows or (args.same_process and not args.isolate):
         run_all(args, gn, peers_avail, isa, rows)
+    else:
+        run_isolated(args, rows)
     print(f"\n{len(rows)} rows in {time.perf_counter() - t_start:.1f} s")
     if args.child_rows:
         return 0
@@ -670,43 +709,95 @@ def run_all(args, gn, peers_avail, isa, rows):
 
 
 def run_isolated(args, rows):
-    """One child process per (shape, dtype, layout): a crash (e.g. a segfault in a kernel or a
-    peer) loses only what that child had not yet measured, and is reported as missing."""
+    """Child processes: one per timed group (ours, each peer) -- or all in one with --same-process --
+    and, with --isolate, one per (shape, dtype, layout) too, so a crash (e.g. a segfault in a kernel
+    or a peer) loses only what that child had not yet measured, and is reported as missing."""
     import subprocess
     import tempfile
     passthrough = ["--threads", ",".join(map(str, args.threads)), "--passes", ",".join(args.passes),
-                   "--peers", ",".join(args.peers) or "none", "--repeat", str(args.repeat),
+                   "--repeat", str(args.repeat),
                    "--target-time", str(args.target_time), "--gap-ms", str(args.gap_ms),
                    "--seed", str(args.seed), "--no-plot"]
     if args.quick:
         passthrough.append("--quick")
     if not args.check:
         passthrough.append("--no-check")
+    groups = [None] if args.same_process else ["ours"] + list(args.peers)
+    if args.isolate:
+        units = [([s], [d], [lo]) for s in args.shapes for d in args.dtypes for lo in args.layouts]
+    else:
+        units = [(args.shapes, args.dtypes, args.layouts)]
+    by_group = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for shape_name in args.shapes:
-            for dtype_name in args.dtypes:
-                for layout in args.layouts:
-                    sink = Path(tmp) / f"{shape_name}-{dtype_name}-{layout}.jsonl"
-                    cmd = [sys.executable, str(Path(__file__).resolve()), "--shapes", shape_name,
-                           "--dtypes", dtype_name, "--layouts", layout, "--out", tmp,
-                           "--child-rows", str(sink)] + passthrough
-                    rc = subprocess.call(cmd)
-                    got = [json.loads(line) for line in sink.read_text().splitlines()] if sink.exists() else []
-                    rows.extend(got)
-                    if rc != 0:
-                        why = f"process died ({'signal ' + str(-rc) if rc < 0 else 'exit ' + str(rc)})"
-                        print(f"{shape_name} {layout} {dtype_name}: {why}; the rows it had not written "
-                              "are reported as missing", file=sys.stderr)
-                        have = {(r["threads"], r["pass"]) for r in got}
-                        dims, groups = SHAPES[shape_name]
-                        for t in args.threads:
-                            for p in args.passes:
-                                if (t, p) not in have:
-                                    rows.append({"shape": shape_name, "dims": "x".join(map(str, dims)),
-                                                 "groups": groups, "layout": layout, "dtype": dtype_name,
-                                                 "pass": p, "threads": t,
-                                                 "missing": f"all: {why} while measuring this configuration "
-                                                            "(rerun it alone to see which call)"})
+        for group in groups:
+            peers = args.peers if group is None else ([] if group == "ours" else [group])
+            if group is not None:
+                print(f"\n== {PEER_LABEL.get(group, group)} (own process{'es' if args.isolate else ''})")
+            got_all = by_group.setdefault(group, [])
+            for k, (shapes, dtypes, layouts) in enumerate(units):
+                sink = Path(tmp) / f"{group}-{k}.jsonl"
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--shapes", ",".join(shapes),
+                       "--dtypes", ",".join(dtypes), "--layouts", ",".join(layouts), "--out", tmp,
+                       "--peers", ",".join(peers) or "none", "--child-rows", str(sink)] + passthrough
+                if group is not None:
+                    cmd += ["--only", group]
+                rc = subprocess.call(cmd)
+                got = [json.loads(line) for line in sink.read_text().splitlines()] if sink.exists() else []
+                got_all.extend(got)
+                if rc != 0:
+                    why = f"process died ({'signal ' + str(-rc) if rc < 0 else 'exit ' + str(rc)})"
+                    print(f"{group or 'all'} {shapes} {layouts} {dtypes}: {why}; the rows it had not written "
+                          "are reported as missing", file=sys.stderr)
+                    have = {(r["shape"], r["dtype"], r["layout"], r["threads"], r["pass"]) for r in got}
+                    for shape_name in shapes:
+                        dims, g = SHAPES[shape_name]
+                        for dtype_name in dtypes:
+                            for layout in layouts:
+                                for t in args.threads:
+                                    for p in args.passes:
+                                        if (shape_name, dtype_name, layout, t, p) not in have:
+                                            got_all.append({
+                                                "shape": shape_name, "dims": "x".join(map(str, dims)),
+                                                "groups": g, "layout": layout, "dtype": dtype_name,
+                                                "pass": p, "threads": t,
+                                                "missing": f"{group or 'all'}: {why} while measuring this "
+                                                           "configuration (rerun it alone to see which call)"})
+    if args.same_process:
+        rows.extend(by_group[None])
+    else:
+        rows.extend(merge_group_rows(by_group.pop("ours", []), by_group))
+
+
+def merge_group_rows(base_rows, by_peer):
+    """Our rows, with each peer's figures (measured in its own process) added: <peer>_us and
+    <peer>_x_copy from the peer's process, vs_<peer> = <peer>_x_copy / our x_copy (each against
+    the copy floor measured in its own process, so a slower or faster phase of the machine
+    cancels out)."""
+    key = lambda r: (r["shape"], r["layout"], r["dtype"], r["threads"], r["pass"])  # noqa: E731
+    base = {key(r): r for r in base_rows}
+    out = list(base_rows)
+    for peer, prs in by_peer.items():
+        for pr in prs:
+            r = base.get(key(pr))
+            if r is None:  # ours did not produce this row: keep the peer's alone
+                r = {k: pr.get(k) for k in ("shape", "dims", "groups", "layout", "dtype", "pass", "threads",
+                                             "copy_us", "copy_gbps", "copy_impl", "isa")}
+                r["missing"] = "ours: no row"
+                base[key(pr)] = r
+                out.append(r)
+            for f in (f"{peer}_us", f"{peer}_x_copy"):
+                if pr.get(f) is not None:
+                    r[f] = pr[f]
+            if r.get(f"{peer}_x_copy") is not None and r.get("x_copy"):
+                r[f"vs_{peer}"] = _r(r[f"{peer}_x_copy"] / r["x_copy"], 3)
+            for f, sep in (("missing", " | "), ("notes", " | ")):
+                if pr.get(f):
+                    r[f] = (r.get(f) + sep if r.get(f) else "") + pr[f]
+            if (pr.get("check") or "").startswith("WRONG"):
+                bad = pr["check"][len("WRONG "):]
+                r["check"] = (r["check"] + " | " + bad) if (r.get("check") or "").startswith("WRONG") \
+                    else "WRONG " + bad
+    return out
 
 
 # ---------------------------------------------------------------------------------------- outputs
@@ -731,7 +822,7 @@ def make_summary(rows, meta, args):
     dt = _main_dtype(args)
     lines = ["# groupnorm benchmark", ""]
     lines.append(f"{meta['cpu']}, {meta['cpus']} CPUs, ISA {meta['isa']}; {meta['date']}; "
-                 + ", ".join(f"{k} {meta[k]}" for k in ("groupnorm", "torch", "openvino", "onnxruntime")
+                 + ", ".join(f"{k} {meta[k]}" for k in ("groupnorm", "torch", "openvino", "onnxruntime", "ncnn")
                              if meta.get(k))
                  + ("; **--quick run (short, noisy measurements)**" if args.quick else ""))
     lines.append("")
@@ -739,18 +830,33 @@ def make_summary(rows, meta, args):
                  f"median of {args.repeat} interleaved samples. Forward: 1.0 is the memory floor, "
                  f"the target is {TARGET_RATIO}. Backward reads x and grad_y and writes grad_x, so its "
                  "floor is 1.5. Lower is better. OpenVINO and ONNX Runtime channels-last rows run "
-                 "Transpose -> GroupNormalization -> Transpose (they have no channels-last GroupNorm).")
+                 "Transpose -> GroupNormalization -> Transpose (they have no channels-last GroupNorm). "
+                 "\"allocating / out=\": time of `y = group_norm(x, ...)` (a new array every call) over the "
+                 "`out=` call's (target 1.15); \"in place\": `out=x`, time / copy time (target 1.0 where "
+                 "a group fits in L2). "
+                 "ncnn runs one sample per call (no batch): its net takes channels-first data only; "
+                 "\"ncnn packed in place\" is its layer alone on data already in its own packed layout "
+                 "(shown on both layouts' rows). "
+                 + ("Ours and each peer ran in separate processes, each against its own copy floor."
+                    if not args.same_process else "Everything ran in one process."))
     have_peer = {p: any(r.get(f"{p}_us") is not None for r in rows) for p in P.PEER_NAMES}
     for t in sorted({r["threads"] for r in rows}, reverse=True):
         fwd = {(r["shape"], r["layout"]): r for r in _pick(rows, dtype=dt, threads=t) if r["pass"] == "fwd"}
         bwd = {(r["shape"], r["layout"]): r for r in _pick(rows, dtype=dt, threads=t) if r["pass"] == "bwd"}
         silu = {(r["shape"], r["layout"]): r for r in _pick(rows, dtype=dt, threads=t) if r["pass"] == "silu"}
+        alloc = {(r["shape"], r["layout"]): r for r in _pick(rows, dtype=dt, threads=t) if r["pass"] == "fwd_alloc"}
+        inpl = {(r["shape"], r["layout"]): r for r in _pick(rows, dtype=dt, threads=t)
+                if r["pass"] == "fwd_inplace"}
         keys = list(dict.fromkeys(list(fwd) + list(bwd)))
         if not keys:
             continue
         lines += ["", f"### {t} thread{'s' if t > 1 else ''}" + (" (all)" if t == meta["cpus"] else ""), ""]
         head = ["shape", "layout", "copy us", "fwd ours"]
         head += [f"fwd {PEER_LABEL[p]}" for p in P.PEER_NAMES if have_peer[p]]
+        if alloc:
+            head += ["fwd ours, allocating / out="]
+        if inpl:
+            head += ["fwd ours in place"]
         if silu:
             head += ["fwd+silu ours"] + (["fwd+silu PyTorch"] if have_peer["torch"] else [])
         if bwd:
@@ -764,6 +870,11 @@ def make_summary(rows, meta, args):
             cells = [f"{key[0]} ({dims} G{any_row.get('groups', '')})", key[1], fmt_num(any_row.get("copy_us"), 1),
                      _cell(f.get("x_copy"), bold=True)]
             cells += [_cell(f.get(f"{p}_x_copy"), missing=bool(f)) for p in P.PEER_NAMES if have_peer[p]]
+            if alloc:
+                al = alloc.get(key, {})
+                cells += [_cell(al["x_copy"] / f["x_copy"]) if al.get("x_copy") and f.get("x_copy") else ""]
+            if inpl:
+                cells += [_cell(inpl.get(key, {}).get("x_copy"), bold=True)]
             if silu:
                 cells += [_cell(s.get("x_copy"), bold=True)]
                 cells += [_cell(s.get("torch_x_copy"), missing=bool(s))] if have_peer["torch"] else []
@@ -834,7 +945,8 @@ def make_plot(rows, path, meta, args):
     ncols, nrows = len(threads), len(row_keys)
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(6.0, 1.05 * len(shapes) + 1.5) * ncols, 3.6 * nrows + 0.9),
                              squeeze=False)
-    colors = {"ours": "#d62728", "torch": "#1f77b4", "openvino": "#9467bd", "onnxruntime": "#2ca02c"}
+    colors = {"ours": "#d62728", "torch": "#1f77b4", "openvino": "#9467bd", "onnxruntime": "#2ca02c",
+              "ncnn": "#ff7f0e", "ncnn_packed": "#8c564b"}
     ymax, ymin, handles = 1.0, 1.0, {}
     for i, (p, layout) in enumerate(row_keys):
         for j, t in enumerate(threads):

@@ -239,7 +239,36 @@ def gn():
 
 @pytest.fixture(scope="session")
 def torch():
-    return pytest.importorskip("torch")
+    import torch  # a test dependency (pyproject's [test] extra): its absence is an error, not a skip
+    return torch
+
+
+# With GROUPNORM_TEST_STRICT_SKIPS=1 (set by .ci/run), a skip for any reason other
+# than "no GPU ..." fails the run: a missing dependency or a broken oracle must not
+# silently drop tests.
+GPU_SKIP_PREFIX = "no GPU"
+
+
+def _skip_reason(report):
+    lr = report.longrepr
+    reason = lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
+    return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("GROUPNORM_TEST_STRICT_SKIPS") != "1":
+        return
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = tr.stats.get("skipped", []) if tr is not None else []
+    bad = [r for r in skipped if not _skip_reason(r).startswith(GPU_SKIP_PREFIX)]
+    if bad:
+        tr.ensure_newline()
+        for r in bad:
+            tr.write_line(f"FORBIDDEN SKIP {r.nodeid}: {_skip_reason(r)}", red=True)
+        tr.write_line(f"{len(bad)} tests skipped for a reason other than '{GPU_SKIP_PREFIX}' "
+                      "(GROUPNORM_TEST_STRICT_SKIPS=1)", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def torch_tensor(a):

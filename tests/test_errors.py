@@ -254,3 +254,206 @@ def test_layer_backward_before_forward(gn):
     layer = gn.GroupNorm(2, 8)
     with pytest.raises(Exception):
         layer.backward(np.ones((2, 8, 3), np.float32))
+
+
+# ----------------------------------------------------------------- the Python error contract
+# Every bad scalar argument is a ValueError/TypeError with a short message naming
+# it, raised before anything is allocated or written; pybind11's conversion error
+# ("incompatible function arguments") never reaches the caller.
+
+BAD_SCALARS = [
+    # (keyword, value, exception, text the message must contain)
+    ("num_groups", True, TypeError, "num_groups"),
+    ("num_groups", False, TypeError, "num_groups"),
+    ("num_groups", np.bool_(True), TypeError, "num_groups"),
+    ("num_groups", 2**63, ValueError, "num_groups"),
+    ("num_groups", 2**64 + 2, ValueError, "num_groups"),
+    ("num_groups", -2**63 - 1, ValueError, "num_groups"),
+    ("num_groups", 2.0, TypeError, "num_groups"),
+    ("num_groups", "2", TypeError, "num_groups"),
+    ("num_groups", None, TypeError, "num_groups"),
+    ("num_groups", 2**40, ValueError, "num_groups"),
+    ("eps", "1e-5", TypeError, "eps"),
+    ("eps", b"1e-5", TypeError, "eps"),
+    ("eps", None, TypeError, "eps"),
+    ("eps", True, TypeError, "eps"),
+    ("eps", 1e-5 + 0j, TypeError, "eps"),
+    ("eps", [1e-5], TypeError, "eps"),
+    ("eps", 10**400, ValueError, "eps"),
+    ("eps", float("nan"), ValueError, "eps"),
+    ("channels_last", "no", TypeError, "channels_last"),
+    ("channels_last", None, TypeError, "channels_last"),
+    ("channels_last", 1, TypeError, "channels_last"),
+    ("channels_last", "yes", TypeError, "channels_last"),
+    ("return_stats", "yes", TypeError, "return_stats"),
+    ("return_stats", None, TypeError, "return_stats"),
+    ("return_stats", 0, TypeError, "return_stats"),
+    ("num_threads", True, TypeError, "num_threads"),
+    ("num_threads", 2.0, TypeError, "num_threads"),
+    ("num_threads", "4", TypeError, "num_threads"),
+    ("num_threads", 0, ValueError, "num_threads"),
+    ("num_threads", -1, ValueError, "num_threads"),
+    ("num_threads", -2**70, ValueError, "num_threads"),
+    ("activation", 1, TypeError, "activation"),
+    ("activation", True, TypeError, "activation"),
+    ("activation", "relu", ValueError, "activation"),
+    ("activation", "silu\0", ValueError, "activation"),
+]
+
+
+def _check_message(ei, text):
+    msg = str(ei.value)
+    assert text in msg, msg
+    assert "incompatible function arguments" not in msg, msg
+    assert len(msg) < 300, msg
+
+
+@pytest.mark.parametrize("kw,value,exc,text", BAD_SCALARS, ids=lambda v: repr(v)[:20])
+@pytest.mark.parametrize("with_outputs", [False, True], ids=["plain", "out+stats"])
+def test_bad_scalar_forward(gn, rng, kw, value, exc, text, with_outputs):
+    x = rng.x((2, 8, 5), np.float32)
+    x0 = x.copy()
+    args = {"num_groups": 2, kw: value}
+    out = np.full_like(x, np.nan)
+    extra = {"out": out} if with_outputs else {}
+    if with_outputs and kw != "return_stats":
+        extra["return_stats"] = True
+    with pytest.raises(exc) as ei:
+        gn.group_norm(x, **args, **extra)
+    _check_message(ei, text)
+    assert np.isnan(out).all(), "out was written by a failing call"
+    assert np.array_equal(x, x0)
+
+
+@pytest.mark.parametrize("kw,value,exc,text",
+                         [b for b in BAD_SCALARS if b[0] in ("num_groups", "channels_last", "num_threads",
+                                                             "activation")],
+                         ids=lambda v: repr(v)[:20])
+def test_bad_scalar_backward(gn, rng, kw, value, exc, text):
+    x = rng.x((2, 8, 5), np.float32)
+    dy = rng.x(x.shape, np.float32)
+    _, m, r = gn.group_norm(x, 2, return_stats=True)
+    out = np.full_like(x, np.nan)
+    args = {"num_groups": 2, kw: value}
+    with pytest.raises(exc) as ei:
+        gn.group_norm_backward(dy, x, m, r, **args, out=out)
+    _check_message(ei, text)
+    assert np.isnan(out).all()
+
+
+def test_huge_num_groups_with_stats_is_a_value_error(gn, rng):
+    """(N, num_groups) statistics are not allocated before num_groups is checked."""
+    x = rng.x((2, 8, 5), np.float32)
+    for g in (2**40, 2**62, 2**63 - 1):
+        with pytest.raises(ValueError, match="num_groups"):
+            gn.group_norm(x, g, return_stats=True)
+
+
+def test_numpy_scalars_are_accepted(gn, rng):
+    """NumPy integers and floats are ints and reals (bools are not)."""
+    from conftest import ref_forward, assert_close
+    x = rng.x((2, 8, 5), np.float32)
+    y, m, r = gn.group_norm(x, np.int64(4), eps=np.float32(1e-3), channels_last=np.bool_(False),
+                            return_stats=np.bool_(True), num_threads=np.int32(2))
+    ry, rm, rr = ref_forward(x, 4, eps=float(np.float32(1e-3)))
+    assert_close(y, ry, 1e-5, 1e-5)
+    assert_close(m, rm, 1e-6, 1e-6)
+    y2 = gn.group_norm(x, 4, eps=1)  # an int eps is a real number
+    assert_close(y2, ref_forward(x, 4, eps=1.0)[0], 1e-5, 1e-5)
+
+
+def test_num_threads_beyond_int32_is_not_a_conversion_error(gn, rng):
+    """A request beyond the core's int is passed as its largest value (the core caps it)."""
+    from conftest import ref_forward, assert_close
+    x = rng.x((2, 8, 5), np.float32)  # small: runs on the calling thread whatever the request
+    y = gn.group_norm(x, 2, num_threads=2**31)
+    assert_close(y, ref_forward(x, 2)[0], 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("value,exc", [(True, TypeError), (False, TypeError), (2.5, TypeError), ("8", TypeError),
+                                       (0, ValueError), (-3, ValueError)])
+def test_set_num_threads_bad(gn, value, exc):
+    before = gn.get_num_threads()
+    with pytest.raises(exc, match="num_threads"):
+        gn.set_num_threads(value)
+    assert gn.get_num_threads() == before
+
+
+def test_set_num_threads_none_restores_default(gn):
+    default = gn.get_num_threads()
+    gn.set_num_threads(None)
+    default = gn.get_num_threads()
+    gn.set_num_threads(default + 3)
+    assert gn.get_num_threads() == default + 3
+    gn.set_num_threads(None)
+    assert gn.get_num_threads() == default
+
+
+@pytest.mark.parametrize("name", [None, 3, b"avx2", "portable\0x"])
+def test_set_isa_bad_type(gn, name):
+    before = gn.active_isa()
+    with pytest.raises((TypeError, ValueError)):
+        gn.set_isa(name)
+    assert gn.active_isa() == before
+
+
+def test_isa_env_bogus_is_reported():
+    """GROUPNORM_ISA naming no available instruction set warns, naming the value and the choices."""
+    import subprocess
+    import sys
+    code = "import warnings; warnings.simplefilter('error'); import groupnorm"
+    env = dict(__import__("os").environ, GROUPNORM_ISA="bogus")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert p.returncode != 0
+    assert "GROUPNORM_ISA='bogus'" in p.stderr and "portable" in p.stderr, p.stderr
+    env["GROUPNORM_ISA"] = "portable"  # a valid cap: silent, and honoured
+    p = subprocess.run([sys.executable, "-c", code + "; print(groupnorm.active_isa())"], env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "portable"
+
+
+def test_layer_scalar_errors(gn):
+    for kw, value, exc in [("num_groups", True, TypeError), ("num_channels", 8.0, TypeError),
+                           ("num_channels", True, TypeError), ("eps", "1e-5", TypeError),
+                           ("channels_last", "no", TypeError), ("affine", None, TypeError),
+                           ("dtype", "float99", TypeError), ("dtype", np.int8, TypeError)]:
+        args = {"num_groups": 2, "num_channels": 8, kw: value}
+        with pytest.raises(exc, match=kw):
+            gn.GroupNorm(**args)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_layer_channel_mismatch_names_both(gn, rng, channels_last):
+    layer = gn.GroupNorm(2, 8, channels_last=channels_last)
+    x = rng.x((2, 3, 6) if channels_last else (2, 6, 3), np.float32)
+    with pytest.raises(ValueError, match=r"expects 8 channels.*got 6"):
+        layer(x)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, BF16], ids=str)
+def test_layer_dtype_honoured_and_shown(gn, rng, dtype):
+    from conftest import ref_forward, assert_close
+    layer = gn.GroupNorm(2, 8, dtype=dtype)
+    assert layer.weight.dtype == dtype and layer.bias.dtype == dtype
+    assert f"dtype={np.dtype(dtype).name}" in repr(layer)
+    assert layer.dtype == np.dtype(dtype)
+    w, b = rng.params(8, np.float32)
+    layer.weight[...] = w
+    layer.bias[...] = b
+    x = rng.x((2, 8, 5), np.float32)
+    y = layer(x)
+    assert y.dtype == np.float32
+    assert_close(y, ref_forward(x, 2, layer.weight, layer.bias)[0], 1e-5, 1e-5)
+    layer.backward(rng.x(x.shape, np.float32))
+    assert layer.weight_grad.dtype == dtype and layer.bias_grad.dtype == dtype
+
+
+@pytest.mark.parametrize("value", ["no", None, 1])
+def test_split_phase_channels_last_must_be_bool(gn, rng, value):
+    x = rng.x((2, 8, 5), np.float32)
+    with pytest.raises(TypeError, match="channels_last"):
+        gn.moments(x, 2, channels_last=value)
+    _, m, r = gn.group_norm(x, 2, return_stats=True)
+    with pytest.raises(TypeError, match="channels_last"):
+        gn.backward_sums(x, x, m, r, 2, channels_last=value)

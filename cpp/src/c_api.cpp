@@ -253,3 +253,129 @@ const char* groupnorm_available_isas(void) {
 const char* groupnorm_version(void) { return GROUPNORM_VERSION; }
 
 }  // extern "C"
+
+// ------------------------------------------------------------ split phase
+namespace {
+
+gn::ForwardArgs forward_args(const groupnorm_forward_args& f) {
+  gn::ForwardArgs a;
+  a.x = f.x; a.weight = f.weight; a.bias = f.bias; a.skip = f.skip; a.skip_bias = f.skip_bias;
+  a.y = f.y; a.sum_out = f.sum_out; a.mean = f.mean; a.rstd = f.rstd;
+  return a;
+}
+
+gn::BackwardArgs backward_args(const groupnorm_backward_args& b) {
+  gn::BackwardArgs a;
+  a.grad_y = b.grad_y; a.x = b.x; a.mean = b.mean; a.rstd = b.rstd; a.weight = b.weight; a.bias = b.bias;
+  a.grad_x = b.grad_x; a.grad_weight = b.grad_weight; a.grad_bias = b.grad_bias;
+  return a;
+}
+
+}  // namespace
+
+extern "C" {
+
+groupnorm_status groupnorm_moments(const groupnorm_problem* problem, const void* x, const void* skip,
+                                   const void* skip_bias, int64_t* count, double* mean, double* m2,
+                                   const groupnorm_exec* exec) {
+  try {
+    if (!problem) return record(GROUPNORM_NULL_POINTER, "problem is null");
+    gn::MomentsArgs a;
+    a.x = x; a.skip = skip; a.skip_bias = skip_bias; a.count = count; a.mean = mean; a.m2 = m2;
+    EngineBridge bridge{};
+    return record(gn::moments(to_cpp(*problem), a, to_cpp(exec, &bridge)));
+  } catch (...) {
+    return record_exception();
+  }
+}
+
+groupnorm_status groupnorm_merge_moments(int64_t size, int64_t parts, const int64_t* const* counts,
+                                         const double* const* means, const double* const* m2s,
+                                         int64_t* count, double* mean, double* m2) {
+  try {
+    return record(gn::merge_moments(size, parts, counts, means, m2s, count, mean, m2));
+  } catch (...) {
+    return record_exception();
+  }
+}
+
+groupnorm_status groupnorm_mean_rstd(int64_t size, const int64_t* count, const double* mean, const double* m2,
+                                     double eps, int32_t dtype, void* mean_out, void* rstd_out) {
+  try {
+    return record(gn::mean_rstd(size, count, mean, m2, eps, static_cast<gn::DType>(dtype), mean_out, rstd_out));
+  } catch (...) {
+    return record_exception();
+  }
+}
+
+groupnorm_status groupnorm_forward_with_moments(const groupnorm_problem* problem,
+                                                const groupnorm_forward_args* args, const int64_t* count,
+                                                const double* mean, const double* m2,
+                                                const groupnorm_exec* exec) {
+  try {
+    if (!problem) return record(GROUPNORM_NULL_POINTER, "problem is null");
+    if (!args) return record(GROUPNORM_NULL_POINTER, "args is null");
+    gn::GivenStats g;
+    g.count = count; g.mean = mean; g.m2 = m2;
+    if (!count && !mean && !m2 && problem->batch > 0) return record(GROUPNORM_NULL_POINTER, "moments are null");
+    EngineBridge bridge{};
+    return record(gn::forward(to_cpp(*problem), forward_args(*args), g, to_cpp(exec, &bridge)));
+  } catch (...) {
+    return record_exception();
+  }
+}
+
+groupnorm_status groupnorm_forward_with_stats(const groupnorm_problem* problem, const groupnorm_forward_args* args,
+                                              const void* mean, const void* rstd, const groupnorm_exec* exec) {
+  try {
+    if (!problem) return record(GROUPNORM_NULL_POINTER, "problem is null");
+    if (!args) return record(GROUPNORM_NULL_POINTER, "args is null");
+    gn::GivenStats g;
+    g.stats_mean = mean; g.stats_rstd = rstd;
+    if (!mean && !rstd && problem->batch > 0) return record(GROUPNORM_NULL_POINTER, "mean and rstd are null");
+    EngineBridge bridge{};
+    return record(gn::forward(to_cpp(*problem), forward_args(*args), g, to_cpp(exec, &bridge)));
+  } catch (...) {
+    return record_exception();
+  }
+}
+
+groupnorm_status groupnorm_backward_sums(const groupnorm_problem* problem, const groupnorm_backward_args* args,
+                                         double* sum_dz, double* sum_dz_xc, const groupnorm_exec* exec) {
+  try {
+    if (!problem) return record(GROUPNORM_NULL_POINTER, "problem is null");
+    if (!args) return record(GROUPNORM_NULL_POINTER, "args is null");
+    EngineBridge bridge{};
+    return record(gn::backward_sums(to_cpp(*problem), backward_args(*args), sum_dz, sum_dz_xc,
+                                    to_cpp(exec, &bridge)));
+  } catch (...) {
+    return record_exception();
+  }
+}
+
+groupnorm_status groupnorm_merge_backward_sums(int64_t size, int64_t parts, const double* const* sum_dz,
+                                               const double* const* sum_dz_xc, double* out_dz,
+                                               double* out_dz_xc) {
+  try {
+    return record(gn::merge_backward_sums(size, parts, sum_dz, sum_dz_xc, out_dz, out_dz_xc));
+  } catch (...) {
+    return record_exception();
+  }
+}
+
+groupnorm_status groupnorm_backward_with_sums(const groupnorm_problem* problem,
+                                              const groupnorm_backward_args* args, const double* sum_dz,
+                                              const double* sum_dz_xc, int64_t total_spatial,
+                                              const groupnorm_exec* exec) {
+  try {
+    if (!problem) return record(GROUPNORM_NULL_POINTER, "problem is null");
+    if (!args) return record(GROUPNORM_NULL_POINTER, "args is null");
+    EngineBridge bridge{};
+    return record(gn::backward(to_cpp(*problem), backward_args(*args), sum_dz, sum_dz_xc, total_spatial,
+                               to_cpp(exec, &bridge)));
+  } catch (...) {
+    return record_exception();
+  }
+}
+
+}  // extern "C"

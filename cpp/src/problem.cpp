@@ -186,3 +186,18 @@ Result validate_args(const Problem& p, const BackwardArgs& a) {
 }
 
 }  // namespace groupnorm
+
+// ------------------------------------------------------------ split phase
+namespace groupnorm {
+
+Result validate_args(const Problem& p, const MomentsArgs& a) {
+  Result r = validate(p);
+  if (!r) return r;
+  if (p.numel() > 0 && !a.x) return fail(Status::null_pointer, "x is null");
+  if (p.batch > 0 && (!a.count || !a.mean || !a.m2))
+    return fail(Status::null_pointer, "the count, mean and m2 outputs are required");
+  if (!a.skip && a.skip_bias) return fail(Status::invalid_combination, "skip_bias needs skip");
+  return {};
+}
+
+}  // namespace groupnorm

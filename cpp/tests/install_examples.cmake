@@ -1,6 +1,7 @@
 # ctest script: install the built library into a fresh prefix, then configure,
-# build and run examples/cpp and examples/c against it with find_package, and
-# the same programs in a parent project that uses add_subdirectory.
+# build and run examples/cpp and examples/c against it with find_package, the
+# README's C++ and C programs (and the C one through pkg-config), and the
+# example programs in a parent project that uses add_subdirectory.
 #   cmake -DGN_SOURCE_DIR=... -DGN_BINARY_DIR=... -DGN_WORK_DIR=... [-DGN_GENERATOR=...]
 #         [-DGN_CONFIG=...] [-DGN_C_COMPILER=...] [-DGN_CXX_COMPILER=...] [-DGN_SKIP_SUBDIRECTORY=ON]
 #         -P install_examples.cmake
@@ -74,6 +75,80 @@ foreach(ex cpp c)
   run(${exe})
   unset(exe CACHE)
 endforeach()
+
+# The README's C++ and C programs, as pasted: with find_package, and the C one
+# also with the pkg-config line the README gives (no CMake).
+file(READ ${GN_SOURCE_DIR}/README.md readme)
+function(readme_block lang out)
+  string(FIND "${readme}" "```${lang}\n" start)
+  if(start LESS 0)
+    message(FATAL_ERROR "README.md has no ```${lang} block")
+  endif()
+  string(LENGTH "```${lang}\n" skip)
+  math(EXPR start "${start} + ${skip}")
+  string(SUBSTRING "${readme}" ${start} -1 rest)
+  string(FIND "${rest}" "```" stop)
+  string(SUBSTRING "${rest}" 0 ${stop} code)
+  file(WRITE ${out} "${code}")
+endfunction()
+set(rd ${GN_WORK_DIR}/readme)
+readme_block(cpp ${rd}/readme_cpp.cpp)
+readme_block(c ${rd}/readme_c.c)
+file(WRITE ${rd}/CMakeLists.txt "cmake_minimum_required(VERSION 3.18)
+project(readme_snippets LANGUAGES C CXX)
+find_package(groupnorm CONFIG REQUIRED)
+add_executable(readme_cpp readme_cpp.cpp)
+target_link_libraries(readme_cpp PRIVATE groupnorm::groupnorm)
+add_executable(readme_c readme_c.c)
+target_link_libraries(readme_c PRIVATE groupnorm::groupnorm)
+set_target_properties(readme_c PROPERTIES C_STANDARD 99 C_STANDARD_REQUIRED ON)
+")
+run(${CMAKE_COMMAND} -S ${rd} -B ${rd}/build ${gen_args} ${compiler_args} -DCMAKE_BUILD_TYPE=${build_type}
+    -DCMAKE_PREFIX_PATH=${prefix})
+run(${CMAKE_COMMAND} --build ${rd}/build --config ${build_type})
+foreach(ex readme_cpp readme_c)
+  find_program(exe NAMES ${ex} PATHS ${rd}/build ${rd}/build/${build_type} NO_DEFAULT_PATH)
+  if(NOT exe)
+    message(FATAL_ERROR "${ex} was not built")
+  endif()
+  run(${exe})
+  unset(exe CACHE)
+endforeach()
+
+# pkg-config: the installed groupnorm.pc, from a prefix the tree was moved to
+# (the file's paths are relative to itself).
+file(GLOB_RECURSE pcs ${prefix}/lib*/pkgconfig/groupnorm.pc)
+if(NOT pcs)
+  message(FATAL_ERROR "groupnorm.pc not installed under ${prefix}")
+endif()
+if(GN_C_COMPILER AND NOT WIN32)
+  find_program(PKG_CONFIG NAMES pkg-config pkgconf)
+  if(NOT PKG_CONFIG)
+    message(FATAL_ERROR "pkg-config not found (apt-get install pkg-config)")
+  endif()
+  set(moved ${GN_WORK_DIR}/moved-prefix)
+  file(REMOVE_RECURSE ${moved})
+  file(COPY ${prefix}/ DESTINATION ${moved})
+  list(GET pcs 0 pc)
+  file(RELATIVE_PATH pcrel ${prefix} ${pc})
+  get_filename_component(pcdir ${moved}/${pcrel} DIRECTORY)
+  set(ENV{PKG_CONFIG_PATH} ${pcdir})
+  execute_process(COMMAND ${PKG_CONFIG} --cflags --libs groupnorm RESULT_VARIABLE rc OUTPUT_VARIABLE flags
+                  ERROR_VARIABLE err OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "pkg-config --cflags --libs groupnorm failed: ${err}")
+  endif()
+  message(STATUS "pkg-config groupnorm: ${flags}")
+  separate_arguments(flags UNIX_COMMAND "${flags}")
+  run(${GN_C_COMPILER} -std=c99 ${rd}/readme_c.c -o ${rd}/readme_c_pkgconfig ${flags})
+  run(${rd}/readme_c_pkgconfig)
+  execute_process(COMMAND ${PKG_CONFIG} --modversion groupnorm OUTPUT_VARIABLE pcver OUTPUT_STRIP_TRAILING_WHITESPACE)
+  file(READ ${GN_SOURCE_DIR}/pyproject.toml pyproject)
+  string(REGEX MATCH "\nversion = \"([0-9.]+)\"" _ "${pyproject}")
+  if(NOT pcver STREQUAL CMAKE_MATCH_1)
+    message(FATAL_ERROR "groupnorm.pc version '${pcver}' is not pyproject.toml's '${CMAKE_MATCH_1}'")
+  endif()
+endif()
 
 # The source tree, from a parent project (add_subdirectory).
 if(NOT GN_SKIP_SUBDIRECTORY)

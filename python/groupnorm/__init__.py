@@ -4,45 +4,103 @@
     >>> x = np.random.randn(2, 32, 16, 16).astype(np.float32)
     >>> y = groupnorm.group_norm(x, num_groups=8)
 """
+from __future__ import annotations
+
+import os as _os
+import warnings as _warnings
+from typing import Dict, List, Optional
+
+import numpy as np
+
 from . import _core
+from . import _checks
 from ._checks import bfloat16
 from .functional import group_norm, group_norm_backward
 from .layer import GroupNorm
+from . import split, distributed  # noqa: F401 (groupnorm.distributed needs mpi4py only when used)
+from .split import Moments, BackwardSums, moments, merge_moments, backward_sums, merge_backward_sums
 
-__version__ = "0.1.0"
+__version__: str = _core.VERSION
 __all__ = ["group_norm", "group_norm_backward", "GroupNorm", "set_num_threads", "get_num_threads",
-           "available_isas", "active_isa", "set_isa", "bfloat16"]
+           "available_isas", "active_isa", "set_isa", "bfloat16",
+           "Moments", "BackwardSums", "moments", "merge_moments", "backward_sums", "merge_backward_sums",
+           "set_buffer_cache_limit", "release_memory", "buffer_cache_info"]
 
 
-def set_num_threads(n):
-    """Threads used by calls that do not pass num_threads (n >= 1)."""
-    n = int(n)
-    if n <= 0:
-        raise ValueError(f"num_threads must be positive, got {n}")
-    _core.set_num_threads(n)
+def set_num_threads(n: Optional[int]) -> None:
+    """Threads used by calls that do not pass num_threads: an int >= 1, or None
+    for the default (the hardware threads). Requests beyond the core's cap run
+    with the cap."""
+    if n is None:
+        _core.set_num_threads(0)
+        return
+    _core.set_num_threads(_checks.threads(n))
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Threads used by calls that do not pass num_threads."""
     return _core.get_num_threads()
 
 
-def available_isas():
+def available_isas() -> List[str]:
     """Instruction sets this CPU and build can run, best first (e.g. ['avx512', 'avx2', 'portable'])."""
     return _core.available_isas().split(",")
 
 
-def active_isa():
+def active_isa() -> str:
     """The instruction set the kernels run with now."""
     return _core.active_isa()
 
 
-def set_isa(name):
+def set_isa(name: str) -> None:
     """Run the kernels with instruction set `name` (one of available_isas()).
 
     Results are bitwise the same on every instruction set; this exists for
     testing and benchmarking. The environment variable GROUPNORM_ISA caps the
     choice made at import time.
     """
-    if not _core.set_isa(str(name)):
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if "\0" in name or not _core.set_isa(name):
         raise ValueError(f"instruction set {name!r} is not available here; available: {available_isas()}")
+
+
+def set_buffer_cache_limit(nbytes: int) -> None:
+    """Keep at most ``nbytes`` of freed output buffers for reuse (default 512 MiB).
+
+    Outputs the library allocates (``group_norm(x)`` without ``out=``, the
+    ``GroupNorm`` layer, ``group_norm_backward``) come from a cache: when such an
+    array is freed its memory is kept, already mapped, for the next output of a
+    similar size, instead of going back to the OS and faulting in fresh pages
+    on the next call. 0 turns the cache off. The environment variable
+    GROUPNORM_BUFFER_CACHE_BYTES sets the limit at import.
+    """
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
+        raise TypeError(f"nbytes must be an int, got {type(nbytes).__name__}")
+    nbytes = int(nbytes)
+    if nbytes < 0:
+        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+    _core.set_buffer_cache_limit(nbytes)
+
+
+def release_memory() -> int:
+    """Return every cached output buffer to the OS now; returns the bytes freed."""
+    return _core.release_memory()
+
+
+def buffer_cache_info() -> Dict[str, int]:
+    """The output-buffer cache: {"cached_bytes", "cached_blocks", "limit_bytes", "hits", "misses"}."""
+    return dict(_core.buffer_cache_info())
+
+
+def _check_isa_env():
+    """GROUPNORM_ISA caps the instruction set chosen at import; a value that names
+    none this build can run here is reported, not silently ignored."""
+    name = _os.environ.get("GROUPNORM_ISA")
+    if name and name not in available_isas():
+        _warnings.warn(f"GROUPNORM_ISA={name!r} is not an instruction set available here "
+                       f"(available: {', '.join(available_isas())}); running with {active_isa()!r}",
+                       RuntimeWarning, stacklevel=3)
+
+
+_check_isa_env()

@@ -4,6 +4,7 @@ Rules about the problem itself (groups, eps, activation) live in the C++ core
 and reach Python through its messages; this module checks the arrays: their
 types, shapes, dtypes, contiguity and writability.
 """
+import numbers
 import operator
 
 import numpy as np
@@ -35,12 +36,32 @@ def as_input(x, name="x"):
     if not isinstance(x, np.ndarray):
         if hasattr(x, "__cuda_array_interface__"):
             raise TypeError(f"{name} is a GPU array and x is not: put both on the same device")
-        x = np.asarray(x)
+        x = from_dlpack(x, name) if hasattr(x, "__dlpack__") else np.asarray(x)
     if x.dtype not in DTYPE_CODES:
         raise TypeError(f"{name} must be float64, float32, float16 or bfloat16, got {x.dtype}")
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
     return x
+
+
+def from_dlpack(x, name="x"):
+    """A NumPy view (no copy) of a CPU DLPack producer (PyTorch, JAX, CuPy host arrays...).
+
+    bfloat16 (which NumPy's DLPack import does not know) is taken from torch
+    tensors through an int16 view. A tensor that requires grad is refused:
+    this API has no autograd (groupnorm.torch has).
+    """
+    if getattr(x, "requires_grad", False):
+        raise TypeError(f"{name} is a tensor that requires grad; the NumPy-level API has no autograd: use "
+                        f"groupnorm.torch.group_norm, or pass {name}.detach()")
+    try:
+        return np.from_dlpack(x)
+    except (BufferError, TypeError, RuntimeError, ValueError) as e:
+        if type(x).__module__.startswith("torch") and str(getattr(x, "dtype", "")) == "torch.bfloat16":
+            import torch  # only reached with a torch tensor in hand
+            if x.device.type == "cpu":
+                return x.view(torch.int16).numpy().view(bfloat16)
+        raise TypeError(f"{name} could not be read through DLPack: {e}") from None
 
 
 def channels_of(x, channels_last):
@@ -49,11 +70,42 @@ def channels_of(x, channels_last):
     return x.shape[-1] if channels_last else x.shape[1]
 
 
-def groups_of(num_groups):
+# the core's sizes are int64; a larger Python int names the argument here
+# instead of reaching pybind11's conversion error
+INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
+
+
+def short(value):
+    """repr(value), cut to a readable length for an error message."""
+    r = repr(value)
+    return r if len(r) <= 40 else r[:30] + f"...({len(r)} chars)"
+
+
+def integer(value, name):
+    """value as a Python int; bool and non-integral types are TypeErrors."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got bool {value!r}")
     try:
-        return operator.index(num_groups)
+        return operator.index(value)
     except TypeError:
-        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}") from None
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+
+
+def groups_of(num_groups):
+    g = integer(num_groups, "num_groups")
+    if g <= 0:
+        raise ValueError(f"num_groups must be positive, got {short(g)}")
+    if g > INT64_MAX:
+        raise ValueError(f"num_groups {short(g)} is too large")
+    return g
+
+
+def flag(value, name):
+    """A bool argument: True/False (or NumPy's bool); anything else is a TypeError."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__} {short(value)}")
 
 
 def params(x_dtype, channels, **arrays):
@@ -135,20 +187,33 @@ def output(out, shape, dtype, name="out"):
 
 
 def threads(num_threads):
-    n = operator.index(num_threads)
+    """num_threads as the core's int (0: the default). Requests above the int32
+    range are passed as its maximum; the core caps every request anyway."""
+    if num_threads is None:
+        return 0
+    n = integer(num_threads, "num_threads")
     if n <= 0:
-        raise ValueError(f"num_threads must be positive, got {n}")
-    return n
+        raise ValueError(f"num_threads must be positive, got {short(n)}")
+    return min(n, INT32_MAX)
 
 
 def eps_value(eps):
+    """eps as a float: a real number (Python, NumPy); str, bool and None are TypeErrors."""
+    if type(eps) is float:
+        return eps
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__} {short(eps)}")
     try:
         return float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps must be a number, got {type(eps).__name__}") from None
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"eps must be finite, got {short(eps)}") from None
 
 
 def activation(act):
-    if act is not None and not isinstance(act, str):
-        raise ValueError(f"activation must be None or 'silu', got {act!r}")
+    if act is None:
+        return 0
+    if not isinstance(act, str):
+        raise TypeError(f"activation must be None or 'silu', got {type(act).__name__} {short(act)}")
+    if "\0" in act or len(act) > 32:  # (the core's message quotes the name)
+        raise ValueError(f"activation must be None or 'silu', got {short(act)}")
     return _core.activation_code(act)

@@ -3,14 +3,21 @@ tensors, Numba), normalized by the CUDA backend on the array's stream.
 
 Available when groupnorm was built with ``-C cmake.define.GROUPNORM_CUDA=ON``;
 a CPU-only build raises a TypeError naming the fix. Outputs are CuPy arrays
-(CuPy must be installed) unless ``out=`` arrays are given.
+(CuPy must be installed) unless ``out=`` arrays are given; they are allocated
+on x's device and stream, the stream the kernels run on.
+
+Every array is checked here (GPU or not, shape, dtype, C-contiguity,
+writability of outputs, one device for all) before any CUDA call; the core
+then checks the problem again and runs on the device that holds the arrays.
 """
 import numpy as np
 
 from . import _core
-from ._checks import DTYPE_CODES, bfloat16
+from . import _checks as C
+from ._checks import DTYPE_CODES
 
-_TYPESTRS = {"<f4": np.dtype(np.float32), "<f8": np.dtype(np.float64), "<f2": np.dtype(np.float16)}
+_F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+_TYPESTRS = {"<f4": _F32, "<f8": _F64, "<f2": _F16}
 
 
 def is_gpu_array(a):
@@ -23,104 +30,191 @@ def _require_cuda(name):
                         "(rebuild with: pip install . -C cmake.define.GROUPNORM_CUDA=ON)")
 
 
-class _Dev:
-    """What the core needs of one device array: pointer, shape, dtype, stream."""
+def _device_of(a):
+    """The CUDA device ordinal the array object reports (CuPy: .device.id,
+    PyTorch: .device.index), or None when it reports none."""
+    d = getattr(a, "device", None)
+    for attr in ("id", "index"):
+        v = getattr(d, attr, None)
+        if type(v) is int:
+            return v
+    return None
 
-    def __init__(self, a, name):
+
+class _Dev:
+    """One device array as the core needs it: pointer, shape, dtype, stream, device."""
+
+    def __init__(self, a, name, writable=False):
+        if not is_gpu_array(a):
+            raise TypeError(f"{name} must be a GPU array like x (__cuda_array_interface__), got {type(a).__name__}")
         iface = a.__cuda_array_interface__
-        self.obj = a
-        self.shape = tuple(iface["shape"])
-        typestr = iface["typestr"]
+        if not isinstance(iface, dict):
+            raise TypeError(f"{name}.__cuda_array_interface__ must be a dict, got {type(iface).__name__}")
+        try:
+            shape = tuple(iface["shape"])
+            typestr = iface["typestr"]
+            ptr, readonly = iface["data"]
+        except (KeyError, TypeError, ValueError):
+            raise TypeError(f"{name}.__cuda_array_interface__ lacks shape, typestr or data") from None
+        if not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError(f"{name} has an invalid shape {C.short(shape)}")
+        self.shape = shape
+        self.name = name
         if typestr not in _TYPESTRS:
-            raise TypeError(f"{name} must be float64, float32 or float16 on the GPU, got typestr {typestr!r}")
+            raise TypeError(f"{name} must be float64, float32 or float16 on the GPU, got typestr {C.short(typestr)}")
         self.dtype = _TYPESTRS[typestr]
+        self.size = int(np.prod(shape, dtype=object))
         strides = iface.get("strides")
         if strides is not None:
-            expect, acc = [], self.dtype.itemsize
-            for d in reversed(self.shape):
-                expect.append(acc)
+            strides = tuple(strides)
+            acc = self.dtype.itemsize
+            for d, st in zip(reversed(shape), reversed(strides)):
+                if d > 1 and st != acc:
+                    raise ValueError(f"{name} must be C-contiguous on the GPU (shape {shape}, strides {strides})")
                 acc *= d
-            if tuple(reversed(expect)) != tuple(strides) and int(np.prod(self.shape)) > 1:
-                raise ValueError(f"{name} must be C-contiguous on the GPU (got strides {strides})")
-        self.ptr = int(iface["data"][0])
+        if iface.get("mask") is not None:
+            raise ValueError(f"{name}: masked GPU arrays are not supported")
+        if type(ptr) is not int or not 0 <= ptr < 2**64 or (ptr == 0 and self.size > 0):
+            raise ValueError(f"{name} has no valid data pointer ({C.short(ptr)})")
+        if writable and readonly:
+            raise ValueError(f"{name} is read-only")
+        self.ptr = ptr
         stream = iface.get("stream")
-        self.stream = 0 if stream in (None, 1) else int(stream)
+        if stream is not None and (type(stream) is not int or not 0 < stream < 2**64):
+            raise ValueError(f"{name}'s stream must be None or a positive int, got {C.short(stream)}")
+        # CUDA array interface v3: None / 1 = the legacy default stream, 2 = per-thread default
+        self.stream = 0 if stream in (None, 1) else stream
+        self.device = _device_of(a)
+
+    def like(self, x, what="x's"):
+        if self.shape != x.shape:
+            raise ValueError(f"{self.name} must have {what} shape {x.shape}, got {self.shape}")
+        if self.dtype != x.dtype:
+            raise TypeError(f"{self.name} must have {what} dtype {x.dtype}, got {self.dtype}")
+        return self
 
 
-def _empty_like(shape, dtype):
+def _one_device(arrays):
+    """All arrays that report a device report the same one."""
+    first = None
+    for d in arrays:
+        if d is None or d.device is None:
+            continue
+        if first is None:
+            first = d
+        elif d.device != first.device:
+            raise ValueError(f"{d.name} is on GPU {d.device} and {first.name} on GPU {first.device}: "
+                             "put them on one device")
+
+
+def _params(x, channels, **arrays):
+    """Per-channel GPU parameters: shape (C,), one dtype, float32 or x's."""
+    out = {}
+    for name, p in arrays.items():
+        if p is None:
+            out[name] = None
+            continue
+        d = _Dev(p, name)
+        if d.shape != (channels,):
+            raise ValueError(f"{name} must have shape ({channels},), got {d.shape}")
+        out[name] = d
+    dtypes = {d.dtype for d in out.values() if d is not None}
+    if len(dtypes) > 1:
+        raise TypeError(f"{', '.join(out)} must share one dtype on the GPU, got {sorted(map(str, dtypes))}")
+    pdtype = dtypes.pop() if dtypes else (_F64 if x.dtype == _F64 else _F32)
+    if pdtype not in (_F32, x.dtype):
+        raise TypeError(f"{', '.join(out)} must be float32 or x's dtype {x.dtype} on the GPU, got {pdtype}")
+    return out, pdtype
+
+
+def _empty(shape, dtype, like):
+    """A new CuPy array on `like`'s device, allocated on its stream (the kernels')."""
     try:
         import cupy
-    except ImportError:  # pragma: no cover - depends on the machine
+    except ImportError:  # depends on the machine
         raise TypeError("GPU outputs are CuPy arrays: install cupy, or pass out= arrays") from None
-    return cupy.empty(shape, dtype=dtype)
+    dev = like.device if like.device is not None else cupy.cuda.runtime.getDevice()
+    with cupy.cuda.Device(dev):
+        if like.stream == 0:
+            stream = cupy.cuda.Stream.null
+        elif like.stream == 2:
+            stream = cupy.cuda.Stream.ptds
+        else:
+            stream = cupy.cuda.ExternalStream(like.stream)
+        with stream:
+            return cupy.empty(shape, dtype=dtype)
 
 
-def _param(p, name, channels):
-    if p is None:
-        return None, None
-    if not is_gpu_array(p):
-        raise TypeError(f"{name} must be on the GPU like x")
-    d = _Dev(p, name)
-    if d.shape != (channels,):
-        raise ValueError(f"{name} must have shape ({channels},), got {d.shape}")
-    return d, d.dtype
+def _geometry(xd, channels_last):
+    """(N, C, spatial size) of x."""
+    if len(xd.shape) < 2:
+        raise ValueError(f"x must have at least 2 dims (N, C, *spatial), got shape {xd.shape}")
+    cdim = len(xd.shape) - 1 if channels_last else 1
+    s = 1
+    for i, d in enumerate(xd.shape):
+        if i != 0 and i != cdim:
+            s *= d
+    return xd.shape[0], xd.shape[cdim], s
+
+
+def _ptr(d):
+    return 0 if d is None else d.ptr
 
 
 def group_norm(x, num_groups, weight, bias, eps, channels_last, act, out, return_stats, skip, skip_bias,
                sum_out):
     _require_cuda("x")
     xd = _Dev(x, "x")
-    if len(xd.shape) < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, *spatial), got shape {xd.shape}")
-    n = xd.shape[0]
-    c = xd.shape[-1] if channels_last else xd.shape[1]
-    s = int(np.prod(xd.shape[1:])) // c if c else 0
-    params = [_param(p, nm, c) for p, nm in ((weight, "weight"), (bias, "bias"), (skip_bias, "skip_bias"))]
-    pdtypes = {d for _, d in params if d is not None}
-    if len(pdtypes) > 1:
-        raise TypeError(f"weight, bias and skip_bias must share one dtype on the GPU, got {sorted(map(str, pdtypes))}")
-    pdtype = pdtypes.pop() if pdtypes else (np.dtype(np.float64) if xd.dtype == np.float64 else np.dtype(np.float32))
-    y = out if out is not None else _empty_like(xd.shape, xd.dtype)
-    yd = _Dev(y, "out")
-    if yd.shape != xd.shape or yd.dtype != xd.dtype:
-        raise ValueError(f"out must have x's shape {xd.shape} and dtype {xd.dtype}")
-    skd = _Dev(skip, "skip") if skip is not None else None
-    if skd is not None and (skd.shape != xd.shape or skd.dtype != xd.dtype):
-        raise ValueError("skip must have x's shape and dtype")
+    n, c, s = _geometry(xd, channels_last)
+    _core.check(c, num_groups, eps, None)
+    p, pdtype = _params(xd, c, weight=weight, bias=bias, skip_bias=skip_bias)
     if skip is None and (skip_bias is not None or sum_out is not None):
         raise ValueError("skip_bias and sum_out need skip")
-    sod = _Dev(sum_out, "sum_out") if sum_out is not None else None
+    skd = None if skip is None else _Dev(skip, "skip").like(xd)
+    sod = None if sum_out is None else _Dev(sum_out, "sum_out", writable=True).like(xd)
+    yd = None if out is None else _Dev(out, "out", writable=True).like(xd)
+    _one_device([xd, skd, sod, yd] + list(p.values()))
+    # every argument checked: now allocate on x's device and stream, and run
+    if yd is None:
+        out = _empty(xd.shape, xd.dtype, xd)
+        yd = _Dev(out, "out")
     mean = rstd = None
     if return_stats:
-        sd = np.float64 if xd.dtype == np.float64 else np.float32
-        mean, rstd = _empty_like((n, num_groups), sd), _empty_like((n, num_groups), sd)
-    ptr = lambda d: 0 if d is None else d.ptr  # noqa: E731
-    _core.forward_cuda(xd.ptr, n, c, s, num_groups, ptr(params[0][0]), ptr(params[1][0]), eps, channels_last, act,
+        sd = _F64 if xd.dtype == _F64 else _F32
+        mean, rstd = _empty((n, num_groups), sd, xd), _empty((n, num_groups), sd, xd)
+    _core.forward_cuda(xd.ptr, n, c, s, num_groups, _ptr(p["weight"]), _ptr(p["bias"]), eps, channels_last, act,
                        DTYPE_CODES[xd.dtype], DTYPE_CODES[pdtype], yd.ptr,
                        0 if mean is None else _Dev(mean, "mean").ptr, 0 if rstd is None else _Dev(rstd, "rstd").ptr,
-                       ptr(skd), ptr(params[2][0]), ptr(sod), xd.stream)
-    return (y, mean, rstd) if return_stats else y
+                       _ptr(skd), _ptr(p["skip_bias"]), _ptr(sod), xd.stream)
+    return (out, mean, rstd) if return_stats else out
 
 
 def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight, bias, channels_last, act, out):
     _require_cuda("x")
-    xd, gd = _Dev(x, "x"), _Dev(grad_y, "grad_y")
-    if gd.shape != xd.shape or gd.dtype != xd.dtype:
-        raise ValueError("grad_y must have x's shape and dtype")
-    n = xd.shape[0]
-    c = xd.shape[-1] if channels_last else xd.shape[1]
-    s = int(np.prod(xd.shape[1:])) // c if c else 0
-    md, rd = _Dev(mean, "mean"), _Dev(rstd, "rstd")
-    (wd, wdt), (bd, bdt) = _param(weight, "weight", c), _param(bias, "bias", c)
-    if wdt is not None and bdt is not None and wdt != bdt:
-        raise TypeError("weight and bias must share one dtype on the GPU")
-    pdtype = wdt or bdt or (np.dtype(np.float64) if xd.dtype == np.float64 else np.dtype(np.float32))
-    gx = out if out is not None else _empty_like(xd.shape, xd.dtype)
-    gw = None if weight is None else _empty_like((c,), pdtype)
-    gb = None if bias is None else _empty_like((c,), pdtype)
-    ptr = lambda d: 0 if d is None else d.ptr  # noqa: E731
-    _core.backward_cuda(gd.ptr, xd.ptr, md.ptr, rd.ptr, n, c, s, num_groups, ptr(wd), ptr(bd), channels_last, act,
-                        DTYPE_CODES[xd.dtype], DTYPE_CODES[pdtype], _Dev(gx, "out").ptr,
+    xd = _Dev(x, "x")
+    n, c, s = _geometry(xd, channels_last)
+    _core.check(c, num_groups, 0.0, None)
+    gd = _Dev(grad_y, "grad_y").like(xd)
+    sd = _F64 if xd.dtype == _F64 else _F32
+    stats = []
+    for a, name in ((mean, "mean"), (rstd, "rstd")):
+        d = _Dev(a, name)
+        if d.shape != (n, num_groups):
+            raise ValueError(f"{name} must have shape {(n, num_groups)}, got {d.shape}")
+        if d.dtype != sd:
+            raise TypeError(f"{name} must have dtype {sd} (the forward's statistics for {xd.dtype} x), got {d.dtype}")
+        stats.append(d)
+    p, pdtype = _params(xd, c, weight=weight, bias=bias)
+    gxd = None if out is None else _Dev(out, "out", writable=True).like(xd)
+    _one_device([xd, gd, gxd] + stats + list(p.values()))
+    # every argument checked: now allocate on x's device and stream, and run
+    if gxd is None:
+        out = _empty(xd.shape, xd.dtype, xd)
+        gxd = _Dev(out, "out")
+    gw = None if weight is None else _empty((c,), pdtype, xd)
+    gb = None if bias is None else _empty((c,), pdtype, xd)
+    _core.backward_cuda(gd.ptr, xd.ptr, stats[0].ptr, stats[1].ptr, n, c, s, num_groups, _ptr(p["weight"]),
+                        _ptr(p["bias"]), channels_last, act, DTYPE_CODES[xd.dtype], DTYPE_CODES[pdtype], gxd.ptr,
                         0 if gw is None else _Dev(gw, "grad_weight").ptr,
                         0 if gb is None else _Dev(gb, "grad_bias").ptr, xd.stream)
-    return gx, gw, gb
+    return out, gw, gb

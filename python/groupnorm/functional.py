@@ -1,14 +1,24 @@
 """Functional group normalization on NumPy arrays."""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
 import numpy as np
 
 from . import _core
 from . import _checks as C
 from . import _cuda
+from . import split
+
+_INT62 = 2**62
+_INT31 = 2**31
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last=False,
-               activation=None, out=None, return_stats=False, num_threads=None,
-               skip=None, skip_bias=None, sum_out=None):
+def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5, *, channels_last: bool = False, activation: Optional[str] = None,
+               out: Optional[Any] = None, return_stats: bool = False, num_threads: Optional[int] = None,
+               skip: Optional[Any] = None, skip_bias: Optional[Any] = None, sum_out: Optional[Any] = None,
+               stats: Optional[Any] = None) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Group normalization.
 
     Splits the C channels into ``num_groups`` groups and normalizes each group of
@@ -39,6 +49,11 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last
             if it had been stored; it is stored only if ``sum_out`` is given.
         skip_bias: optional (C,) array added with skip (float32 or x's dtype).
         sum_out: optional array like x that receives s.
+        stats: normalize with given statistics instead of x's own (x is then a
+            tile of a bigger tensor, see ``groupnorm.split``): a
+            ``groupnorm.Moments`` of shape (N, num_groups) (rstd from ``eps``;
+            the moments of x itself give y bitwise equal to the plain call), or
+            a ``(mean, rstd)`` pair of (N, num_groups) arrays. CPU arrays only.
 
     Returns:
         y (x's shape and dtype), or (y, mean, rstd) with mean and rstd of shape
@@ -46,22 +61,31 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last
     """
     # the common call, with arrays in canonical form, skips the Python checks
     # (the core declines anything else, and the checked path below explains it)
-    if (type(x) is np.ndarray and skip is None and skip_bias is None and sum_out is None and not return_stats
-            and type(num_groups) is int and type(eps) is float and type(channels_last) is bool
-            and (activation is None or activation == "silu")
-            and (num_threads is None or (type(num_threads) is int and num_threads > 0))):
+    # (ints in range of the core's int64/int32, so pybind11 never sees a value it cannot convert)
+    if (type(x) is np.ndarray and stats is None and skip is None and skip_bias is None and sum_out is None
+            and return_stats is False
+            and type(num_groups) is int and 0 < num_groups < _INT62 and type(eps) is float
+            and type(channels_last) is bool and (activation is None or activation == "silu")
+            and (num_threads is None or (type(num_threads) is int and 0 < num_threads < _INT31))):
         y = _core.forward_fast(x, num_groups, weight, bias, eps, channels_last, 0 if activation is None else 1,
                                out, num_threads or 0)
         if y is not None:
             return y
+    # the scalar arguments, checked before anything is allocated or written
+    groups = C.groups_of(num_groups)
+    e = C.eps_value(eps)
+    channels_last = C.flag(channels_last, "channels_last")
+    return_stats = C.flag(return_stats, "return_stats")
+    act = C.activation(activation)
+    nthreads = C.threads(num_threads)
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
-        return _cuda.group_norm(x, C.groups_of(num_groups), weight, bias, C.eps_value(eps), channels_last,
-                                C.activation(activation), out, return_stats, skip, skip_bias, sum_out)
+        if stats is not None:
+            raise TypeError("stats= is supported for CPU (NumPy) arrays only")
+        return _cuda.group_norm(x, groups, weight, bias, e, channels_last, act, out, return_stats, skip, skip_bias,
+                                sum_out)
     x = C.as_input(x)
     channels = C.channels_of(x, channels_last)
-    groups = C.groups_of(num_groups)
-    e = eps if type(eps) is float else C.eps_value(eps)
-    act = 0 if activation is None else C.activation(activation)
+    _core.check(channels, groups, e, None)  # the core's rules, before any allocation
     dcode = C.DTYPE_CODES[x.dtype]
     if skip is not None:
         skip = C.same_as_x(C.as_input(skip, "skip"), x, "skip")
@@ -78,19 +102,25 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channels_last
     if return_stats:
         sd = C.stats_dtype(x.dtype)
         n = x.shape[0]
-        if groups <= 0:  # before allocating (N, groups): the core names the problem
-            _core.check(channels, groups, e, None)
         mean = np.empty((n, groups), sd)
         rstd = np.empty((n, groups), sd)
-    _core.forward(x, groups, weight, bias, e, channels_last, act, dcode, pcode, y, mean, rstd,
-                  skip, skip_bias, sum_out, 0 if num_threads is None else C.threads(num_threads))
+    if stats is None:
+        _core.forward(x, groups, weight, bias, e, channels_last, act, dcode, pcode, y, mean, rstd,
+                      skip, skip_bias, sum_out, nthreads)
+    else:
+        given = split.given_stats(stats, x.shape[0], groups, x.dtype)
+        _core.forward_given(x, groups, weight, bias, e, channels_last, act, dcode, pcode, y, mean, rstd,
+                            skip, skip_bias, sum_out, *given, nthreads)
     if return_stats:
         return y, mean, rstd
     return y
 
 
-def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight=None, bias=None, *,
-                        channels_last=False, activation=None, num_threads=None, out=None):
+def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: int, weight: Optional[Any] = None,
+                        bias: Optional[Any] = None, *, channels_last: bool = False,
+                        activation: Optional[str] = None, num_threads: Optional[int] = None,
+                        out: Optional[Any] = None, sums: Optional[Any] = None,
+                        ) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
     """Gradients of :func:`group_norm`.
 
     Args:
@@ -104,18 +134,25 @@ def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight=None, bias=Non
         num_threads: threads for this call.
         out: optional array for grad_x (x's shape and dtype, C-contiguous,
             writable); may be grad_y itself.
+        sums: x is a tile of a bigger tensor (see ``groupnorm.split``): the
+            ``groupnorm.BackwardSums`` merged over every tile. grad_x is then
+            this tile's, grad_weight/grad_bias the whole tensor's; mean/rstd
+            must be the whole tensor's. CPU arrays only.
 
     Returns:
         (grad_x, grad_weight, grad_bias): grad_x like x; grad_weight/grad_bias of
         shape (C,) in weight's/bias's dtype, or None when weight/bias is None.
     """
+    groups = C.groups_of(num_groups)
+    channels_last = C.flag(channels_last, "channels_last")
+    act = C.activation(activation)
+    nthreads = C.threads(num_threads)
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
-        return _cuda.group_norm_backward(grad_y, x, mean, rstd, C.groups_of(num_groups), weight, bias,
-                                         channels_last, C.activation(activation), out)
+        if sums is not None:
+            raise TypeError("sums= is supported for CPU (NumPy) arrays only")
+        return _cuda.group_norm_backward(grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, out)
     x = C.as_input(x)
     channels = C.channels_of(x, channels_last)
-    groups = C.groups_of(num_groups)
-    act = C.activation(activation)
     _core.check(channels, groups, 0.0, None)
     grad_y = C.same_as_x(C.as_input(grad_y, "grad_y"), x, "grad_y")
     sd = C.stats_dtype(x.dtype)
@@ -134,8 +171,13 @@ def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight=None, bias=Non
     grad_x = C.output(out, x.shape, x.dtype)
     gw = None if weight is None else np.empty(channels, weight.dtype)
     gb = None if bias is None else np.empty(channels, bias.dtype)
-    _core.backward(grad_y, x, stats[0], stats[1], groups, weight, bias, channels_last, act, dcode, pcode,
-                   grad_x, gw, gb, 0 if num_threads is None else C.threads(num_threads))
+    if sums is None:
+        _core.backward(grad_y, x, stats[0], stats[1], groups, weight, bias, channels_last, act, dcode, pcode,
+                       grad_x, gw, gb, nthreads)
+    else:
+        sums = split.given_sums(sums, n, channels, split._spatial(x, channels_last))
+        _core.backward_given(grad_y, x, stats[0], stats[1], groups, weight, bias, channels_last, act, dcode, pcode,
+                             grad_x, gw, gb, sums.sum_dz, sums.sum_dz_xc, sums.spatial, nthreads)
     # each gradient in its own parameter's dtype
     if gw is not None and gw.dtype != np.asarray(weight_in).dtype:
         gw = gw.astype(np.asarray(weight_in).dtype)

@@ -1,4 +1,8 @@
 """GroupNorm layer: parameters, forward, backward with gradient accumulation."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
 import numpy as np
 
 from . import _core
@@ -17,29 +21,40 @@ class GroupNorm:
             shape (C,); None when False.
         channels_last: inputs are (N, *spatial, C) instead of (N, C, *spatial).
         activation: None or "silu", fused after the affine transform.
-        dtype: dtype of weight and bias (default float32).
+        dtype: dtype of weight, bias and their gradients (default float32;
+            float64, float16 or bfloat16 too). The kernels take them in x's
+            dtype or float32 (a float64 weight with float32 x is rounded).
 
     Calling the layer on x returns y and remembers x, mean and rstd;
     ``backward(grad_y)`` returns grad_x and adds the parameter gradients into
     ``weight_grad`` and ``bias_grad`` (``zero_grad()`` resets them).
     """
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, channels_last=False,
-                 activation=None, dtype=np.float32):
+    weight: Optional[np.ndarray]
+    bias: Optional[np.ndarray]
+    weight_grad: Optional[np.ndarray]
+    bias_grad: Optional[np.ndarray]
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
+                 channels_last: bool = False, activation: Optional[str] = None, dtype: Any = np.float32) -> None:
         num_groups = C.groups_of(num_groups)
-        num_channels = C.groups_of(num_channels)
+        num_channels = C.integer(num_channels, "num_channels")
         eps = C.eps_value(eps)
         C.activation(activation)
         _core.check(num_channels, num_groups, eps, None)
         self.num_groups = num_groups
         self.num_channels = num_channels
         self.eps = eps
-        self.affine = bool(affine)
-        self.channels_last = bool(channels_last)
+        self.affine = C.flag(affine, "affine")
+        self.channels_last = C.flag(channels_last, "channels_last")
         self.activation = activation
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float64, float32, float16 or bfloat16, got {dtype!r}") from None
         if dtype not in C.DTYPE_CODES:
             raise TypeError(f"dtype must be float64, float32, float16 or bfloat16, got {dtype}")
+        self.dtype = dtype
         if self.affine:
             self.weight = np.ones(num_channels, dtype)
             self.bias = np.zeros(num_channels, dtype)
@@ -48,7 +63,7 @@ class GroupNorm:
         self.zero_grad()
         self._saved = None
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Reset the accumulated parameter gradients to zeros."""
         if self.affine:
             self.weight_grad = np.zeros_like(self.weight)
@@ -56,9 +71,14 @@ class GroupNorm:
         else:
             self.weight_grad = self.bias_grad = None
 
-    def __call__(self, x, *, num_threads=None):
+    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         """y = group_norm(x); x of shape (N, C, *spatial) or (N, *spatial, C)."""
         x = C.as_input(x)
+        if x.ndim >= 2:
+            dim = x.ndim - 1 if self.channels_last else 1
+            if x.shape[dim] != self.num_channels:
+                raise ValueError(f"{self!r} expects {self.num_channels} channels in dim {dim} of x, "
+                                 f"got {x.shape[dim]} (x shape {x.shape})")
         y, mean, rstd = group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
                                    channels_last=self.channels_last, activation=self.activation,
                                    return_stats=True, num_threads=num_threads)
@@ -67,7 +87,7 @@ class GroupNorm:
 
     forward = __call__
 
-    def backward(self, grad_y, *, num_threads=None):
+    def backward(self, grad_y: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         """grad_x for the last call; accumulates weight_grad and bias_grad."""
         if self._saved is None:
             raise RuntimeError("backward() called before the layer was called on an input")
@@ -80,13 +100,13 @@ class GroupNorm:
             self.bias_grad += gb.astype(self.bias_grad.dtype)
         return gx
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, np.ndarray]:
         """{"weight": ..., "bias": ...} copies (empty when affine=False)."""
         if not self.affine:
             return {}
         return {"weight": self.weight.copy(), "bias": self.bias.copy()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Copy weight and bias from a dict like state_dict() (shapes must match)."""
         if not self.affine:
             if state:
@@ -104,6 +124,6 @@ class GroupNorm:
                 raise ValueError(f"{name} must have shape ({self.num_channels},), got {v.shape}")
             getattr(self, name)[...] = v
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
-                f"channels_last={self.channels_last}, activation={self.activation!r})")
+                f"channels_last={self.channels_last}, activation={self.activation!r}, dtype={self.dtype.name})")

@@ -7,10 +7,14 @@
 #include <algorithm>
 #include <cstdint>
 #include <vector>
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 
 #include "groupnorm/cuda.hpp"
+#include "groupnorm/groupnorm.h"
 #include "groupnorm/groupnorm.hpp"
 
 namespace py = pybind11;
@@ -30,6 +34,8 @@ void* mdata(const py::object& o) {
 [[noreturn]] void raise(const gn::Result& r) {
   if (r.status == gn::Status::invalid_dtype) throw py::type_error(r.message);
   if (r.status == gn::Status::out_of_memory) throw std::bad_alloc();
+  if (r.status == gn::Status::device_error || r.status == gn::Status::internal_error)
+    throw std::runtime_error(r.message);
   throw py::value_error(r.message);
 }
 
@@ -176,25 +182,162 @@ bool param_view(py::handle h, std::int64_t channels, ArrayView* v) {
   return v->ok && v->ndim == 1 && v->shape[0] == channels && (v->flags & kCContiguous);
 }
 
-// A new C-contiguous array whose data starts on a 64-byte boundary. NumPy
-// aligns to 16 bytes; the kernels write whole 64-byte lines (streamed when
-// large), and a misaligned output costs a partial line at every row edge
-// (1.7x instead of 1.2x a copy on channels-last resnet_gn). The Python layer
-// allocates its outputs with this too (_checks.empty_aligned).
+// ---------------------------------------------------------------- output buffers
+// Outputs the library allocates (group_norm(x) without out=, the GroupNorm
+// layer, backward's grad_x) come from a cache of blocks rather than fresh
+// pages: a fresh multi-megabyte array from the OS costs a page fault and the
+// zeroing of every 4 KB page on its first write, 1.5-30x the kernel itself on
+// large shapes. When such an array dies (its base object, a capsule, is
+// freed), its block goes back to the cache, and the next output of the same or
+// a somewhat smaller size (at least half the block) reuses it, pages already
+// mapped. The cache holds at most `limit` bytes (default 512 MiB, the
+// environment variable GROUPNORM_BUFFER_CACHE_BYTES at import,
+// set_buffer_cache_limit()); past it the least recently returned blocks go back
+// to the OS, and release_memory() returns them all. Blocks below 64 KiB are not
+// cached (malloc reuses those well already). Thread-safe (one mutex; the GIL is
+// not relied on).
+class BufferCache {
+ public:
+  static constexpr std::size_t kHeader = 64;        // block header; data starts 64-byte aligned after it
+  static constexpr std::size_t kMinCached = 64 << 10;
+
+  static BufferCache& get() {
+    static BufferCache* c = new BufferCache();  // never destroyed: arrays may die after static teardown
+    return *c;
+  }
+
+  // A block with room for `bytes`; returns its data pointer (64-byte aligned).
+  void* take(std::size_t bytes) {
+    const std::size_t cap = size_class(bytes);
+    if (cap >= kMinCached) {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.lower_bound(cap);
+      if (it != free_.end() && it->first / 2 <= cap) {  // no more than twice the room asked for
+        char* block = it->second.block;
+        cached_ -= it->first;
+        free_.erase(it);
+        ++hits_;
+        return block + kHeader;
+      }
+      ++misses_;
+    }
+    void* block = nullptr;
+    if (posix_memalign(&block, 64, kHeader + cap) != 0 || !block) throw std::bad_alloc();
+    std::memcpy(block, &cap, sizeof(cap));
+    return static_cast<char*>(block) + kHeader;
+  }
+
+  // Gives back a block from take() (its data pointer).
+  void give(void* data) {
+    char* block = static_cast<char*>(data) - kHeader;
+    std::size_t cap;
+    std::memcpy(&cap, block, sizeof(cap));
+    std::vector<char*> drop;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cap < kMinCached || cap > limit_) {
+        drop.push_back(block);
+      } else {
+        evict_to(limit_ - cap, drop);
+        free_.emplace(cap, Entry{block, ++clock_});
+        cached_ += cap;
+      }
+    }
+    for (char* b : drop) std::free(b);
+  }
+
+  void set_limit(std::size_t bytes) {
+    std::vector<char*> drop;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      limit_ = bytes;
+      evict_to(limit_, drop);
+    }
+    for (char* b : drop) std::free(b);
+  }
+
+  // Frees every cached block; returns the bytes freed.
+  std::size_t release() {
+    std::vector<char*> drop;
+    std::size_t freed;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      freed = cached_;
+      evict_to(0, drop);
+    }
+    for (char* b : drop) std::free(b);
+    return freed;
+  }
+
+  py::dict info() {
+    std::lock_guard<std::mutex> lock(mu_);
+    py::dict d;
+    d["cached_bytes"] = cached_;
+    d["cached_blocks"] = free_.size();
+    d["limit_bytes"] = limit_;
+    d["hits"] = hits_;
+    d["misses"] = misses_;
+    return d;
+  }
+
+ private:
+  struct Entry {
+    char* block;
+    std::uint64_t stamp;  // when it was returned: the oldest go first
+  };
+
+  BufferCache() {
+    const char* s = std::getenv("GROUPNORM_BUFFER_CACHE_BYTES");
+    if (s && *s) limit_ = (std::size_t)std::strtoull(s, nullptr, 10);
+  }
+
+  // capacities in eighths of an octave (at most 12.5% over the request), so
+  // outputs of nearly the same size share blocks
+  static std::size_t size_class(std::size_t bytes) {
+    if (bytes <= 4096) return 4096;
+    std::size_t top = 1;
+    while (top <= bytes / 2) top <<= 1;  // the largest power of two <= bytes
+    const std::size_t step = top / 8;
+    return (bytes + step - 1) / step * step;
+  }
+
+  // frees the least recently returned blocks until at most `keep` bytes stay
+  void evict_to(std::size_t keep, std::vector<char*>& drop) {
+    while (cached_ > keep && !free_.empty()) {
+      auto oldest = free_.begin();
+      for (auto it = free_.begin(); it != free_.end(); ++it)
+        if (it->second.stamp < oldest->second.stamp) oldest = it;
+      cached_ -= oldest->first;
+      drop.push_back(oldest->second.block);
+      free_.erase(oldest);
+    }
+  }
+
+  std::mutex mu_;
+  std::multimap<std::size_t, Entry> free_;  // capacity -> block
+  std::size_t cached_ = 0;
+  std::size_t limit_ = (std::size_t)512 << 20;
+  std::uint64_t clock_ = 0, hits_ = 0, misses_ = 0;
+};
+
+// A new C-contiguous array whose data starts on a 64-byte boundary, from the
+// buffer cache. NumPy aligns to 16 bytes; the kernels write whole 64-byte
+// lines (streamed when large), and a misaligned output costs a partial line at
+// every row edge. The Python layer allocates its outputs with this too
+// (_checks.empty_aligned).
 py::array empty_aligned(const py::dtype& dt, const std::vector<py::ssize_t>& shape) {
   py::ssize_t n = 1;
   for (py::ssize_t d : shape) n *= d;
-  const py::ssize_t bytes = n * (py::ssize_t)dt.itemsize();
-  py::array_t<std::uint8_t> buf(bytes + 64);
-  const std::uintptr_t addr = reinterpret_cast<std::uintptr_t>(buf.data());
-  char* start = reinterpret_cast<char*>(buf.mutable_data()) + (64 - addr % 64) % 64;
+  const std::size_t bytes = (std::size_t)n * (std::size_t)dt.itemsize();
+  void* data = BufferCache::get().take(bytes);
+  py::capsule base(data, [](void* p) { BufferCache::get().give(p); });
   std::vector<py::ssize_t> strides(shape.size());
   py::ssize_t st = dt.itemsize();
   for (std::size_t i = shape.size(); i-- > 0;) {
     strides[i] = st;
     st *= shape[i];
   }
-  return py::array(dt, shape, strides, start, buf);
+  return py::array(dt, shape, strides, data, base);
 }
 
 py::object forward_fast(py::handle x, std::int64_t groups, py::handle weight, py::handle bias, double eps,
@@ -294,10 +437,171 @@ void backward_cuda(std::uintptr_t grad_y, std::uintptr_t x, std::uintptr_t mean,
   if (!r) raise(r);
 }
 
+
+// ---------------------------------------------------------------- split phase
+// Arrays arrive checked (shapes, dtypes, contiguity) by python/groupnorm/split.py.
+void moments(const py::array& x, std::int64_t groups, bool channels_last, int dtype, int param_dtype,
+             const py::object& skip, const py::object& skip_bias, const py::array& count, const py::array& mean,
+             const py::array& m2, int num_threads) {
+  const gn::Problem p = problem(x, groups, 0.0, channels_last, 0, dtype, param_dtype);
+  gn::MomentsArgs a;
+  a.x = x.data();
+  a.skip = cdata(skip);
+  a.skip_bias = cdata(skip_bias);
+  a.count = static_cast<std::int64_t*>(const_cast<void*>(count.data()));
+  a.mean = static_cast<double*>(const_cast<void*>(mean.data()));
+  a.m2 = static_cast<double*>(const_cast<void*>(m2.data()));
+  run_core<gn::MomentsArgs>(&gn::moments, p, a, num_threads);
+}
+
+// parts: a list of (count, mean, m2) arrays of `size` entries, merged in list order
+void merge_moments(const py::list& parts, const py::array& count, const py::array& mean, const py::array& m2) {
+  std::vector<const std::int64_t*> c;
+  std::vector<const double*> m, q;
+  std::vector<py::array> keep;
+  for (py::handle h : parts) {
+    const py::tuple t = py::reinterpret_borrow<py::tuple>(h);
+    for (int i = 0; i < 3; ++i) keep.push_back(t[i].cast<py::array>());
+    c.push_back(static_cast<const std::int64_t*>(keep[keep.size() - 3].data()));
+    m.push_back(static_cast<const double*>(keep[keep.size() - 2].data()));
+    q.push_back(static_cast<const double*>(keep[keep.size() - 1].data()));
+  }
+  gn::Result r;
+  {
+    py::gil_scoped_release release;
+    r = gn::merge_moments((std::int64_t)count.size(), (std::int64_t)c.size(), c.data(), m.data(), q.data(),
+                          static_cast<std::int64_t*>(const_cast<void*>(count.data())),
+                          static_cast<double*>(const_cast<void*>(mean.data())),
+                          static_cast<double*>(const_cast<void*>(m2.data())));
+  }
+  if (!r) raise(r);
+}
+
+void mean_rstd(const py::array& count, const py::array& mean, const py::array& m2, double eps, int dtype,
+               const py::array& mean_out, const py::array& rstd_out) {
+  const gn::Result r = gn::mean_rstd((std::int64_t)count.size(), static_cast<const std::int64_t*>(count.data()),
+                                     static_cast<const double*>(mean.data()), static_cast<const double*>(m2.data()),
+                                     eps, (gn::DType)dtype, const_cast<void*>(mean_out.data()),
+                                     const_cast<void*>(rstd_out.data()));
+  if (!r) raise(r);
+}
+
+// forward with given statistics: moments (count, gmean, gm2) or (smean, srstd)
+void forward_given(const py::array& x, std::int64_t groups, const py::object& weight, const py::object& bias,
+                   double eps, bool channels_last, int act, int dtype, int param_dtype, const py::array& y,
+                   const py::object& mean, const py::object& rstd, const py::object& skip,
+                   const py::object& skip_bias, const py::object& sum_out, const py::object& count,
+                   const py::object& gmean, const py::object& gm2, const py::object& smean,
+                   const py::object& srstd, int num_threads) {
+  const gn::Problem p = problem(x, groups, eps, channels_last, act, dtype, param_dtype);
+  gn::ForwardArgs a;
+  a.x = x.data();
+  a.weight = cdata(weight);
+  a.bias = cdata(bias);
+  a.skip = cdata(skip);
+  a.skip_bias = cdata(skip_bias);
+  a.y = const_cast<void*>(y.data());
+  a.sum_out = mdata(sum_out);
+  a.mean = mdata(mean);
+  a.rstd = mdata(rstd);
+  gn::GivenStats g;
+  g.count = static_cast<const std::int64_t*>(cdata(count));
+  g.mean = static_cast<const double*>(cdata(gmean));
+  g.m2 = static_cast<const double*>(cdata(gm2));
+  g.stats_mean = cdata(smean);
+  g.stats_rstd = cdata(srstd);
+  gn::Exec e;
+  e.num_threads = num_threads;
+  gn::Result r;
+  {
+    py::gil_scoped_release release;
+    r = gn::forward(p, a, g, e);
+  }
+  if (!r) raise(r);
+}
+
+gn::BackwardArgs backward_args(const py::array& grad_y, const py::array& x, const py::array& mean,
+                               const py::array& rstd, const py::object& weight, const py::object& bias) {
+  gn::BackwardArgs a;
+  a.grad_y = grad_y.data();
+  a.x = x.data();
+  a.mean = mean.data();
+  a.rstd = rstd.data();
+  a.weight = cdata(weight);
+  a.bias = cdata(bias);
+  return a;
+}
+
+void backward_sums(const py::array& grad_y, const py::array& x, const py::array& mean, const py::array& rstd,
+                   std::int64_t groups, const py::object& weight, const py::object& bias, bool channels_last,
+                   int act, int dtype, int param_dtype, const py::array& sum_dz, const py::array& sum_dz_xc,
+                   int num_threads) {
+  const gn::Problem p = problem(x, groups, 0.0, channels_last, act, dtype, param_dtype);
+  const gn::BackwardArgs a = backward_args(grad_y, x, mean, rstd, weight, bias);
+  gn::Exec e;
+  e.num_threads = num_threads;
+  gn::Result r;
+  {
+    py::gil_scoped_release release;
+    r = gn::backward_sums(p, a, static_cast<double*>(const_cast<void*>(sum_dz.data())),
+                          static_cast<double*>(const_cast<void*>(sum_dz_xc.data())), e);
+  }
+  if (!r) raise(r);
+}
+
+// parts: a list of (sum_dz, sum_dz_xc) arrays, added in list order
+void merge_backward_sums(const py::list& parts, const py::array& out_dz, const py::array& out_dz_xc) {
+  std::vector<const double*> d, q;
+  std::vector<py::array> keep;
+  for (py::handle h : parts) {
+    const py::tuple t = py::reinterpret_borrow<py::tuple>(h);
+    for (int i = 0; i < 2; ++i) keep.push_back(t[i].cast<py::array>());
+    d.push_back(static_cast<const double*>(keep[keep.size() - 2].data()));
+    q.push_back(static_cast<const double*>(keep[keep.size() - 1].data()));
+  }
+  const gn::Result r = gn::merge_backward_sums((std::int64_t)out_dz.size(), (std::int64_t)d.size(), d.data(),
+                                               q.data(), static_cast<double*>(const_cast<void*>(out_dz.data())),
+                                               static_cast<double*>(const_cast<void*>(out_dz_xc.data())));
+  if (!r) raise(r);
+}
+
+void backward_given(const py::array& grad_y, const py::array& x, const py::array& mean, const py::array& rstd,
+                    std::int64_t groups, const py::object& weight, const py::object& bias, bool channels_last,
+                    int act, int dtype, int param_dtype, const py::object& grad_x, const py::object& grad_weight,
+                    const py::object& grad_bias, const py::array& sum_dz, const py::array& sum_dz_xc,
+                    std::int64_t total_spatial, int num_threads) {
+  const gn::Problem p = problem(x, groups, 0.0, channels_last, act, dtype, param_dtype);
+  gn::BackwardArgs a = backward_args(grad_y, x, mean, rstd, weight, bias);
+  a.grad_x = mdata(grad_x);
+  a.grad_weight = mdata(grad_weight);
+  a.grad_bias = mdata(grad_bias);
+  gn::Exec e;
+  e.num_threads = num_threads;
+  gn::Result r;
+  {
+    py::gil_scoped_release release;
+    r = gn::backward(p, a, static_cast<const double*>(sum_dz.data()), static_cast<const double*>(sum_dz_xc.data()),
+                     total_spatial, e);
+  }
+  if (!r) raise(r);
+}
+
+void def_split(py::module_& m) {
+  m.def("moments", &moments);
+  m.def("merge_moments", &merge_moments);
+  m.def("mean_rstd", &mean_rstd);
+  m.def("forward_given", &forward_given);
+  m.def("backward_sums", &backward_sums);
+  m.def("merge_backward_sums", &merge_backward_sums);
+  m.def("backward_given", &backward_given);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "groupnorm C++ core (use the groupnorm package, not this module)";
+  m.attr("VERSION") = groupnorm_version();  // CMake's project version, read from pyproject.toml
+  def_split(m);
   m.def("forward", &forward);
   m.def("forward_fast", &forward_fast);
   m.def("set_bfloat16_num", [](int num) { g_bfloat16_num = num; });
@@ -306,6 +610,9 @@ PYBIND11_MODULE(_core, m) {
     for (py::handle d : shape) dims.push_back(d.cast<py::ssize_t>());
     return empty_aligned(dt, dims);
   });
+  m.def("buffer_cache_info", [] { return BufferCache::get().info(); });
+  m.def("set_buffer_cache_limit", [](std::size_t bytes) { BufferCache::get().set_limit(bytes); });
+  m.def("release_memory", [] { return BufferCache::get().release(); });
   m.def("backward", &backward);
   m.def("check", &check, py::arg("channels"), py::arg("groups"), py::arg("eps"), py::arg("activation"));
   m.def("activation_code", [](py::object name) {

@@ -210,6 +210,64 @@ const char* groupnorm_available_isas(void);
 /* The library version, "MAJOR.MINOR.PATCH". */
 const char* groupnorm_version(void);
 
+/* ---------------------------------------------------------- split phase
+ * The forward is moments -> merge -> apply, and each phase is a call of its own,
+ * for tensors that are never whole in one place (tiles of an image, slabs of a
+ * volume, ranks of a job). A tile holds whole channels of whole samples over
+ * part of the spatial extent: describe it with a problem whose `spatial` is the
+ * tile's. The same contract as above holds for every call below.
+ *
+ * Moments of a tile, per (n, g): count (int64), mean and m2 (the sum of squared
+ * deviations from mean), N*G each. x, skip, skip_bias as in groupnorm_forward
+ * (skip and skip_bias may be NULL). */
+groupnorm_status groupnorm_moments(const groupnorm_problem* problem, const void* x, const void* skip,
+                                   const void* skip_bias, int64_t* count, double* mean, double* m2,
+                                   const groupnorm_exec* exec);
+
+/* Chan's merge of `parts` moment arrays of `size` entries each, in list order
+ * (counts[j], means[j], m2s[j] are part j). Parts with count 0 are the identity.
+ * The outputs may alias part 0. */
+groupnorm_status groupnorm_merge_moments(int64_t size, int64_t parts, const int64_t* const* counts,
+                                         const double* const* means, const double* const* m2s,
+                                         int64_t* count, double* mean, double* m2);
+
+/* mean and rstd = 1 / sqrt(m2 / count + eps) as groupnorm_forward computes them,
+ * stored as double for FLOAT64 `dtype` and float otherwise (NaN for count 0).
+ * mean_out or rstd_out may be NULL. */
+groupnorm_status groupnorm_mean_rstd(int64_t size, const int64_t* count, const double* mean, const double* m2,
+                                     double eps, int32_t dtype, void* mean_out, void* rstd_out);
+
+/* Apply with given statistics: groupnorm_forward without its moments phase.
+ * Statistics from moments (count, mean, m2: N*G each, e.g. merged over all
+ * tiles; rstd from problem->eps, so the moments of a whole tensor give y
+ * bitwise equal to groupnorm_forward) ... */
+groupnorm_status groupnorm_forward_with_moments(const groupnorm_problem* problem,
+                                                const groupnorm_forward_args* args, const int64_t* count,
+                                                const double* mean, const double* m2,
+                                                const groupnorm_exec* exec);
+/* ... or from mean and rstd (float, double for FLOAT64 data; N*G). args->mean and
+ * args->rstd, when set, receive the statistics used. */
+groupnorm_status groupnorm_forward_with_stats(const groupnorm_problem* problem, const groupnorm_forward_args* args,
+                                              const void* mean, const void* rstd, const groupnorm_exec* exec);
+
+/* Backward, split. Per (n, c) sums over a tile: sum_dz = sum of dz and
+ * sum_dz_xc = sum of dz * (x - mean), dz = grad_y (through the SiLU when
+ * asked), mean/rstd the statistics of the whole tensor (args->mean/rstd).
+ * args->grad_x, grad_weight and grad_bias are ignored. N*C each. */
+groupnorm_status groupnorm_backward_sums(const groupnorm_problem* problem, const groupnorm_backward_args* args,
+                                         double* sum_dz, double* sum_dz_xc, const groupnorm_exec* exec);
+/* Sums of `parts` arrays of `size` entries, in list order. Outputs may alias part 0. */
+groupnorm_status groupnorm_merge_backward_sums(int64_t size, int64_t parts, const double* const* sum_dz,
+                                               const double* const* sum_dz_xc, double* out_dz,
+                                               double* out_dz_xc);
+/* Backward of a tile from the merged sums of the whole tensor, whose spatial
+ * size is total_spatial: this tile's grad_x, the whole tensor's grad_weight and
+ * grad_bias. */
+groupnorm_status groupnorm_backward_with_sums(const groupnorm_problem* problem,
+                                              const groupnorm_backward_args* args, const double* sum_dz,
+                                              const double* sum_dz_xc, int64_t total_spatial,
+                                              const groupnorm_exec* exec);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -173,4 +173,70 @@ inline Result forward(Problem p, const T* x, const T* weight, const T* bias, T* 
   return forward(p, a, e);
 }
 
+// ------------------------------------------------------------ split phase
+// The one-call forward is moments -> merge -> apply; the three phases are also
+// entry points, for tensors that are never whole in one place (tiles of an
+// image, slabs of a volume on disk, ranks of a job). A tile is a smaller
+// problem: whole channels of whole samples over part of the spatial extent,
+// described by a Problem whose `spatial` is the tile's. Every phase runs on the
+// same scheduler and kernels as forward()/backward(), and is bitwise the same
+// for any thread count, parallel-for and instruction set. A caller workspace of
+// forward_workspace_bytes() serves moments() and forward() with given stats;
+// one of backward_workspace_bytes() serves backward_sums() and backward() with sums.
+
+// Per (n, g) moments of a tile: element count, mean, and m2, the sum of squared
+// deviations from mean. N*G of each, float64 (count int64).
+struct MomentsArgs {
+  const void* x = nullptr;          // dtype, N*C*S elements of the tile
+  const void* skip = nullptr;       // optional, like forward: moments of x + skip (+ skip_bias)
+  const void* skip_bias = nullptr;  // param_dtype, C (optional, needs skip)
+  std::int64_t* count = nullptr;    // N*G outputs
+  double* mean = nullptr;
+  double* m2 = nullptr;
+};
+Result validate_args(const Problem& p, const MomentsArgs& a);
+Result moments(const Problem& p, const MomentsArgs& a, const Exec& e = Exec());
+
+// Chan's merge of `parts` moment arrays of `size` (n, g) entries each, in list
+// order: out = ((in[0] + in[1]) + in[2]) + ... Parts with count 0 are the
+// identity. The outputs may alias the first part's arrays.
+Result merge_moments(std::int64_t size, std::int64_t parts, const std::int64_t* const* counts,
+                     const double* const* means, const double* const* m2s, std::int64_t* count, double* mean,
+                     double* m2);
+
+// mean and rstd = 1 / sqrt(m2 / count + eps) in stats_dtype(dtype), computed as
+// forward() computes them (a group with count 0 gets NaN).
+Result mean_rstd(std::int64_t size, const std::int64_t* count, const double* mean, const double* m2, double eps,
+                 DType dtype, void* mean_out, void* rstd_out);
+
+// Statistics given to forward(): either moments (count, mean, m2 of N*G, e.g.
+// merged from every tile; rstd from Problem::eps exactly as the one-call path,
+// so moments of the whole tensor give y bitwise equal to forward()), or
+// mean and rstd in stats_dtype. Set one of the two.
+struct GivenStats {
+  const std::int64_t* count = nullptr;
+  const double* mean = nullptr;
+  const double* m2 = nullptr;
+  const void* stats_mean = nullptr;  // stats_dtype, N*G
+  const void* stats_rstd = nullptr;
+};
+// Apply with given statistics: forward() without its moments phase. a.mean and
+// a.rstd, when given, receive the statistics used.
+Result forward(const Problem& p, const ForwardArgs& a, const GivenStats& stats, const Exec& e = Exec());
+
+// Backward, split: per (n, c) sums over a tile, sum_dz = sum dz and
+// sum_dz_xc = sum dz * (x - mean) (dz = grad_y, through the SiLU when asked),
+// with mean/rstd the global statistics. a.grad_x/grad_weight/grad_bias are
+// ignored. N*C of each.
+Result backward_sums(const Problem& p, const BackwardArgs& a, double* sum_dz, double* sum_dz_xc,
+                     const Exec& e = Exec());
+// Sums of `parts` arrays of `size` entries, in list order. Outputs may alias the first part.
+Result merge_backward_sums(std::int64_t size, std::int64_t parts, const double* const* sum_dz,
+                           const double* const* sum_dz_xc, double* out_dz, double* out_dz_xc);
+// Backward of a tile from the merged sums of all tiles: grad_x of this tile,
+// and grad_weight/grad_bias of the whole tensor. total_spatial is the spatial
+// size of the whole tensor (the sum of the tiles' `spatial`).
+Result backward(const Problem& p, const BackwardArgs& a, const double* sum_dz, const double* sum_dz_xc,
+                std::int64_t total_spatial, const Exec& e = Exec());
+
 }  // namespace groupnorm

@@ -24,6 +24,9 @@
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
+#if defined(GN_ISA_NEON_F16)
+#include <arm_neon.h>
+#endif
 
 #define GN_INLINE inline __attribute__((always_inline))
 
@@ -51,9 +54,11 @@ template <class To, class From> inline To bitcast(const From& f) {
 }
 
 // ---------------------------------------------------------------- 16-bit formats
-// IEEE binary16 <-> float. With F16C (AVX2 and AVX-512 paths) the hardware
-// converts; elsewhere the bit manipulation below does. Both are exact one way
-// and round to nearest even the other, so every path gives the same bits.
+// IEEE binary16 <-> float. With F16C (AVX2 and AVX-512 paths) and on the NEON
+// path (FCVTL/FCVTN, in every ARMv8-A CPU) the hardware converts; elsewhere the
+// bit manipulation below does. All are exact one way and round to nearest even
+// the other (NaNs keep their top payload bits, quieted), so every path gives
+// the same bits.
 inline vf half_to_float_bits(vu16 h16);
 inline vu16 float_to_half_bits(vf f);
 inline vf half_to_float(vu16 h16) {
@@ -69,6 +74,15 @@ inline vf half_to_float(vu16 h16) {
   vf r;
   std::memcpy(&r, &a, 32);
   std::memcpy(reinterpret_cast<char*>(&r) + 32, &b, 32);
+  return r;
+#elif defined(GN_ISA_NEON_F16)
+  vf r;
+  for (int q = 0; q < 4; ++q) {
+    uint16x4_t u;
+    std::memcpy(&u, reinterpret_cast<const char*>(&h16) + 8 * q, 8);
+    const float32x4_t f = vcvt_f32_f16(vreinterpret_f16_u16(u));
+    std::memcpy(reinterpret_cast<char*>(&r) + 16 * q, &f, 16);
+  }
   return r;
 #else
   return half_to_float_bits(h16);
@@ -87,6 +101,15 @@ inline vu16 float_to_half(vf f) {
   vu16 r;
   std::memcpy(&r, &lo, 16);
   std::memcpy(reinterpret_cast<char*>(&r) + 16, &hi, 16);
+  return r;
+#elif defined(GN_ISA_NEON_F16)
+  vu16 r;  // FCVTN rounds as FPCR says: to nearest even, the default
+  for (int q = 0; q < 4; ++q) {
+    float32x4_t v;
+    std::memcpy(&v, reinterpret_cast<const char*>(&f) + 16 * q, 16);
+    const uint16x4_t h = vreinterpret_u16_f16(vcvt_f16_f32(v));
+    std::memcpy(reinterpret_cast<char*>(&r) + 8 * q, &h, 8);
+  }
   return r;
 #else
   return float_to_half_bits(f);

@@ -1,13 +1,15 @@
-// The CPU driver: cuts a call into tiles, runs them on threads, merges partial
-// moments, and turns statistics into per-channel scale and shift.
+// The CPU driver: the one scheduler of every CPU entry point. A call runs as
+// phases over the tiles of its plan (plan.hpp): moments (kernels' partials
+// merged with Chan's formula in tile order), coefficients (mean/rstd folded
+// with weight and bias into one scale and shift per channel), apply; the
+// backward: per-channel sums, coefficients, dx. The one-call forward/backward
+// runs them all; the split-phase entry points (moments(), forward() with given
+// statistics, backward_sums(), backward() with given sums) run some of them on
+// the same plan and kernels.
 //
-// Tiles (shape-only, so results never depend on threads or batch size):
-//   channels-first: a group is Cg rows of S contiguous elements. A tile is a
-//     block of whole channels (when S < kChunk) or one piece of a channel.
-//   channels-last: up to 2048 channels (whole groups) of a range of spatial
-//     rows; the row count depends on the shape only.
-// Each tile's partial moments come from a two-pass sum over the tile (see
-// generic.hpp); partials merge with Chan's formula in tile order.
+// Each tile's partial moments come from one pass of sums shifted by the tile's
+// first element, or an exact two-pass sum when that shift is far from the
+// mean (see generic.hpp).
 //
 // Scheduling (free to depend on threads and cache; never changes results):
 //   mode A: whole sets go to threads (channels-first: a few groups of one
@@ -16,6 +18,10 @@
 //   mode B: when sets are too few or too big, consecutive sets form a step
 //     whose tiles are spread over all threads: moments, merge, apply, with
 //     each thread applying the tiles it just summed.
+//   Sets (mode A) and tiles (mode B phases) go to threads through
+//   run_dynamic: each thread starts on its static share and takes unclaimed
+//   items from the others when it runs out, so a descheduled thread (a busy
+//   machine) delays a call by one item, not by its share.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -29,6 +35,7 @@
 
 #include "groupnorm/groupnorm.hpp"
 #include "kernels.hpp"
+#include "plan.hpp"
 #include "scalar.hpp"
 #include "threads.hpp"
 
@@ -39,32 +46,6 @@ const IsaKernels& active_kernels();  // dispatch.cpp
 
 namespace {
 
-constexpr std::int64_t kChunk = 16384;          // elements per tile, about
-constexpr std::int64_t kSerialBytes = 96 << 10; // below this, run on the calling thread
-
-struct Plan {
-  std::int64_t N, C, G, S, Cg;
-  bool cl;
-  std::size_t esize;
-  // tile grid of one group (cf) or one band (cl)
-  std::int64_t pieces = 1, piece_len = 0, chans_per_tile = 1;  // cf
-  std::int64_t rows_per_tile = 0, row_tiles = 1;               // cl
-  std::int64_t sub_groups = 1, nsub = 1;                       // cl: groups per tile, tiles across a band
-  std::int64_t tiles_per_group = 0;                            // cf: per group; cl: per band
-  // sets
-  std::int64_t band = 1, nbands = 1, nsets = 0;
-  std::int64_t tiles_per_set = 0;
-  std::int64_t moments_per_tile = 1;  // cf 1, cl band
-  std::int64_t chans_per_set_tile = 1;  // channels a tile touches (for backward slots)
-  int threads = 1;
-  bool mode_a = true;
-  bool stream = false;  // outputs bigger than the cache: non-temporal stores
-  std::int64_t sets_per_step = 1;
-  std::int64_t chunk_tiles = 1;  // mode B: tiles summed per round, so scratch never grows with x
-
-  std::int64_t band_groups(std::int64_t b) const { return std::min(band, G - b * band); }
-};
-
 std::int64_t stream_threshold() {
   static const std::int64_t v = [] {
     const char* s = std::getenv("GROUPNORM_STREAM_BYTES");
@@ -73,158 +54,10 @@ std::int64_t stream_threshold() {
   return v;
 }
 
-std::int64_t largest_divisor_at_most(std::int64_t n, std::int64_t cap) {
-  for (std::int64_t d = std::min(n, std::max<std::int64_t>(cap, 1)); d > 1; --d)
-    if (n % d == 0) return d;
-  return 1;
+// The plan of a call on this machine (cache sizes, GROUPNORM_* overrides).
+Plan make_plan(const Problem& p, int threads, int streams, bool one_phase = false) {
+  return detail::make_plan(p, threads, streams, &cache_budget, stream_threshold(), one_phase);
 }
-
-Plan make_plan(const Problem& p, int threads, int streams) {
-  Plan pl;
-  pl.N = p.batch; pl.C = p.channels; pl.G = p.groups; pl.S = p.spatial;
-  pl.Cg = p.channels / p.groups;
-  pl.esize = dtype_size(p.dtype);
-  // (N, C) with no spatial dims is the same memory in both layouts; the
-  // channels-last kernels vectorize it across channels.
-  pl.cl = p.channels_last || p.spatial == 1;
-  const std::int64_t group_bytes = pl.Cg * pl.S * (std::int64_t)pl.esize * streams;
-  if (!pl.cl) {
-    if (pl.S >= kChunk) {
-      pl.pieces = (pl.S + kChunk - 1) / kChunk;
-      pl.piece_len = (pl.S + pl.pieces - 1) / pl.pieces;
-      pl.piece_len = std::min(pl.S, (pl.piece_len + 63) / 64 * 64);
-      pl.pieces = (pl.S + pl.piece_len - 1) / pl.piece_len;
-      pl.chans_per_tile = 1;
-      pl.tiles_per_group = pl.Cg * pl.pieces;
-    } else {
-      pl.piece_len = pl.S;
-      pl.chans_per_tile = std::min(pl.Cg, std::max<std::int64_t>(1, kChunk / std::max<std::int64_t>(pl.S, 1)));
-      pl.tiles_per_group = (pl.Cg + pl.chans_per_tile - 1) / pl.chans_per_tile;
-    }
-  } else {
-    // rows per tile from the shape only: about 64K elements over min(C, 256) channels
-    const std::int64_t width = std::min(pl.C, std::max<std::int64_t>(pl.Cg, 256));
-    pl.rows_per_tile = std::min(pl.S, std::max<std::int64_t>(16, (4 * kChunk) / width));
-    pl.rows_per_tile = std::max<std::int64_t>(pl.rows_per_tile, 1);
-    pl.row_tiles = (pl.S + pl.rows_per_tile - 1) / pl.rows_per_tile;
-  }
-
-  const std::int64_t total_bytes = p.numel() * (std::int64_t)pl.esize * (streams + 1);
-  int t = std::max(1, threads);
-  if (total_bytes < kSerialBytes) t = 1;
-  const std::int64_t budget = cache_budget(t);
-
-  if (!pl.cl) {
-    // several small groups per set keep per-set overhead low
-    pl.band = std::max<std::int64_t>(1, std::min<std::int64_t>(pl.G, (64 << 10) / std::max<std::int64_t>(group_bytes, 1)));
-    while (t > 1 && pl.band > 1 && pl.N * ((pl.G + pl.band - 1) / pl.band) < 4 * t) pl.band = (pl.band + 1) / 2;
-    pl.band = largest_divisor_at_most(pl.G, pl.band);
-  } else {
-    // A band is the whole sample: every row read in full, front to back. Bands
-    // of a few groups (to fit a cache) read each row in strided pieces, which
-    // measured slower in every case, 2-3x slower with two threads on one sample
-    // (they split the row between them); threads share a sample's rows instead
-    // (mode B) when there are fewer samples than threads.
-    pl.band = pl.G;
-    // moments tiles span up to 2048 channels (whole groups)
-    pl.sub_groups = largest_divisor_at_most(pl.band, std::max<std::int64_t>(1, 2048 / pl.Cg));
-    pl.nsub = pl.band / pl.sub_groups;
-    pl.tiles_per_group = pl.row_tiles * pl.nsub;
-  }
-  pl.nbands = (pl.G + pl.band - 1) / pl.band;
-  pl.nsets = pl.N * pl.nbands;
-  if (!pl.cl) {
-    pl.tiles_per_set = pl.band * pl.tiles_per_group;
-    pl.moments_per_tile = 1;
-    pl.chans_per_set_tile = pl.chans_per_tile;
-  } else {
-    pl.tiles_per_set = pl.tiles_per_group;
-    pl.moments_per_tile = pl.sub_groups;
-    pl.chans_per_set_tile = pl.sub_groups * pl.Cg;
-  }
-  const std::int64_t set_bytes = pl.band * group_bytes;
-  pl.stream = p.numel() * (std::int64_t)pl.esize >= stream_threshold();
-  pl.threads = t;
-  pl.mode_a = t == 1 || (pl.nsets >= t && (pl.nsets % t == 0 || pl.nsets >= 4 * t) && set_bytes <= budget);
-  if (!pl.mode_a) {
-    pl.sets_per_step = std::max<std::int64_t>(1, (budget * t) / std::max<std::int64_t>(set_bytes, 1));
-    pl.sets_per_step = std::min(pl.sets_per_step, pl.nsets);
-    pl.threads = (int)std::min<std::int64_t>(t, pl.sets_per_step * pl.tiles_per_set);  // no idle workers
-    // a step's tiles are summed a chunk at a time (partials of about 1 MB at most,
-    // at least 16 tiles a thread) and merged into running totals in tile order
-    const std::int64_t tile_scratch = (std::int64_t)sizeof(Moments) * pl.moments_per_tile +
-                                      (std::int64_t)sizeof(double) * 2 * pl.chans_per_set_tile;
-    pl.chunk_tiles = std::max<std::int64_t>((std::int64_t)pl.threads * 16, (1 << 20) / tile_scratch);
-    pl.chunk_tiles = std::min(pl.chunk_tiles, pl.sets_per_step * pl.tiles_per_set);
-  } else {
-    pl.threads = (int)std::min<std::int64_t>(t, std::max<std::int64_t>(pl.nsets, 1));
-  }
-  return pl;
-}
-
-// A tile of a set: where it starts, its shape, which groups/channels it covers.
-struct TileRef {
-  std::int64_t offset;     // element offset in x
-  std::int64_t rows, cols, stride;
-  std::int64_t chan0;      // first channel (n*C + c) it touches
-  std::int64_t nchan;      // channels it touches
-  std::int64_t group0;     // first group (n*G + g)
-  std::int64_t chunk;      // index of the tile inside its group (cf) or band (cl): merge order
-};
-
-TileRef tile_of(const Plan& pl, std::int64_t set, std::int64_t t) {
-  const std::int64_t n = set / pl.nbands, b = set % pl.nbands;
-  const std::int64_t g0 = b * pl.band;
-  TileRef r;
-  if (!pl.cl) {
-    const std::int64_t g = g0 + t / pl.tiles_per_group, j = t % pl.tiles_per_group;
-    std::int64_t c, rows, cols, s0;
-    if (pl.pieces > 1) {
-      c = j / pl.pieces;
-      const std::int64_t piece = j % pl.pieces;
-      s0 = piece * pl.piece_len;
-      rows = 1;
-      cols = std::min(pl.piece_len, pl.S - s0);
-    } else {
-      c = j * pl.chans_per_tile;
-      s0 = 0;
-      rows = std::min(pl.chans_per_tile, pl.Cg - c);
-      cols = pl.S;
-    }
-    r.chan0 = n * pl.C + g * pl.Cg + c;
-    r.offset = r.chan0 * pl.S + s0;
-    r.rows = rows; r.cols = cols; r.stride = pl.S;
-    r.nchan = rows;
-    r.group0 = n * pl.G + g;
-    r.chunk = j;
-  } else {
-    const std::int64_t rc = t / pl.nsub, sub = t % pl.nsub;
-    const std::int64_t r0 = rc * pl.rows_per_tile, gs = g0 + sub * pl.sub_groups;
-    r.rows = std::min(pl.rows_per_tile, pl.S - r0);
-    r.cols = pl.sub_groups * pl.Cg;
-    r.stride = pl.C;
-    r.offset = (n * pl.S + r0) * pl.C + gs * pl.Cg;
-    r.chan0 = n * pl.C + gs * pl.Cg;
-    r.nchan = r.cols;
-    r.group0 = n * pl.G + gs;
-    r.chunk = rc;
-  }
-  return r;
-}
-
-std::int64_t set_groups(const Plan& pl, std::int64_t set) { return pl.band_groups(set % pl.nbands); }
-
-// Channels-last elementwise passes (apply) have no summation order to keep, so
-// a thread applies whole rows of its band, rows_per_tile at a time: full-width
-// contiguous runs instead of the moments tiles' sub-bands.
-TileRef band_rows(const Plan& pl, std::int64_t set, std::int64_t rc) {
-  TileRef r = tile_of(pl, set, rc * pl.nsub);
-  r.cols = pl.band_groups(set % pl.nbands) * pl.Cg;
-  r.nchan = r.cols;
-  return r;
-}
-
-
 
 // Scratch carved from one buffer (the caller's workspace or one allocation).
 struct Arena {
@@ -250,7 +83,7 @@ template <class A> struct Scratch {
   Moments* step_run;              // mode B: running totals of a step's groups
   double *db, *ds;                // backward: per (n, c)
   double *slot_db, *slot_ds;      // backward mode B: per tile channel of a chunk
-  A* worker;                      // per worker: 4 * C
+  A* worker;                      // per worker: 6 * C
   Moments* running;               // per worker: 2 * G
 };
 
@@ -331,6 +164,9 @@ inline char* mptr(void* p, std::int64_t off, std::size_t es) {
   return p ? static_cast<char*>(p) + off * (std::int64_t)es : nullptr;
 }
 
+// 1 / sqrt(var + eps) of merged moments: the one formula of forward() and mean_rstd().
+inline double rstd_of(const Moments& m, double eps) { return chan_rstd(m, eps); }
+
 // ---------------------------------------------------------------- forward
 // Below this, var + eps may have lost its precision in the fast sums (squares
 // of deviations under A's normal range); the group is then recomputed exactly.
@@ -339,7 +175,7 @@ template <> struct kTinyVar<float> { static constexpr double value = 0x1p-100; }
 template <> struct kTinyVar<double> { static constexpr double value = 0x1p-1000; };
 
 struct GroupStats {
-  double mean, rstd;
+  double mean, m2, rstd;
   double center;  // what the apply subtracts in A: the mean, or the middle of
                   // the data's range when x - mean could overflow A
   bool constant;  // every value of the group is the same
@@ -382,12 +218,13 @@ GroupStats exact_group_stats(const Problem& p, const ForwardArgs& a, const Plan&
   r.constant = false;
   if (!finite) {  // NaN/Inf data: NaN statistics, as the fast path gives
     r.mean = r.center = sum / count;
-    r.rstd = std::numeric_limits<double>::quiet_NaN();
+    r.m2 = r.rstd = std::numeric_limits<double>::quiet_NaN();
     return r;
   }
   if (lo == hi) {
     r.constant = true;
     r.mean = r.center = lo;
+    r.m2 = 0;
     r.rstd = 1.0 / std::sqrt(p.eps);  // inf for eps = 0
     return r;
   }
@@ -405,6 +242,7 @@ GroupStats exact_group_stats(const Problem& p, const ForwardArgs& a, const Plan&
   });
   const double var = std::fmax(sq - sd * sd / count, 0.0) / count;  // of the scaled values
   r.mean = std::ldexp(m + sd / count, e);
+  r.m2 = std::ldexp(var * count, 2 * e);  // inf when it does not fit (float64 data near its max)
   const double eps_k = std::ldexp(p.eps, -2 * e);
   // var + eps = (var_k + eps k^2) / k^2 with k = 2^-e; when eps k^2 overflows,
   // var is nothing next to eps
@@ -414,12 +252,22 @@ GroupStats exact_group_stats(const Problem& p, const ForwardArgs& a, const Plan&
   return r;
 }
 
+// Which phases a forward call runs: all of them (the one-call path), the
+// moments alone (written to `out`), or the apply alone (statistics `given`).
+enum class Phase { all, moments, apply };
+struct ForwardPhases {
+  Phase phase = Phase::all;
+  const MomentsArgs* out = nullptr;
+  const GivenStats* given = nullptr;
+};
+
 template <class A> struct Forward {
   const Problem& p;
   const ForwardArgs& a;
   const Plan& pl;
   const KernelSet& k;
   Scratch<A>& s;
+  const ForwardPhases& ph;
 
   Tile tile(const TileRef& r, int worker) const {
     Tile t = make_tile<A>(p, pl, r, s, a.x, worker);
@@ -430,41 +278,52 @@ template <class A> struct Forward {
     return t;
   }
 
-  // statistics of group ng -> per-channel mean/scale/shift
+  // merged moments of group ng -> the moments output, or per-channel mean/scale/shift
   void finish_group(std::int64_t ng, const Moments& m) const {
     const double var = m.m2 / m.n;
-    double mean = m.mean, rstd, center = m.mean;
-    bool constant = m.m2 == 0;
-    if (!(std::isfinite(mean) && std::isfinite(var)) || !(var + p.eps >= kTinyVar<A>::value)) {
-      // rare: the fast sums overflowed A (|x| beyond ~1e19 in float), or the
-      // variance is below A's normal range, or the data holds NaN/Inf
-      const GroupStats gs = exact_group_stats<A>(p, a, pl, s.skip_bias, ng);
-      mean = gs.mean;
-      rstd = gs.rstd;
-      center = gs.center;
-      constant = gs.constant;
-    } else {
-      rstd = 1.0 / std::sqrt(var + p.eps);
+    // rare: the fast sums overflowed A (|x| beyond ~1e19 in float), or the
+    // variance is below A's normal range, or the data holds NaN/Inf
+    const bool rare = !(std::isfinite(m.mean) && std::isfinite(var)) || !(var + p.eps >= kTinyVar<A>::value);
+    const GroupStats gs = rare ? exact_group_stats<A>(p, a, pl, s.skip_bias, ng) : GroupStats{};
+    if (ph.phase == Phase::moments) {
+      ph.out->count[ng] = (std::int64_t)m.n;
+      ph.out->mean[ng] = rare ? gs.mean : m.mean;
+      ph.out->m2[ng] = rare ? gs.m2 : m.m2;
+      return;
     }
+    if (rare) set_stats(ng, gs.mean, gs.rstd, gs.center, gs.constant);
+    else set_stats(ng, m.mean, rstd_of(m, p.eps), m.mean, m.m2 == 0);
+  }
+
+  // the statistics given to an apply-only call, as (mean, rstd) in double;
+  // *constant: the given moments say the group is constant (m2 = 0)
+  void given_stats(std::int64_t ng, double* mean, double* rstd, bool* constant) const {
+    const GivenStats& g = *ph.given;
+    *constant = false;
+    if (g.count) {
+      Moments m;
+      m.n = (double)g.count[ng]; m.mean = g.mean[ng]; m.m2 = g.m2[ng];
+      *mean = m.mean;
+      *rstd = rstd_of(m, p.eps);
+      *constant = m.m2 == 0;
+    } else {
+      const DType st = stats_dtype(p.dtype);
+      *mean = load_scalar(g.stats_mean, st, ng);
+      *rstd = load_scalar(g.stats_rstd, st, ng);
+    }
+  }
+
+  // group ng's mean and rstd -> per-channel mean/scale/shift; the apply
+  // subtracts `center` (the mean, or the middle of a huge range) in A
+  void set_stats(std::int64_t ng, double mean, double rstd, double center, bool constant) const {
     s.gmean[ng] = mean;
     s.grstd[ng] = rstd;
     const std::int64_t n = ng / pl.G, g = ng % pl.G;
     for (std::int64_t c = g * pl.Cg; c < (g + 1) * pl.Cg; ++c) {
       const double w = a.weight ? load_scalar(a.weight, p.param_dtype, c) : 1.0;
       const double b = a.bias ? load_scalar(a.bias, p.param_dtype, c) : 0.0;
-      // the part of the mean that A cannot hold goes into the shift:
-      // (x - hi) * scale + (b - lo * scale), so large offsets cost no accuracy
-      const A hi = (A)center;
-      const double lo = mean - (double)hi;
-      double scale = w * rstd;
-      // weight * rstd beyond A's range (a spread below ~1e-38 in float, or a
-      // tiny eps): a constant group is still exactly the bias (0 * inf would
-      // be NaN); any other group is NaN rather than a wrong finite value
-      if (std::isfinite(rstd) && !std::isfinite((double)(A)scale))
-        scale = constant ? 0.0 : std::numeric_limits<double>::quiet_NaN();
-      s.mean_c[n * pl.C + c] = hi;
-      s.scale_c[n * pl.C + c] = (A)scale;
-      s.shift_c[n * pl.C + c] = (A)(b - lo * scale);
+      fold_coefficients_at<A>(mean, center, rstd, w, b, constant, s.mean_c[n * pl.C + c], s.scale_c[n * pl.C + c],
+                              s.shift_c[n * pl.C + c]);
     }
   }
 
@@ -473,66 +332,73 @@ template <class A> struct Forward {
     if (!pl.cl) {
       for (std::int64_t gi = 0; gi < ngr; ++gi) {
         const std::int64_t t0 = gi * pl.tiles_per_group;
-        Moments acc;
-        std::int64_t ng = 0;
-        for (std::int64_t t = t0; t < t0 + pl.tiles_per_group; ++t) {
-          const TileRef r = tile_of(pl, set, t);
-          ng = r.group0;
-          Moments m;
-          k.moments(tile(r, worker), &m);
-          merge(acc, m);
+        if (ph.phase != Phase::apply) {
+          Moments acc;
+          std::int64_t ng = 0;
+          for (std::int64_t t = t0; t < t0 + pl.tiles_per_group; ++t) {
+            const TileRef r = tile_of(pl, set, t);
+            ng = r.group0;
+            Moments m;
+            k.moments(tile(r, worker), &m);
+            merge(acc, m);
+          }
+          finish_group(ng, acc);
         }
-        finish_group(ng, acc);
-        for (std::int64_t t = t0; t < t0 + pl.tiles_per_group; ++t) k.apply(tile(tile_of(pl, set, t), worker));
+        if (ph.phase != Phase::moments)
+          for (std::int64_t t = t0; t < t0 + pl.tiles_per_group; ++t) k.apply(tile(tile_of(pl, set, t), worker));
       }
     } else {
-      Moments* run = s.running + (std::int64_t)worker * 2 * pl.G;  // running totals
-      Moments* tile_out = run + pl.G;                                // one tile's partials
-      for (std::int64_t gi = 0; gi < ngr; ++gi) run[gi] = Moments();
-      const std::int64_t group0 = tile_of(pl, set, 0).group0;
-      for (std::int64_t t = 0; t < pl.tiles_per_set; ++t) {  // row tiles in order, per sub-band
-        const TileRef r = tile_of(pl, set, t);
-        k.moments(tile(r, worker), tile_out);
-        Moments* dst = run + (r.group0 - group0);
-        for (std::int64_t gi = 0; gi < pl.sub_groups; ++gi) merge(dst[gi], tile_out[gi]);
+      if (ph.phase != Phase::apply) {
+        Moments* run = s.running + (std::int64_t)worker * 2 * pl.G;  // running totals
+        Moments* tile_out = run + pl.G;                                // one tile's partials
+        for (std::int64_t gi = 0; gi < ngr; ++gi) run[gi] = Moments();
+        const std::int64_t group0 = tile_of(pl, set, 0).group0;
+        for (std::int64_t t = 0; t < pl.tiles_per_set; ++t) {  // row tiles in order, per sub-band
+          const TileRef r = tile_of(pl, set, t);
+          k.moments(tile(r, worker), tile_out);
+          Moments* dst = run + (r.group0 - group0);
+          for (std::int64_t gi = 0; gi < pl.sub_groups; ++gi) merge(dst[gi], tile_out[gi]);
+        }
+        for (std::int64_t gi = 0; gi < ngr; ++gi) finish_group(group0 + gi, run[gi]);
       }
-      for (std::int64_t gi = 0; gi < ngr; ++gi) finish_group(group0 + gi, run[gi]);
-      for (std::int64_t rc = 0; rc < pl.row_tiles; ++rc) k.apply(tile(band_rows(pl, set, rc), worker));
+      if (ph.phase != Phase::moments)
+        for (std::int64_t rc = 0; rc < pl.row_tiles; ++rc) k.apply(tile(band_rows(pl, set, rc), worker));
     }
   }
 };
 
 template <class A> Result run_forward(const Problem& p, const ForwardArgs& a, const Exec& e, const Plan& pl,
-                                      const KernelSet& k) {
+                                      const KernelSet& k, const ForwardPhases& ph) {
   return with_scratch<A>(pl, false, e, [&](Scratch<A>& s) {
     for (std::int64_t c = 0; c < pl.C; ++c)
       s.skip_bias[c] = (A)(a.skip_bias ? load_scalar(a.skip_bias, p.param_dtype, c) : 0.0);
-    Forward<A> f{p, a, pl, k, s};
+    Forward<A> f{p, a, pl, k, s, ph};
+    if (ph.phase == Phase::apply) {  // the moments phase is skipped: coefficients from the given stats
+      for (std::int64_t ng = 0; ng < pl.N * pl.G; ++ng) {
+        double mean, rstd;
+        bool constant;
+        f.given_stats(ng, &mean, &rstd, &constant);
+        f.set_stats(ng, mean, rstd, mean, constant);
+      }
+    }
     if (pl.mode_a) {
       const int T = pl.threads;
-      run_workers(e, T, [&](int w) {
-        const std::int64_t b = pl.nsets * w / T, en = pl.nsets * (w + 1) / T;
-        for (std::int64_t set = b; set < en; ++set) f.set_mode_a(set, w);
-      });
+      run_dynamic(e, T, pl.nsets, [&](int w, std::int64_t set) { f.set_mode_a(set, w); });
     } else {
       const int T = pl.threads;
       for (std::int64_t s0 = 0; s0 < pl.nsets; s0 += pl.sets_per_step) {
         const std::int64_t s1 = std::min(pl.nsets, s0 + pl.sets_per_step);
         const std::int64_t ntiles = (s1 - s0) * pl.tiles_per_set;
-        auto range = [&](int w, std::int64_t& b, std::int64_t& en) {
-          b = ntiles * w / T; en = ntiles * (w + 1) / T;
-        };
         // sums a chunk of tiles at a time; partials merge into the step's running
         // totals in tile order, so each group sees its tiles in order
         Moments* run = s.step_run;
         for (std::int64_t i = 0; i < (s1 - s0) * pl.band; ++i) run[i] = Moments();
-        for (std::int64_t c0 = 0; c0 < ntiles; c0 += pl.chunk_tiles) {
+        for (std::int64_t c0 = 0; ph.phase != Phase::apply && c0 < ntiles; c0 += pl.chunk_tiles) {
           const std::int64_t nc = std::min(pl.chunk_tiles, ntiles - c0);
-          run_workers(e, T, [&](int w) {
-            for (std::int64_t i = c0 + nc * w / T; i < c0 + nc * (w + 1) / T; ++i) {
-              const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
-              k.moments(f.tile(r, w), s.slots + (i - c0) * pl.moments_per_tile);
-            }
+          run_dynamic(e, T, nc, [&](int w, std::int64_t j) {
+            const std::int64_t i = c0 + j;
+            const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
+            k.moments(f.tile(r, w), s.slots + j * pl.moments_per_tile);
           });
           for (std::int64_t i = c0; i < c0 + nc; ++i) {
             const std::int64_t set = s0 + i / pl.tiles_per_set;
@@ -542,21 +408,18 @@ template <class A> Result run_forward(const Problem& p, const ForwardArgs& a, co
               merge(dst[gi], s.slots[(i - c0) * pl.moments_per_tile + gi]);
           }
         }
-        for (std::int64_t set = s0; set < s1; ++set) {
+        for (std::int64_t set = s0; ph.phase != Phase::apply && set < s1; ++set) {
           const std::int64_t group0 = tile_of(pl, set, 0).group0;
           for (std::int64_t gi = 0; gi < set_groups(pl, set); ++gi)
             f.finish_group(group0 + gi, run[(set - s0) * pl.band + gi]);
         }
-        run_workers(e, T, [&](int w) {
-          std::int64_t b, en;
-          range(w, b, en);
-          for (std::int64_t i = b; i < en; ++i)
-            k.apply(f.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
+        if (ph.phase != Phase::moments) run_dynamic(e, T, ntiles, [&](int w, std::int64_t i) {
+          k.apply(f.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
         });
       }
     }
     const DType st = stats_dtype(p.dtype);
-    for (std::int64_t i = 0; i < pl.N * pl.G; ++i) {
+    for (std::int64_t i = 0; ph.phase != Phase::moments && i < pl.N * pl.G; ++i) {
       if (a.mean) store_scalar(a.mean, st, i, s.gmean[i]);
       if (a.rstd) store_scalar(a.rstd, st, i, s.grstd[i]);
     }
@@ -564,12 +427,24 @@ template <class A> Result run_forward(const Problem& p, const ForwardArgs& a, co
 }
 
 // ---------------------------------------------------------------- backward
+// Which phases a backward call runs: all (the one-call path), the sums alone
+// (written to out_*), or dx from given sums of the whole tensor (in_*, over
+// total_spatial elements per channel).
+struct BackwardPhases {
+  double *out_dz = nullptr, *out_dz_xc = nullptr;
+  const double *in_dz = nullptr, *in_dz_xc = nullptr;
+  std::int64_t total_spatial = 0;
+  bool sums_only() const { return out_dz != nullptr; }
+  bool given() const { return in_dz != nullptr; }
+};
+
 template <class A> struct Backward {
   const Problem& p;
   const BackwardArgs& a;
   const Plan& pl;
   const KernelSet& k;
   Scratch<A>& s;
+  const BackwardPhases& ph;
 
   Tile tile(const TileRef& r, int worker) const {
     Tile t = make_tile<A>(p, pl, r, s, a.x, worker);
@@ -588,7 +463,7 @@ template <class A> struct Backward {
       s2 += w * s.ds[n * pl.C + c];
     }
     const double rstd = s.grstd[ng];
-    const double D = (double)pl.Cg * (double)pl.S;
+    const double D = (double)pl.Cg * (double)(ph.given() ? ph.total_spatial : pl.S);
     const double c2 = -rstd * rstd * rstd * s2 / D;
     const double c3 = -rstd * s1 / D;
     for (std::int64_t c = g * pl.Cg; c < (g + 1) * pl.Cg; ++c) {
@@ -603,19 +478,21 @@ template <class A> struct Backward {
     if (!pl.cl) {
       for (std::int64_t gi = 0; gi < ngr; ++gi) {
         const std::int64_t t0 = gi * pl.tiles_per_group;
-        for (std::int64_t t = t0; t < t0 + pl.tiles_per_group; ++t) {
+        for (std::int64_t t = t0; !ph.given() && t < t0 + pl.tiles_per_group; ++t) {
           const TileRef r = tile_of(pl, set, t);
           k.backward_sums(tile(r, worker), s.db + r.chan0, s.ds + r.chan0);
         }
+        if (ph.sums_only()) continue;
         finish_group(group0 + gi);
         if (a.grad_x)
           for (std::int64_t t = t0; t < t0 + pl.tiles_per_group; ++t) k.backward_apply(tile(tile_of(pl, set, t), worker));
       }
     } else {
-      for (std::int64_t t = 0; t < pl.tiles_per_set; ++t) {
+      for (std::int64_t t = 0; !ph.given() && t < pl.tiles_per_set; ++t) {
         const TileRef r = tile_of(pl, set, t);
         k.backward_sums(tile(r, worker), s.db + r.chan0, s.ds + r.chan0);
       }
+      if (ph.sums_only()) return;
       for (std::int64_t gi = 0; gi < ngr; ++gi) finish_group(group0 + gi);
       if (a.grad_x)
         for (std::int64_t rc = 0; rc < pl.row_tiles; ++rc) k.backward_apply(tile(band_rows(pl, set, rc), worker));
@@ -624,7 +501,7 @@ template <class A> struct Backward {
 };
 
 template <class A> Result run_backward(const Problem& p, const BackwardArgs& a, const Exec& e, const Plan& pl,
-                                       const KernelSet& k) {
+                                       const KernelSet& k, const BackwardPhases& ph) {
   return with_scratch<A>(pl, true, e, [&](Scratch<A>& s) {
     const DType st = stats_dtype(p.dtype);
     for (std::int64_t ng = 0; ng < pl.N * pl.G; ++ng) {
@@ -637,33 +514,29 @@ template <class A> Result run_backward(const Problem& p, const BackwardArgs& a, 
         s.mean_c[n * pl.C + c] = (A)s.gmean[ng];
         s.scale_c[n * pl.C + c] = (A)(w * s.grstd[ng]);
         s.shift_c[n * pl.C + c] = (A)b;
-        s.db[n * pl.C + c] = 0;
-        s.ds[n * pl.C + c] = 0;
+        s.db[n * pl.C + c] = ph.given() ? ph.in_dz[n * pl.C + c] : 0.0;
+        s.ds[n * pl.C + c] = ph.given() ? ph.in_dz_xc[n * pl.C + c] : 0.0;
       }
     }
-    Backward<A> bw{p, a, pl, k, s};
+    Backward<A> bw{p, a, pl, k, s, ph};
     const int T = pl.threads;
     if (pl.mode_a) {
-      run_workers(e, T, [&](int w) {
-        const std::int64_t b = pl.nsets * w / T, en = pl.nsets * (w + 1) / T;
-        for (std::int64_t set = b; set < en; ++set) bw.set_mode_a(set, w);
-      });
+      run_dynamic(e, T, pl.nsets, [&](int w, std::int64_t set) { bw.set_mode_a(set, w); });
     } else {
       const std::int64_t ct = pl.chans_per_set_tile;
       for (std::int64_t s0 = 0; s0 < pl.nsets; s0 += pl.sets_per_step) {
         const std::int64_t s1 = std::min(pl.nsets, s0 + pl.sets_per_step);
         const std::int64_t ntiles = (s1 - s0) * pl.tiles_per_set;
-        for (std::int64_t c0 = 0; c0 < ntiles; c0 += pl.chunk_tiles) {  // a chunk of tiles at a time
+        for (std::int64_t c0 = 0; !ph.given() && c0 < ntiles; c0 += pl.chunk_tiles) {  // a chunk of tiles at a time
           const std::int64_t nc = std::min(pl.chunk_tiles, ntiles - c0);
-          run_workers(e, T, [&](int w) {
-            for (std::int64_t i = c0 + nc * w / T; i < c0 + nc * (w + 1) / T; ++i) {
-              const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
-              double* db = s.slot_db + (i - c0) * ct;
-              double* ds = s.slot_ds + (i - c0) * ct;
-              std::fill(db, db + r.nchan, 0.0);
-              std::fill(ds, ds + r.nchan, 0.0);
-              k.backward_sums(bw.tile(r, w), db, ds);
-            }
+          run_dynamic(e, T, nc, [&](int w, std::int64_t j) {
+            const std::int64_t i = c0 + j;
+            const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
+            double* db = s.slot_db + j * ct;
+            double* ds = s.slot_ds + j * ct;
+            std::fill(db, db + r.nchan, 0.0);
+            std::fill(ds, ds + r.nchan, 0.0);
+            k.backward_sums(bw.tile(r, w), db, ds);
           });
           for (std::int64_t i = c0; i < c0 + nc; ++i) {  // tile order = merge order
             const TileRef r = tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set);
@@ -673,17 +546,19 @@ template <class A> Result run_backward(const Problem& p, const BackwardArgs& a, 
             }
           }
         }
-        for (std::int64_t set = s0; set < s1; ++set) {
+        for (std::int64_t set = s0; !ph.sums_only() && set < s1; ++set) {
           const std::int64_t group0 = tile_of(pl, set, 0).group0;
           for (std::int64_t gi = 0; gi < set_groups(pl, set); ++gi) bw.finish_group(group0 + gi);
         }
         if (a.grad_x)
-          run_workers(e, T, [&](int w) {
-            const std::int64_t b = ntiles * w / T, en = ntiles * (w + 1) / T;
-            for (std::int64_t i = b; i < en; ++i)
-              k.backward_apply(bw.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
+          run_dynamic(e, T, ntiles, [&](int w, std::int64_t i) {
+            k.backward_apply(bw.tile(tile_of(pl, s0 + i / pl.tiles_per_set, i % pl.tiles_per_set), w));
           });
       }
+    }
+    if (ph.sums_only()) {
+      std::copy(s.db, s.db + pl.N * pl.C, ph.out_dz);
+      std::copy(s.ds, s.ds + pl.N * pl.C, ph.out_dz_xc);
     }
     if (a.grad_weight || a.grad_bias) {
       for (std::int64_t c = 0; c < pl.C; ++c) {
@@ -701,12 +576,47 @@ template <class A> Result run_backward(const Problem& p, const BackwardArgs& a, 
 
 bool empty_call(const Problem& p) { return p.numel() == 0; }
 
+// Whether an output shares memory with an input (in place: out=x). Such an
+// output is written without non-temporal stores: each line was just read and
+// sits in cache, so a plain store dirties it there (one read and one write of
+// memory, like a copy), where a streaming store would first evict it
+// (in place vae_512 forward: 1.36x a copy with streaming stores).
+bool overlaps(const Problem& p, const void* out, const void* in) {
+  if (!out || !in) return false;
+  const std::uintptr_t o = reinterpret_cast<std::uintptr_t>(out), i = reinterpret_cast<std::uintptr_t>(in);
+  const std::uintptr_t bytes = (std::uintptr_t)p.numel() * dtype_size(p.dtype);
+  return o < i + bytes && i < o + bytes;
+}
+
 void fill_nan_stats(const Problem& p, void* mean, void* rstd) {
   const DType st = stats_dtype(p.dtype);
   const double nan = std::numeric_limits<double>::quiet_NaN();
   for (std::int64_t i = 0; i < p.batch * p.groups; ++i) {
     if (mean) store_scalar(mean, st, i, nan);
     if (rstd) store_scalar(rstd, st, i, nan);
+  }
+}
+
+Result run_forward_phases(const Problem& p, const ForwardArgs& a, const Exec& e, const ForwardPhases& ph) {
+  Plan pl = make_plan(p, resolve_threads(e), 1, ph.phase != Phase::all);
+  if (overlaps(p, a.y, a.x) || overlaps(p, a.y, a.skip) || overlaps(p, a.sum_out, a.x)) pl.stream = false;
+  const KernelSet& k = active_kernels().by_dtype[(int)p.dtype];
+  try {
+    return p.dtype == DType::float64 ? run_forward<double>(p, a, e, pl, k, ph) : run_forward<float>(p, a, e, pl, k, ph);
+  } catch (const std::bad_alloc&) {
+    return {Status::out_of_memory, "out of memory"};
+  }
+}
+
+Result run_backward_phases(const Problem& p, const BackwardArgs& a, const Exec& e, const BackwardPhases& ph) {
+  Plan pl = make_plan(p, resolve_threads(e), 2, ph.sums_only() || ph.given());
+  if (overlaps(p, a.grad_x, a.grad_y) || overlaps(p, a.grad_x, a.x)) pl.stream = false;
+  const KernelSet& k = active_kernels().by_dtype[(int)p.dtype];
+  try {
+    return p.dtype == DType::float64 ? run_backward<double>(p, a, e, pl, k, ph)
+                                     : run_backward<float>(p, a, e, pl, k, ph);
+  } catch (const std::bad_alloc&) {
+    return {Status::out_of_memory, "out of memory"};
   }
 }
 
@@ -719,22 +629,30 @@ std::size_t forward_workspace_bytes(const Problem& p, int num_threads) {
   if (!validate(p) || empty_call(p)) return 0;
   Exec e;
   e.num_threads = num_threads;
-  const Plan pl = make_plan(p, resolve_threads(e), 1);
-  Arena ar;
-  if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, false, s); }
-  else { Scratch<float> s{}; carve<float>(ar, pl, false, s); }
-  return ar.total();
+  std::size_t most = 0;
+  for (bool one_phase : {false, true}) {  // the one-call plan, and the split-phase calls' plan
+    const Plan pl = make_plan(p, resolve_threads(e), 1, one_phase);
+    Arena ar;
+    if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, false, s); }
+    else { Scratch<float> s{}; carve<float>(ar, pl, false, s); }
+    most = std::max(most, ar.total());
+  }
+  return most;
 }
 
 std::size_t backward_workspace_bytes(const Problem& p, int num_threads) {
   if (!validate(p) || empty_call(p)) return 0;
   Exec e;
   e.num_threads = num_threads;
-  const Plan pl = make_plan(p, resolve_threads(e), 2);
-  Arena ar;
-  if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, true, s); }
-  else { Scratch<float> s{}; carve<float>(ar, pl, true, s); }
-  return ar.total();
+  std::size_t most = 0;
+  for (bool one_phase : {false, true}) {  // the one-call plan, and the split-phase calls' plan
+    const Plan pl = make_plan(p, resolve_threads(e), 2, one_phase);
+    Arena ar;
+    if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, true, s); }
+    else { Scratch<float> s{}; carve<float>(ar, pl, true, s); }
+    most = std::max(most, ar.total());
+  }
+  return most;
 }
 
 Result forward(const Problem& p, const ForwardArgs& a, const Exec& e) {
@@ -744,13 +662,7 @@ Result forward(const Problem& p, const ForwardArgs& a, const Exec& e) {
     if (p.spatial == 0) fill_nan_stats(p, a.mean, a.rstd);
     return {};
   }
-  const Plan pl = make_plan(p, resolve_threads(e), 1);
-  const KernelSet& k = active_kernels().by_dtype[(int)p.dtype];
-  try {
-    return p.dtype == DType::float64 ? run_forward<double>(p, a, e, pl, k) : run_forward<float>(p, a, e, pl, k);
-  } catch (const std::bad_alloc&) {
-    return {Status::out_of_memory, "out of memory"};
-  }
+  return run_forward_phases(p, a, e, ForwardPhases());
 }
 
 Result backward(const Problem& p, const BackwardArgs& a, const Exec& e) {
@@ -764,13 +676,160 @@ Result backward(const Problem& p, const BackwardArgs& a, const Exec& e) {
       }
     return {};
   }
-  const Plan pl = make_plan(p, resolve_threads(e), 2);
-  const KernelSet& k = active_kernels().by_dtype[(int)p.dtype];
-  try {
-    return p.dtype == DType::float64 ? run_backward<double>(p, a, e, pl, k) : run_backward<float>(p, a, e, pl, k);
-  } catch (const std::bad_alloc&) {
-    return {Status::out_of_memory, "out of memory"};
+  return run_backward_phases(p, a, e, BackwardPhases());
+}
+
+// ------------------------------------------------------------ split phase
+namespace {
+Result fail(Status s, std::string m) { return {s, std::move(m)}; }
+}  // namespace
+
+Result moments(const Problem& p, const MomentsArgs& m, const Exec& e) {
+  Result r = validate_args(p, m);
+  if (!r) return r;
+  if (empty_call(p)) {  // no elements: every group's moments are the identity
+    for (std::int64_t i = 0; i < p.batch * p.groups; ++i) { m.count[i] = 0; m.mean[i] = 0; m.m2[i] = 0; }
+    return {};
   }
+  ForwardArgs a;
+  a.x = m.x; a.skip = m.skip; a.skip_bias = m.skip_bias;
+  ForwardPhases ph;
+  ph.phase = Phase::moments;
+  ph.out = &m;
+  return run_forward_phases(p, a, e, ph);
+}
+
+Result merge_moments(std::int64_t size, std::int64_t parts, const std::int64_t* const* counts,
+                     const double* const* means, const double* const* m2s, std::int64_t* count, double* mean,
+                     double* m2) {
+  if (size < 0) return fail(Status::invalid_size, "size must be >= 0, got " + std::to_string(size));
+  if (parts < 0) return fail(Status::invalid_size, "parts must be >= 0, got " + std::to_string(parts));
+  if (size == 0) return {};
+  if (!count || !mean || !m2) return fail(Status::null_pointer, "the count, mean and m2 outputs are required");
+  if (parts > 0 && (!counts || !means || !m2s)) return fail(Status::null_pointer, "the part arrays are null");
+  for (std::int64_t j = 0; j < parts; ++j)
+    if (!counts[j] || !means[j] || !m2s[j])
+      return fail(Status::null_pointer, "part " + std::to_string(j) + " has a null array");
+  for (std::int64_t i = 0; i < size; ++i) {
+    Moments acc;
+    for (std::int64_t j = 0; j < parts; ++j) {
+      Moments b;
+      b.n = (double)counts[j][i]; b.mean = means[j][i]; b.m2 = m2s[j][i];
+      merge(acc, b);
+    }
+    count[i] = (std::int64_t)acc.n; mean[i] = acc.mean; m2[i] = acc.m2;
+  }
+  return {};
+}
+
+Result mean_rstd(std::int64_t size, const std::int64_t* count, const double* mean, const double* m2, double eps,
+                 DType dtype, void* mean_out, void* rstd_out) {
+  if (size < 0) return fail(Status::invalid_size, "size must be >= 0, got " + std::to_string(size));
+  if (!std::isfinite(eps) || eps < 0)
+    return fail(Status::invalid_eps, "eps must be finite and >= 0, got " + std::to_string(eps));
+  if ((int)dtype < 0 || (int)dtype > 3) return fail(Status::invalid_dtype, "unknown dtype code " + std::to_string((int)dtype));
+  if (size == 0) return {};
+  if (!count || !mean || !m2) return fail(Status::null_pointer, "count, mean and m2 are required");
+  const DType st = stats_dtype(dtype);
+  for (std::int64_t i = 0; i < size; ++i) {
+    Moments m;
+    m.n = (double)count[i]; m.mean = mean[i]; m.m2 = m2[i];
+    const bool empty = count[i] == 0;
+    if (mean_out) store_scalar(mean_out, st, i, empty ? std::numeric_limits<double>::quiet_NaN() : m.mean);
+    if (rstd_out) store_scalar(rstd_out, st, i, rstd_of(m, eps));
+  }
+  return {};
+}
+
+Result forward(const Problem& p, const ForwardArgs& a, const GivenStats& g, const Exec& e) {
+  Result r = validate_args(p, a);
+  if (!r) return r;
+  const bool by_moments = g.count || g.mean || g.m2, by_stats = g.stats_mean || g.stats_rstd;
+  if (by_moments && by_stats)
+    return fail(Status::invalid_combination, "give either moments (count, mean, m2) or mean/rstd, not both");
+  if (p.batch > 0 && (by_moments ? !(g.count && g.mean && g.m2) : !(g.stats_mean && g.stats_rstd)))
+    return fail(Status::null_pointer, by_moments ? "moments need count, mean and m2" : "stats need mean and rstd");
+  ForwardPhases ph;
+  ph.phase = Phase::apply;
+  ph.given = &g;
+  if (empty_call(p)) {  // nothing to apply; the stats used still go out when asked
+    const DType st = stats_dtype(p.dtype);
+    for (std::int64_t ng = 0; ng < p.batch * p.groups; ++ng) {
+      double mean, rstd;
+      if (g.count) {
+        Moments m;
+        m.n = (double)g.count[ng]; m.mean = g.mean[ng]; m.m2 = g.m2[ng];
+        mean = m.mean; rstd = rstd_of(m, p.eps);
+      } else {
+        mean = load_scalar(g.stats_mean, st, ng); rstd = load_scalar(g.stats_rstd, st, ng);
+      }
+      if (a.mean) store_scalar(a.mean, st, ng, mean);
+      if (a.rstd) store_scalar(a.rstd, st, ng, rstd);
+    }
+    return {};
+  }
+  return run_forward_phases(p, a, e, ph);
+}
+
+Result backward_sums(const Problem& p, const BackwardArgs& a, double* sum_dz, double* sum_dz_xc, const Exec& e) {
+  Result r = validate_args(p, a);
+  if (!r) return r;
+  if (p.batch > 0 && (!sum_dz || !sum_dz_xc)) return fail(Status::null_pointer, "sum_dz and sum_dz_xc are required");
+  if (empty_call(p)) {
+    std::fill(sum_dz, sum_dz + p.batch * p.channels, 0.0);
+    std::fill(sum_dz_xc, sum_dz_xc + p.batch * p.channels, 0.0);
+    return {};
+  }
+  BackwardArgs b = a;
+  b.grad_x = nullptr; b.grad_weight = nullptr; b.grad_bias = nullptr;
+  BackwardPhases ph;
+  ph.out_dz = sum_dz; ph.out_dz_xc = sum_dz_xc;
+  return run_backward_phases(p, b, e, ph);
+}
+
+Result merge_backward_sums(std::int64_t size, std::int64_t parts, const double* const* sum_dz,
+                           const double* const* sum_dz_xc, double* out_dz, double* out_dz_xc) {
+  if (size < 0) return fail(Status::invalid_size, "size must be >= 0, got " + std::to_string(size));
+  if (parts < 0) return fail(Status::invalid_size, "parts must be >= 0, got " + std::to_string(parts));
+  if (size == 0) return {};
+  if (!out_dz || !out_dz_xc) return fail(Status::null_pointer, "the outputs are required");
+  if (parts > 0 && (!sum_dz || !sum_dz_xc)) return fail(Status::null_pointer, "the part arrays are null");
+  for (std::int64_t j = 0; j < parts; ++j)
+    if (!sum_dz[j] || !sum_dz_xc[j]) return fail(Status::null_pointer, "part " + std::to_string(j) + " has a null array");
+  for (std::int64_t i = 0; i < size; ++i) {
+    double d = 0, q = 0;
+    for (std::int64_t j = 0; j < parts; ++j) { d += sum_dz[j][i]; q += sum_dz_xc[j][i]; }
+    out_dz[i] = d; out_dz_xc[i] = q;
+  }
+  return {};
+}
+
+Result backward(const Problem& p, const BackwardArgs& a, const double* sum_dz, const double* sum_dz_xc,
+                std::int64_t total_spatial, const Exec& e) {
+  Result r = validate_args(p, a);
+  if (!r) return r;
+  if (p.batch > 0 && (!sum_dz || !sum_dz_xc)) return fail(Status::null_pointer, "sum_dz and sum_dz_xc are required");
+  if (total_spatial < p.spatial)
+    return fail(Status::invalid_size, "total_spatial " + std::to_string(total_spatial) +
+                                          " is smaller than the tile's spatial size " + std::to_string(p.spatial));
+  BackwardPhases ph;
+  ph.in_dz = sum_dz; ph.in_dz_xc = sum_dz_xc; ph.total_spatial = total_spatial;
+  if (empty_call(p)) {  // no elements in this tile; it still owes the global grad_weight/grad_bias
+    if (p.batch > 0 && (a.grad_weight || a.grad_bias) && !a.rstd) return fail(Status::null_pointer, "rstd is null");
+    const DType st = stats_dtype(p.dtype);
+    const std::int64_t Cg = p.channels / p.groups;
+    for (std::int64_t c = 0; c < p.channels; ++c) {
+      double gw = 0, gb = 0;
+      for (std::int64_t n = 0; n < p.batch; ++n) {
+        gw += load_scalar(a.rstd, st, n * p.groups + c / Cg) * sum_dz_xc[n * p.channels + c];
+        gb += sum_dz[n * p.channels + c];
+      }
+      if (a.grad_weight) store_scalar(a.grad_weight, p.param_dtype, c, gw);
+      if (a.grad_bias) store_scalar(a.grad_bias, p.param_dtype, c, gb);
+    }
+    return {};
+  }
+  return run_backward_phases(p, a, e, ph);
 }
 
 }  // namespace groupnorm

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <pthread.h>
+#include <vector>
 #include <cstdlib>
 #include <thread>
 #include <unistd.h>
@@ -71,6 +75,154 @@ void run_workers(const Exec& e, int workers, WorkerFn fn) {
 #else
   for (int w = 0; w < workers; ++w) fn(w);
 #endif
+}
+
+namespace {
+
+// The items of one run_dynamic call: worker w's share first, then the others'.
+struct Range {
+  alignas(64) std::atomic<std::int64_t> next;
+  std::int64_t end;
+};
+struct DynamicJob {
+  int workers;
+  Range* ranges;
+  const ItemFn* fn;
+  void work(int w) const {
+    for (int k = 0; k < workers; ++k) {  // its own range first, then the others'
+      Range& r = ranges[(w + k) % workers];
+      for (;;) {
+        if (r.next.load(std::memory_order_relaxed) >= r.end) break;
+        const std::int64_t i = r.next.fetch_add(1, std::memory_order_relaxed);
+        if (i >= r.end) break;
+        (*fn)(w, i);
+      }
+    }
+  }
+};
+
+#if defined(GROUPNORM_USE_OPENMP)
+// Threads for run_dynamic that the caller does not wait for unless they took
+// work. An OpenMP region ends at a barrier every thread must reach: on a busy
+// machine a thread the OS has not scheduled yet holds up the whole call even
+// when the others did all the work (a 2-thread call measured 6x the 1-thread
+// one with another process spinning on a core). Here the calling thread works
+// as worker 0; pool thread k joins as worker k + 1 if it wakes while the job
+// is open, and the caller, once no item is left to claim, closes the job and
+// waits only for the workers that joined (each finishing its current item).
+class Pool {
+ public:
+  static Pool& get() {
+    static bool registered = (pthread_atfork(nullptr, nullptr, [] { g_pool = nullptr; }), true);
+    (void)registered;
+    Pool* p = g_pool.load(std::memory_order_acquire);
+    if (!p) {  // first use, or a forked child (whose threads are gone): a new pool
+      Pool* fresh = new Pool();  // never freed: threads may outlive static destructors
+      if (g_pool.compare_exchange_strong(p, fresh)) p = fresh;
+      else delete fresh;
+    }
+    return *p;
+  }
+
+  // Runs the job on the calling thread and up to job.workers - 1 pool threads;
+  // false (nothing run) when another call holds the pool.
+  bool run(const DynamicJob& job) {
+    std::unique_lock<std::mutex> master(master_mu_, std::try_to_lock);
+    if (!master.owns_lock()) return false;
+    try {
+      while ((int)threads_.size() < job.workers - 1) {
+        const int id = (int)threads_.size() + 1;
+        threads_.emplace_back([this, id] { loop(id); });
+        threads_.back().detach();
+      }
+    } catch (...) {  // no more threads: the workers there are take every item
+    }
+    job_.store(&job, std::memory_order_seq_cst);
+    open_.store(true, std::memory_order_seq_cst);
+    epoch_.fetch_add(1, std::memory_order_seq_cst);
+    { std::lock_guard<std::mutex> lock(mu_); }
+    cv_.notify_all();
+    job.work(0);
+    open_.store(false, std::memory_order_seq_cst);
+    for (int spins = 0; active_.load(std::memory_order_seq_cst) != 0; ++spins) {
+      if (spins > 1000) std::this_thread::yield();
+    }
+    return true;
+  }
+
+ private:
+  void loop(int id) {
+    std::uint64_t seen = 0;
+    for (;;) {
+      // a short spin catches the next phase of the same call; then sleep
+      for (int spins = 0; spins < 2000 && epoch_.load(std::memory_order_acquire) == seen; ++spins) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      }
+      if (epoch_.load(std::memory_order_acquire) == seen) {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return epoch_.load(std::memory_order_acquire) != seen; });
+      }
+      seen = epoch_.load(std::memory_order_seq_cst);
+      // join: count in first, then check the job is still the open one, so the
+      // caller (which closes first, then waits for the count) never returns
+      // while this thread may still read the job
+      active_.fetch_add(1, std::memory_order_seq_cst);
+      if (open_.load(std::memory_order_seq_cst) && epoch_.load(std::memory_order_seq_cst) == seen) {
+        const DynamicJob* job = job_.load(std::memory_order_seq_cst);
+        if (id < job->workers) job->work(id);
+      }
+      active_.fetch_sub(1, std::memory_order_seq_cst);
+    }
+  }
+
+  static std::atomic<Pool*> g_pool;
+  std::mutex master_mu_;  // one job at a time
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<std::uint64_t> epoch_{0};
+  std::atomic<const DynamicJob*> job_{nullptr};
+  std::atomic<bool> open_{false};
+  std::atomic<int> active_{0};
+  std::vector<std::thread> threads_;
+};
+std::atomic<Pool*> Pool::g_pool{nullptr};
+#endif
+
+}  // namespace
+
+void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn) {
+  constexpr int kMaxWorkers = 256;  // cursors live on the stack: calls never allocate
+  if (workers > items) workers = (int)std::max<std::int64_t>(items, 1);
+  if (workers <= 1) {
+    for (std::int64_t i = 0; i < items; ++i) fn(0, i);
+    return;
+  }
+  // GROUPNORM_STATIC_SCHEDULE=1: static ranges on OpenMP's threads, the
+  // schedule before run_dynamic (to measure what it is worth; results are the
+  // same either way)
+  static const bool static_only = [] {
+    const char* s = std::getenv("GROUPNORM_STATIC_SCHEDULE");
+    return s && *s && *s != '0';
+  }();
+  if (workers > kMaxWorkers || static_only) {  // static ranges
+    run_workers(e, workers, [&](int w) {
+      for (std::int64_t i = items * w / workers; i < items * (w + 1) / workers; ++i) fn(w, i);
+    });
+    return;
+  }
+  Range ranges[kMaxWorkers];
+  for (int w = 0; w < workers; ++w) {
+    ranges[w].next.store(items * w / workers, std::memory_order_relaxed);
+    ranges[w].end = items * (w + 1) / workers;
+  }
+  const DynamicJob job{workers, ranges, &fn};
+#if defined(GROUPNORM_USE_OPENMP)
+  if (!e.parallel_for && Pool::get().run(job)) return;
+#endif
+  // the engine's threads, or OpenMP's when another call holds the pool
+  run_workers(e, workers, [&](int w) { job.work(w); });
 }
 
 std::int64_t cache_budget(int threads) {

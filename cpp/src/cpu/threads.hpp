@@ -29,6 +29,32 @@ class WorkerFn {
 // stays in its core's cache from one phase to the next.
 void run_workers(const Exec& e, int workers, WorkerFn fn);
 
+// A borrowed reference to any callable taking (worker, item); never allocates.
+class ItemFn {
+ public:
+  template <class F>
+  ItemFn(const F& f)
+      : obj_(&f), call_([](const void* o, int w, std::int64_t i) { (*static_cast<const F*>(o))(w, i); }) {}
+  void operator()(int w, std::int64_t i) const { call_(obj_, w, i); }
+
+ private:
+  const void* obj_;
+  void (*call_)(const void*, int, std::int64_t);
+};
+
+// Runs fn(w, i) once for every item i in [0, items), on `workers` workers
+// (run_workers). Worker w starts with the items a static split would give it
+// (items*w/workers up to items*(w+1)/workers), in order, so two phases over
+// the same items keep each item on the thread that touched it last; a worker
+// that runs out takes the next unclaimed items of the others' ranges. A
+// thread the OS deschedules (a busy machine) then delays the call by the item
+// it holds, not by its whole share. Which worker runs an item must never
+// change a result (items write disjoint outputs). With OpenMP builds and no
+// engine parallel-for, the workers are the calling thread and a small pool of
+// threads (threads.cpp) that the call waits for only if they took work;
+// otherwise the engine's threads or OpenMP's.
+void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn);
+
 // Per-thread cache budget in bytes for a call on `threads` threads
 // (GROUPNORM_CACHE_BYTES overrides it). Affects speed only, never results.
 std::int64_t cache_budget(int threads);

@@ -40,7 +40,12 @@
 // Workspace: none for the fused forward; otherwise partial slots + per-(n, c)
 // coefficients. A caller workspace is used when given; else a buffer cached per
 // (device, stream), grown stream-ordered (cudaMallocAsync) so no call ever
-// synchronizes, and never shared between streams running concurrently.
+// synchronizes, never shared between streams running concurrently, and locked
+// by a call until its kernels are queued (host threads sharing a stream). Under
+// CUDA-graph capture a call that needs scratch must be given a workspace.
+//
+// Device: a call runs on the device that holds its arrays (set for the call,
+// then restored); arrays on different devices are refused.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -258,14 +263,26 @@ BwdPlan plan_backward(const Problem& p, int V, const DevInfo& d) {
 }
 
 // ---------------------------------------------------------------- workspace cache
+// One cached buffer per (device, stream). A call holds its entry's lock from
+// the moment it takes the buffer until its last launch is queued: a second host
+// thread on the same stream can then neither free nor regrow the buffer under
+// queued kernels (its own kernels queue after them, in stream order).
 struct CachedBuf {
+  std::mutex m;
   void* ptr = nullptr;
   std::size_t bytes = 0;
 };
 
-// Scratch for one call: the caller's, or the (device, stream) cached buffer.
+CachedBuf& cache_entry(int dev, Stream stream) {
+  static std::map<std::pair<int, Stream>, CachedBuf> cache;  // nodes never move
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return cache[std::make_pair(dev, stream)];
+}
+
+// Scratch for one call: the caller's, or the (device, stream) cached buffer
+// (then *lock holds that entry until the caller has queued its kernels).
 Result get_workspace(int dev, const DevInfo& d, Stream stream, std::size_t need, void* user, std::size_t user_bytes,
-                     void** out) {
+                     void** out, std::unique_lock<std::mutex>* lock) {
   *out = nullptr;
   if (need == 0) return {};
   if (user) {
@@ -277,13 +294,20 @@ Result get_workspace(int dev, const DevInfo& d, Stream stream, std::size_t need,
     *out = reinterpret_cast<void*>((u + kAlign - 1) & ~(std::uintptr_t)(kAlign - 1));
     return {};
   }
-  static std::map<std::pair<int, Stream>, CachedBuf> cache;
-  std::lock_guard<std::mutex> lock(g_mutex);
-  CachedBuf& b = cache[std::make_pair(dev, stream)];
+  // Under CUDA-graph capture the graph would keep pointing at a cached buffer
+  // that a later call may free: ask for a caller workspace instead.
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaError_t e = cudaStreamIsCapturing(stream, &cap);
+  if (e != cudaSuccess) return cuda_fail("cudaStreamIsCapturing", e);
+  if (cap != cudaStreamCaptureStatusNone)
+    return {Status::unsupported, "this call needs " + std::to_string(need) +
+                                     " bytes of scratch and its stream is being captured into a CUDA graph: pass a "
+                                     "workspace (see *_workspace_bytes) that lives as long as the graph"};
+  CachedBuf& b = cache_entry(dev, stream);
+  *lock = std::unique_lock<std::mutex>(b.m);
   if (b.bytes < need) {
     const std::size_t grow = std::max(need, b.bytes + b.bytes / 2);
     void* p = nullptr;
-    cudaError_t e;
     if (d.pools) {
       if (b.ptr) {
         e = cudaFreeAsync(b.ptr, stream);
@@ -314,16 +338,108 @@ Result get_workspace(int dev, const DevInfo& d, Stream stream, std::size_t need,
 }
 
 // ---------------------------------------------------------------- launching
+// Kernels that stage more than 48 KiB of dynamic shared memory need the opt-in
+// attribute. It is set once per (kernel, device), to the most the device
+// allows, so concurrent host threads never lower it under each other's launch.
 template <class K> Result allow_smem(K kernel, std::size_t smem, const char* name) {
   if (smem <= 48 * 1024) return {};
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return cuda_fail("cudaGetDevice", e);
+  static std::mutex m;
+  static std::map<std::pair<const void*, int>, int> done;  // (kernel, device) -> bytes allowed
+  std::lock_guard<std::mutex> lock(m);
+  auto it = done.find(std::make_pair((const void*)kernel, dev));
+  if (it == done.end()) {
+    cudaFuncAttributes fa;
+    if ((e = cudaFuncGetAttributes(&fa, kernel)) != cudaSuccess) return cuda_fail(name, e);
+    int optin = 0;
+    if ((e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess)
+      return cuda_fail(name, e);
+    const int allowed = optin - (int)fa.sharedSizeBytes;
+    if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, allowed)) != cudaSuccess)
+      return cuda_fail(name, e);
+    it = done.emplace(std::make_pair((const void*)kernel, dev), allowed).first;
+  }
+  if ((std::size_t)it->second < smem)
+    return {Status::internal_error, std::string(name) + ": " + std::to_string(smem) +
+                                        " bytes of shared memory planned, the device allows " +
+                                        std::to_string(it->second)};
+  return {};
+}
+
+// After a launch: its configuration error, if any. An error left pending by an
+// earlier, unrelated call is cleared at entry (enter()), so what this reports is ours.
+Result check_launch(const char* name) {
+  cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return cuda_fail(name, e);
   return {};
 }
 
-Result check_launch(const char* name) {
+// ---------------------------------------------------------------- entry
+// Runs a call on the device that holds its device memory and puts the caller's
+// current device back afterwards.
+struct DeviceGuard {
+  int prev = -1;
+  DeviceGuard() = default;
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+  ~DeviceGuard() {
+    if (prev >= 0) cudaSetDevice(prev);
+  }
+};
+
+struct NamedPtr {
+  const void* p;
+  const char* name;
+};
+
+// Before any launch: an error left pending by an earlier, unrelated runtime call
+// is cleared (a later check_launch would report it as ours); a sticky one (the
+// context is unusable) is reported as such. Then every pointer must be memory
+// the GPU can reach, all device memory on one device, which is made current.
+template <std::size_t K>
+Result enter(const NamedPtr (&ptrs)[K], DeviceGuard* guard) {
   cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) return cuda_fail(name, e);
+  if (e != cudaSuccess && (e = cudaGetLastError()) != cudaSuccess) {
+    if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver) return cuda_fail("the CUDA runtime", e);
+    return {Status::device_error, std::string("the CUDA context is unusable after an earlier error (") +
+                                      cudaGetErrorName(e) + ": " + cudaGetErrorString(e) + "); groupnorm did not run"};
+  }
+  int dev = -1;
+  const char* dev_name = nullptr;
+  for (const NamedPtr& np : ptrs) {
+    if (!np.p) continue;
+    cudaPointerAttributes at;
+    if ((e = cudaPointerGetAttributes(&at, np.p)) != cudaSuccess) return cuda_fail("cudaPointerGetAttributes", e);
+    if (at.type == cudaMemoryTypeUnregistered) {
+      // plain host memory: reachable only where the device reads pageable memory (HMM, ATS)
+      int dev_now = 0, pageable = 0;
+      if (cudaGetDevice(&dev_now) != cudaSuccess ||
+          cudaDeviceGetAttribute(&pageable, cudaDevAttrPageableMemoryAccess, dev_now) != cudaSuccess) {
+        cudaGetLastError();
+        pageable = 0;
+      }
+      if (!pageable)
+        return {Status::invalid_combination, std::string(np.name) + " is not memory the GPU can reach (a host pointer?)"};
+      continue;
+    }
+    if (at.type != cudaMemoryTypeDevice) continue;  // pinned host or managed memory: any device
+    if (dev < 0) {
+      dev = at.device;
+      dev_name = np.name;
+    } else if (at.device != dev) {
+      return {Status::invalid_combination, std::string(np.name) + " is on device " + std::to_string(at.device) +
+                                               " and " + dev_name + " on device " + std::to_string(dev)};
+    }
+  }
+  if (dev < 0) return {};
+  int cur = 0;
+  if ((e = cudaGetDevice(&cur)) != cudaSuccess) return cuda_fail("cudaGetDevice", e);
+  if (cur != dev) {
+    if ((e = cudaSetDevice(dev)) != cudaSuccess) return cuda_fail("cudaSetDevice", e);
+    guard->prev = cur;
+  }
   return {};
 }
 
@@ -419,7 +535,8 @@ Result forward_t(const Problem& p, const ForwardArgs& a, Stream s, void* user_ws
   const FwdPlan pl = V == 1 ? probe : plan_forward(p, V, d);
   if (!pl.ok) return pl.ok;
   void* ws = nullptr;
-  Result r = get_workspace(dev, d, s, pl.ws_total, user_ws, user_bytes, &ws);
+  std::unique_lock<std::mutex> lock;  // the cached workspace's, held until the launches are queued
+  Result r = get_workspace(dev, d, s, pl.ws_total, user_ws, user_bytes, &ws, &lock);
   if (!r) return r;
   constexpr int VM = (int)(16 / sizeof(T));
   return V == 1 ? run_forward<T, 1>(p, a, s, pl, ws) : run_forward<T, VM>(p, a, s, pl, ws);
@@ -431,7 +548,8 @@ Result backward_t(const Problem& p, const BackwardArgs& a, Stream s, void* user_
   const int V = bwd_vec(p, a);
   const BwdPlan pl = plan_backward(p, V, d);
   void* ws = nullptr;
-  Result r = get_workspace(dev, d, s, pl.ws_total, user_ws, user_bytes, &ws);
+  std::unique_lock<std::mutex> lock;  // the cached workspace's, held until the launches are queued
+  Result r = get_workspace(dev, d, s, pl.ws_total, user_ws, user_bytes, &ws, &lock);
   if (!r) return r;
   constexpr int VM = (int)(16 / sizeof(T));
   return V == 1 ? run_backward<T, 1>(p, a, s, pl, ws) : run_backward<T, VM>(p, a, s, pl, ws);
@@ -470,6 +588,11 @@ std::size_t backward_workspace_bytes(const Problem& p) {
 Result forward(const Problem& p, const ForwardArgs& a, Stream stream, void* workspace, std::size_t workspace_bytes) {
   Result r = validate_args(p, a);
   if (!r) return r;
+  DeviceGuard guard;
+  const NamedPtr ptrs[] = {{a.x, "x"},       {a.y, "y"},         {a.weight, "weight"},   {a.bias, "bias"},
+                           {a.skip, "skip"}, {a.skip_bias, "skip_bias"}, {a.sum_out, "sum_out"}, {a.mean, "mean"},
+                           {a.rstd, "rstd"}, {workspace, "workspace"}};
+  if (!(r = enter(ptrs, &guard))) return r;
   if (p.numel() == 0) {
     if (p.spatial == 0 && p.batch > 0 && (a.mean || a.rstd)) {  // empty groups: NaN stats, as on the CPU
       const i64 n = p.batch * p.groups;
@@ -497,6 +620,12 @@ Result forward(const Problem& p, const ForwardArgs& a, Stream stream, void* work
 Result backward(const Problem& p, const BackwardArgs& a, Stream stream, void* workspace, std::size_t workspace_bytes) {
   Result r = validate_args(p, a);
   if (!r) return r;
+  DeviceGuard guard;
+  const NamedPtr ptrs[] = {{a.grad_y, "grad_y"},   {a.x, "x"},           {a.mean, "mean"},
+                           {a.rstd, "rstd"},       {a.weight, "weight"}, {a.bias, "bias"},
+                           {a.grad_x, "grad_x"},   {a.grad_weight, "grad_weight"}, {a.grad_bias, "grad_bias"},
+                           {workspace, "workspace"}};
+  if (!(r = enter(ptrs, &guard))) return r;
   if (p.numel() == 0) {  // empty batch: parameter gradients are zero, as on the CPU
     const std::size_t bytes = (std::size_t)p.channels * dtype_size(p.param_dtype);
     cudaError_t e = cudaSuccess;

@@ -1,0 +1,277 @@
+"""Split-phase group normalization: moments of tiles, a deterministic merge, apply.
+
+For tensors that are never whole in one place: tiles of an image decoded one at
+a time, slabs of a volume on disk, pieces held by the ranks of a job. A *tile*
+holds whole channels of whole samples over part of the spatial extent (a slab
+of rows, a box of a volume, a strided view), in either layout::
+
+    parts = [moments(t, G) for t in tiles]          # any order of computation
+    m = merge_moments(parts)                        # fixed order: the list's
+    y_t = group_norm(t, G, weight, bias, eps, stats=m)   # per tile
+
+Every statistic is merged with Chan's formula in list order, so the same tiles
+in the same order give bitwise the same result for any thread count or
+instruction set. The one-call ``group_norm`` is this composition: the moments
+of a single tile equal to the whole tensor, applied with ``stats=``, give y
+bitwise equal to ``group_norm(x, ...)``. (With ``stats=(mean, rstd)`` instead
+of a ``Moments``, the mean is rounded to the stats dtype first, so y can differ
+in the last bit for float32.)
+
+The backward splits the same way: ``backward_sums`` per tile,
+``merge_backward_sums`` in list order, then ``group_norm_backward(...,
+sums=merged)`` gives each tile's grad_x and the whole tensor's grad_weight and
+grad_bias.
+"""
+import numpy as np
+
+from . import _core
+from . import _checks as C
+from . import _cuda
+
+__all__ = ["Moments", "BackwardSums", "moments", "merge_moments", "backward_sums", "merge_backward_sums"]
+
+_I64 = np.dtype(np.int64)
+_F64 = np.dtype(np.float64)
+
+
+class Moments:
+    """Per (sample, group) moments of a tile.
+
+    Attributes:
+        count: int64 array (N, G), elements of each group in the tile.
+        mean: float64 array (N, G).
+        m2: float64 array (N, G), sum of squared deviations from ``mean``.
+        stats_dtype: dtype of the statistics ``group_norm`` uses for this data
+            (float32, float64 for float64 data).
+    """
+
+    __slots__ = ("count", "mean", "m2", "stats_dtype")
+
+    def __init__(self, count, mean, m2, stats_dtype=np.float32):
+        count = np.ascontiguousarray(count, dtype=_I64)
+        mean = np.ascontiguousarray(mean, dtype=_F64)
+        m2 = np.ascontiguousarray(m2, dtype=_F64)
+        if count.ndim != 2 or mean.shape != count.shape or m2.shape != count.shape:
+            raise ValueError(f"count, mean and m2 must have one (N, G) shape, got {count.shape}, "
+                             f"{mean.shape} and {m2.shape}")
+        self.count, self.mean, self.m2 = count, mean, m2
+        self.stats_dtype = np.dtype(stats_dtype)
+        if self.stats_dtype not in (np.dtype(np.float32), _F64):
+            raise TypeError(f"stats_dtype must be float32 or float64, got {self.stats_dtype}")
+
+    @property
+    def shape(self):
+        """(N, G)."""
+        return self.count.shape
+
+    def merge(self, other):
+        """The moments of this tile and ``other`` (in that order)."""
+        return merge_moments([self, other])
+
+    def mean_rstd(self, eps=1e-5):
+        """(mean, rstd), each (N, G) in ``stats_dtype``, rstd = 1/sqrt(m2/count + eps).
+
+        Computed as ``group_norm`` computes them; groups with count 0 get NaN.
+        """
+        mean = np.empty(self.shape, self.stats_dtype)
+        rstd = np.empty(self.shape, self.stats_dtype)
+        _core.mean_rstd(self.count, self.mean, self.m2, C.eps_value(eps), C.DTYPE_CODES[self.stats_dtype],
+                        mean, rstd)
+        return mean, rstd
+
+    def __repr__(self):
+        return f"Moments(shape={self.shape}, stats_dtype={self.stats_dtype})"
+
+
+class BackwardSums:
+    """Per (sample, channel) sums of a tile that the backward needs.
+
+    Attributes:
+        sum_dz: float64 array (N, C), sum of dz over the tile's elements, where
+            dz is grad_y (through the SiLU when the forward had one).
+        sum_dz_xc: float64 array (N, C), sum of dz * (x - mean).
+        spatial: spatial elements the sums cover (the sum over merged tiles).
+    """
+
+    __slots__ = ("sum_dz", "sum_dz_xc", "spatial")
+
+    def __init__(self, sum_dz, sum_dz_xc, spatial):
+        sum_dz = np.ascontiguousarray(sum_dz, dtype=_F64)
+        sum_dz_xc = np.ascontiguousarray(sum_dz_xc, dtype=_F64)
+        if sum_dz.ndim != 2 or sum_dz_xc.shape != sum_dz.shape:
+            raise ValueError(f"sum_dz and sum_dz_xc must have one (N, C) shape, got {sum_dz.shape} "
+                             f"and {sum_dz_xc.shape}")
+        self.sum_dz, self.sum_dz_xc, self.spatial = sum_dz, sum_dz_xc, int(spatial)
+
+    @property
+    def shape(self):
+        """(N, C)."""
+        return self.sum_dz.shape
+
+    def merge(self, other):
+        """The sums of this tile and ``other`` (in that order)."""
+        return merge_backward_sums([self, other])
+
+    def __repr__(self):
+        return f"BackwardSums(shape={self.shape}, spatial={self.spatial})"
+
+
+def _cpu_input(x, name):
+    if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
+        raise TypeError(f"{name} is a GPU array: the split-phase API runs on CPU (NumPy) arrays")
+    return C.as_input(x, name)
+
+
+def _spatial(x, channels_last):
+    shape = x.shape[1:-1] if channels_last else x.shape[2:]
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def moments(x_tile, num_groups, *, channels_last=False, skip=None, skip_bias=None, num_threads=None):
+    """Per (sample, group) moments of a tile.
+
+    Args:
+        x_tile: array (N, C, *spatial), or (N, *spatial, C) when
+            ``channels_last``: whole channels of whole samples over part of
+            the spatial extent. float64, float32, float16 or bfloat16; any
+            strides (non-contiguous tiles are copied first).
+        num_groups: G, a positive divisor of C.
+        skip, skip_bias: as in ``group_norm``: the moments of x + skip (+ skip_bias),
+            rounded to x's dtype as ``group_norm`` normalizes it.
+        num_threads: threads for this call.
+
+    Returns:
+        a :class:`Moments` with count, mean, m2 of shape (N, G).
+    """
+    channels_last = C.flag(channels_last, "channels_last")
+    x = _cpu_input(x_tile, "x_tile")
+    channels = C.channels_of(x, channels_last)
+    groups = C.groups_of(num_groups)
+    _core.check(channels, groups, 0.0, None)
+    if skip is not None:
+        skip = C.same_as_x(_cpu_input(skip, "skip"), x, "skip")
+        p, pcode = C.params(x.dtype, channels, skip_bias=skip_bias)
+        skip_bias = p["skip_bias"]
+    elif skip_bias is not None:
+        raise ValueError("skip_bias needs skip")
+    else:
+        pcode = C.DTYPE_CODES[C.stats_dtype(x.dtype)]
+    n = x.shape[0]
+    count = np.empty((n, groups), _I64)
+    mean = np.empty((n, groups), _F64)
+    m2 = np.empty((n, groups), _F64)
+    _core.moments(x, groups, bool(channels_last), C.DTYPE_CODES[x.dtype], pcode, skip, skip_bias, count, mean, m2,
+                  0 if num_threads is None else C.threads(num_threads))
+    return Moments(count, mean, m2, C.stats_dtype(x.dtype))
+
+
+def _check_parts(parts, kind, what):
+    if isinstance(parts, kind):
+        raise TypeError(f"{what} takes a list of {kind.__name__}, got one {kind.__name__}: wrap it in a list")
+    parts = list(parts)
+    if not parts:
+        raise ValueError(f"{what} needs at least one {kind.__name__}")
+    for i, p in enumerate(parts):
+        if not isinstance(p, kind):
+            raise TypeError(f"{what}: item {i} is a {type(p).__name__}, not a {kind.__name__}")
+        if p.shape != parts[0].shape:
+            raise ValueError(f"{what}: item {i} has shape {p.shape}, item 0 has {parts[0].shape} "
+                             "(every tile must hold the same samples and groups)")
+    return parts
+
+
+def merge_moments(parts):
+    """Merges a list of :class:`Moments` of the same (N, G), in list order.
+
+    Chan's formula, applied left to right: the same list gives bitwise the same
+    result on any machine. Tiles with count 0 merge as the identity. The
+    result's stats_dtype is float64 if any part's is.
+    """
+    parts = _check_parts(parts, Moments, "merge_moments")
+    shape = parts[0].shape
+    count = np.empty(shape, _I64)
+    mean = np.empty(shape, _F64)
+    m2 = np.empty(shape, _F64)
+    _core.merge_moments([(p.count, p.mean, p.m2) for p in parts], count, mean, m2)
+    sd = _F64 if any(p.stats_dtype == _F64 for p in parts) else np.dtype(np.float32)
+    return Moments(count, mean, m2, sd)
+
+
+def _stats_pair(mean, rstd, n, groups, sd):
+    out = []
+    for a, name in ((mean, "mean"), (rstd, "rstd")):
+        a = np.asarray(a)
+        if a.shape != (n, groups):
+            raise ValueError(f"{name} must have shape {(n, groups)}, got {a.shape}")
+        if a.dtype.kind != "f":
+            raise TypeError(f"{name} must be a float array, got {a.dtype}")
+        out.append(np.ascontiguousarray(a, dtype=sd))
+    return out
+
+
+def given_stats(stats, n, groups, x_dtype):
+    """group_norm's ``stats=`` as the core's arrays: (count, mean, m2, None, None)
+    for Moments, (None, None, None, mean, rstd) for a (mean, rstd) pair."""
+    if isinstance(stats, Moments):
+        if stats.shape != (n, groups):
+            raise ValueError(f"stats has shape {stats.shape}, but x has (N, num_groups) = {(n, groups)}")
+        return stats.count, stats.mean, stats.m2, None, None
+    if isinstance(stats, (tuple, list)) and len(stats) == 2:
+        mean, rstd = _stats_pair(stats[0], stats[1], n, groups, C.stats_dtype(x_dtype))
+        return None, None, None, mean, rstd
+    raise TypeError(f"stats must be a groupnorm.Moments or a (mean, rstd) pair, got {type(stats).__name__}")
+
+
+def backward_sums(grad_y_tile, x_tile, mean, rstd, num_groups, weight=None, bias=None, *, channels_last=False,
+                  activation=None, num_threads=None):
+    """Per (sample, channel) sums over a tile for the backward.
+
+    Args:
+        grad_y_tile: gradient of the loss w.r.t. this tile's y; like x_tile.
+        x_tile: the forward's input tile (x + skip when skip was used).
+        mean, rstd: (N, G) statistics of the whole tensor (e.g. from
+            ``merge_moments(...).mean_rstd(eps)``).
+        num_groups, weight, bias, channels_last, activation: as in the forward
+            (bias is needed for the SiLU backward).
+
+    Returns:
+        a :class:`BackwardSums` (sum_dz, sum_dz_xc of shape (N, C), float64).
+    """
+    channels_last = C.flag(channels_last, "channels_last")
+    x = _cpu_input(x_tile, "x_tile")
+    channels = C.channels_of(x, channels_last)
+    groups = C.groups_of(num_groups)
+    act = C.activation(activation)
+    _core.check(channels, groups, 0.0, None)
+    grad_y = C.same_as_x(_cpu_input(grad_y_tile, "grad_y_tile"), x, "grad_y_tile")
+    n = x.shape[0]
+    mean, rstd = _stats_pair(mean, rstd, n, groups, C.stats_dtype(x.dtype))
+    weight, bias, pcode = C.weight_bias(weight, bias, x.dtype, channels)
+    sum_dz = np.empty((n, channels), _F64)
+    sum_dz_xc = np.empty((n, channels), _F64)
+    _core.backward_sums(grad_y, x, mean, rstd, groups, weight, bias, bool(channels_last), act,
+                        C.DTYPE_CODES[x.dtype], pcode, sum_dz, sum_dz_xc,
+                        0 if num_threads is None else C.threads(num_threads))
+    return BackwardSums(sum_dz, sum_dz_xc, _spatial(x, channels_last))
+
+
+def merge_backward_sums(parts):
+    """Adds a list of :class:`BackwardSums` of the same (N, C), in list order."""
+    parts = _check_parts(parts, BackwardSums, "merge_backward_sums")
+    shape = parts[0].shape
+    d = np.empty(shape, _F64)
+    q = np.empty(shape, _F64)
+    _core.merge_backward_sums([(p.sum_dz, p.sum_dz_xc) for p in parts], d, q)
+    return BackwardSums(d, q, sum(p.spatial for p in parts))
+
+
+def given_sums(sums, n, channels, spatial):
+    """group_norm_backward's ``sums=`` checked against the tile."""
+    if not isinstance(sums, BackwardSums):
+        raise TypeError(f"sums must be a groupnorm.BackwardSums, got {type(sums).__name__}")
+    if sums.shape != (n, channels):
+        raise ValueError(f"sums has shape {sums.shape}, but x has (N, C) = {(n, channels)}")
+    if sums.spatial < spatial:
+        raise ValueError(f"sums cover {sums.spatial} spatial elements, fewer than this tile's {spatial}: "
+                         "merge the sums of every tile first")
+    return sums

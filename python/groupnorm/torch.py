@@ -1,0 +1,515 @@
+"""PyTorch integration: a custom operator, autograd, a drop-in ``nn.GroupNorm``.
+
+Importing this module needs torch (``pip install "groupnorm[torch]"``);
+``import groupnorm`` alone never does.
+
+    >>> import torch, groupnorm.torch as gnt
+    >>> x = torch.randn(2, 64, 32, 32).to(memory_format=torch.channels_last)
+    >>> y = gnt.group_norm(x, 32)                  # channels-last in, channels-last out
+    >>> model = ...; gnt.replace_group_norm(model) # swaps every torch.nn.GroupNorm
+
+The operators ``torch.ops.groupnorm.group_norm`` and
+``torch.ops.groupnorm.group_norm_backward`` are registered with
+``torch.library`` (with fake implementations, so ``torch.compile(fullgraph=True)``
+and ``torch.export`` trace through them, and with autograd). Tensors reach the
+C++ kernels without copies when they are contiguous in either memory format;
+outputs are tensors in the input's memory format.
+
+Threads: each call runs on ``torch.get_num_threads()`` threads, and on PyTorch's
+own intra-op threads: PyTorch's wheel bundles its libgomp under the soname
+``libgomp.so.1``, the one groupnorm's extension links, so the process maps a
+single OpenMP runtime whichever of the two is imported first, and both
+libraries' parallel regions use one pool of threads (no second pool spinning
+on the same cores). ``openmp_runtimes()`` lists the runtimes mapped; if a
+build ever brings a second one, importing this module warns.
+"""
+import os
+import re
+import warnings
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from . import _core
+from . import _checks as C
+from . import functional, split
+
+__all__ = ["group_norm", "GroupNorm", "replace_group_norm", "SyncGroupNorm", "openmp_runtimes"]
+
+
+def openmp_runtimes():
+    """Paths of the OpenMP runtime libraries mapped in this process (Linux; [] elsewhere)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if len(line.split()) >= 6}
+    except OSError:
+        return []
+    libs = {os.path.realpath(p) for p in paths if re.search(r"/lib(gomp|iomp5|omp)[-.][^/]*so", p)}
+    return sorted(libs)
+
+
+if len(openmp_runtimes()) > 1:  # pragma: no cover - depends on how torch was built
+    warnings.warn(f"two OpenMP runtimes are loaded ({openmp_runtimes()}): groupnorm's and PyTorch's threads "
+                  "may compete for the cores; OMP_WAIT_POLICY=passive limits the loss", RuntimeWarning)
+
+_NP_DTYPES = {
+    torch.float32: np.dtype(np.float32),
+    torch.float64: np.dtype(np.float64),
+    torch.float16: np.dtype(np.float16),
+    torch.bfloat16: C.bfloat16,
+}
+_EMPTY = (0,)
+
+
+# --------------------------------------------------------------------------- tensors <-> arrays
+
+
+def _channels_last(x):
+    """True when x is laid out channels-last: (N, C, *spatial) with C the fastest dim.
+
+    A tensor contiguous in both senses (C == 1 or no spatial extent) counts as
+    channels-first.
+    """
+    if x.dim() < 3 or x.is_contiguous():
+        return False
+    if x.movedim(1, -1).is_contiguous():
+        return True
+    # other strides: the layout whose channel stride is the smallest, as torch's
+    # suggest_memory_format does for 4-d and 5-d tensors
+    st = x.stride()
+    return all(st[1] < st[i] for i in range(2, x.dim()) if x.shape[i] > 1) and x.shape[1] > 1
+
+
+def _canonical(x, channels_last):
+    """x contiguous in the given layout (a copy only when it is not already)."""
+    if channels_last:
+        return x if x.movedim(1, -1).is_contiguous() else x.movedim(1, -1).contiguous().movedim(-1, 1)
+    return x.contiguous()
+
+
+def _array(t, channels_last=False):
+    """A NumPy view of tensor t ((N, *spatial, C) when channels_last), no copy."""
+    if channels_last:
+        t = t.movedim(1, -1)
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(C.bfloat16)
+    return t.numpy()
+
+
+def _empty_like_layout(x):
+    """A new tensor like x in x's layout (strides preserved when x is dense)."""
+    return torch.empty_like(x, memory_format=torch.preserve_format)
+
+
+def _new_output(x):
+    """A new tensor like canonical x (contiguous in its layout) that a kernel will write.
+
+    CPU outputs come from groupnorm's output-buffer cache (see
+    ``groupnorm.set_buffer_cache_limit``) and are handed to torch without a
+    copy: when torch frees the tensor the memory goes back to the cache, and
+    the next call of a similar size writes into pages already mapped instead
+    of faulting in fresh ones (on a (1, 128, 256, 256) float32 call the fresh
+    pages cost as much as the normalization itself).
+    """
+    if x.device.type != "cpu":
+        return _empty_like_layout(x)
+    cl = _channels_last(x)
+    shape = tuple(x.movedim(1, -1).shape) if cl else tuple(x.shape)
+    a = C.empty_aligned(shape, _NP_DTYPES[x.dtype])
+    if x.dtype == torch.bfloat16:
+        t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(a)
+    return t.movedim(-1, 1) if cl else t
+
+
+def _param_array(p):
+    if p is None:
+        return None
+    return _array(p.contiguous())
+
+
+def _act(activation):
+    return None if activation == "none" else activation
+
+
+# --------------------------------------------------------------------------- the operators
+
+
+@torch.library.custom_op("groupnorm::group_norm", mutates_args=(), device_types=("cpu", "cuda"))
+def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                   eps: float, activation: str, skip: Optional[torch.Tensor]
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean, rstd, s): s = x + skip when skip is given (else an empty tensor)."""
+    cl = _channels_last(x)
+    x = _canonical(x, cl)
+    y = _new_output(x)
+    sd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    mean = x.new_empty((x.shape[0], num_groups), dtype=sd)
+    rstd = x.new_empty((x.shape[0], num_groups), dtype=sd)
+    s = _new_output(x) if skip is not None else x.new_empty(_EMPTY)
+    if skip is not None:
+        skip = _canonical(skip, cl)
+    if x.is_cuda:
+        _forward_cuda(x, num_groups, weight, bias, eps, activation, skip, cl, y, mean, rstd, s)
+        return y, mean, rstd, s
+    _, m, r = functional.group_norm(_array(x, cl), num_groups, _param_array(weight), _param_array(bias), eps,
+                                    channels_last=cl, activation=_act(activation), out=_array(y, cl),
+                                    return_stats=True, num_threads=torch.get_num_threads(),
+                                    skip=None if skip is None else _array(skip, cl),
+                                    sum_out=None if skip is None else _array(s, cl))
+    mean.numpy()[...] = m
+    rstd.numpy()[...] = r
+    return y, mean, rstd, s
+
+
+@_group_norm_op.register_fake
+def _(x, num_groups, weight, bias, eps, activation, skip):
+    y = _empty_like_layout(_canonical(x, _channels_last(x)))
+    sd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    mean = x.new_empty((x.shape[0], num_groups), dtype=sd)
+    rstd = x.new_empty((x.shape[0], num_groups), dtype=sd)
+    s = torch.empty_like(y) if skip is not None else x.new_empty(_EMPTY)
+    return y, mean, rstd, s
+
+
+@torch.library.custom_op("groupnorm::group_norm_backward", mutates_args=(), device_types=("cpu", "cuda"))
+def _group_norm_backward_op(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                            num_groups: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                            activation: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_weight, grad_bias); a gradient is an empty tensor when its parameter is None."""
+    cl = _channels_last(x)
+    x = _canonical(x, cl)
+    grad_y = _canonical(grad_y, cl)
+    gx = _new_output(x)
+    if x.is_cuda:
+        gw, gb = _backward_cuda(grad_y, x, mean, rstd, num_groups, weight, bias, activation, cl, gx)
+        return gx, gw, gb
+    _, gw, gb = functional.group_norm_backward(_array(grad_y, cl), _array(x, cl), _array(mean.contiguous()),
+                                               _array(rstd.contiguous()), num_groups, _param_array(weight),
+                                               _param_array(bias), channels_last=cl, activation=_act(activation),
+                                               num_threads=torch.get_num_threads(), out=_array(gx, cl))
+    return gx, _param_grad(gw, weight, x), _param_grad(gb, bias, x)
+
+
+def _param_grad(g, p, x):
+    if p is None:
+        return x.new_empty(_EMPTY)
+    if p.dtype == torch.bfloat16:
+        return torch.from_numpy(np.ascontiguousarray(g).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(g)
+
+
+@_group_norm_backward_op.register_fake
+def _(grad_y, x, mean, rstd, num_groups, weight, bias, activation):
+    gx = _empty_like_layout(_canonical(x, _channels_last(x)))
+    gw = torch.empty_like(weight) if weight is not None else x.new_empty(_EMPTY)
+    gb = torch.empty_like(bias) if bias is not None else x.new_empty(_EMPTY)
+    return gx, gw, gb
+
+
+def _setup_context(ctx, inputs, output):
+    x, num_groups, weight, bias, eps, activation, skip = inputs
+    y, mean, rstd, s = output
+    ctx.save_for_backward(s if skip is not None else x, mean, rstd, weight, bias)
+    ctx.num_groups = num_groups
+    ctx.activation = activation
+    ctx.has_skip = skip is not None
+
+
+def _backward(ctx, grad_y, grad_mean, grad_rstd, grad_s):
+    x, mean, rstd, weight, bias = ctx.saved_tensors
+    gx, gw, gb = _group_norm_backward_op(grad_y, x, mean, rstd, ctx.num_groups, weight, bias, ctx.activation)
+    if ctx.has_skip and grad_s is not None:
+        gx = gx + grad_s
+    gw = gw if weight is not None and ctx.needs_input_grad[2] else None
+    gb = gb if bias is not None and ctx.needs_input_grad[3] else None
+    return gx, None, gw, gb, None, None, (gx if ctx.has_skip else None)
+
+
+_group_norm_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- CUDA
+
+
+def _require_cuda_build():
+    if not _core.HAS_CUDA:
+        raise ValueError("x is on a CUDA device, but this groupnorm build runs on the CPU only "
+                         "(rebuild with: pip install . -C cmake.define.GROUPNORM_CUDA=ON)")
+
+
+def _codes(x, *params):
+    pdt = {p.dtype for p in params if p is not None}
+    if not pdt:
+        pdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    else:
+        pdt = pdt.pop()
+    return C.DTYPE_CODES[_NP_DTYPES[x.dtype]], C.DTYPE_CODES[_NP_DTYPES[pdt]]
+
+
+def _ptr(t):
+    return 0 if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def _nsc(x, cl):
+    n = x.shape[0]
+    c = x.shape[-1] if cl else x.shape[1]
+    return n, c, (x.numel() // (n * c) if n * c else 0)
+
+
+def _forward_cuda(x, num_groups, weight, bias, eps, activation, skip, cl, y, mean, rstd, s):
+    _require_cuda_build()
+    xv = x.movedim(1, -1) if cl else x
+    n, c, sp = _nsc(xv, cl)
+    dcode, pcode = _codes(x, weight, bias)
+    weight = None if weight is None else weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    with torch.cuda.device(x.device):
+        _core.forward_cuda(x.data_ptr(), n, c, sp, num_groups, _ptr(weight), _ptr(bias), eps, cl,
+                           C.activation(_act(activation)), dcode, pcode, y.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                           _ptr(skip), 0, _ptr(s) if skip is not None else 0, stream)
+
+
+def _backward_cuda(grad_y, x, mean, rstd, num_groups, weight, bias, activation, cl, gx):
+    _require_cuda_build()
+    xv = x.movedim(1, -1) if cl else x
+    n, c, sp = _nsc(xv, cl)
+    dcode, pcode = _codes(x, weight, bias)
+    weight = None if weight is None else weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    mean, rstd = mean.contiguous(), rstd.contiguous()
+    gw = torch.empty_like(weight) if weight is not None else x.new_empty(_EMPTY)
+    gb = torch.empty_like(bias) if bias is not None else x.new_empty(_EMPTY)
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    with torch.cuda.device(x.device):
+        _core.backward_cuda(grad_y.data_ptr(), x.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                            n, c, sp, num_groups, _ptr(weight), _ptr(bias), cl, C.activation(_act(activation)), dcode,
+                            pcode, gx.data_ptr(), _ptr(gw), _ptr(gb), stream)
+    return gw, gb
+
+
+# --------------------------------------------------------------------------- the public functions
+
+
+def _check(x, num_groups, weight, bias, eps, activation, skip):
+    """Argument rules, before any work (the NumPy layer's rules, for tensors)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _NP_DTYPES:
+        raise TypeError(f"x must be float64, float32, float16 or bfloat16, got {x.dtype}")
+    if x.device.type == "cuda":
+        _require_cuda_build()
+    elif x.device.type not in ("cpu", "meta"):
+        raise ValueError(f"x is on device {x.device}; groupnorm runs on cpu"
+                         + (" and cuda" if _core.HAS_CUDA else ""))
+    if x.dim() < 2:
+        raise ValueError(f"x must have at least 2 dims (N, C, *spatial), got shape {tuple(x.shape)}")
+    groups = C.groups_of(num_groups)
+    eps = C.eps_value(eps)
+    channels = x.shape[1]
+    if not torch.compiler.is_compiling():
+        # the core's rules and messages; under torch.compile the operator itself
+        # checks them when it runs (dynamo cannot trace into the extension)
+        C.activation(activation)
+        _core.check(channels, groups, eps, None)
+    elif activation not in (None, "silu"):
+        raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+    for p, name in ((weight, "weight"), (bias, "bias")):
+        if p is None:
+            continue
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(p).__name__}")
+        if p.dtype not in _NP_DTYPES:
+            raise TypeError(f"{name} must be a float tensor, got dtype {p.dtype}")
+        if tuple(p.shape) != (channels,):
+            raise ValueError(f"{name} must have shape ({channels},), got {tuple(p.shape)}")
+        if p.device != x.device:
+            raise ValueError(f"{name} is on {p.device} and x on {x.device}: put them on the same device")
+    if weight is not None and bias is not None and weight.dtype != bias.dtype:
+        raise TypeError(f"weight and bias must have one dtype, got {weight.dtype} and {bias.dtype}")
+    if weight is not None and x.is_cuda and weight.dtype not in (x.dtype, torch.float32):
+        raise TypeError(f"weight must be float32 or x's dtype {x.dtype} on the GPU, got {weight.dtype}")
+    if skip is not None:
+        if not isinstance(skip, torch.Tensor):
+            raise TypeError(f"skip must be a torch.Tensor or None, got {type(skip).__name__}")
+        if skip.dtype != x.dtype:
+            raise TypeError(f"skip must have dtype {x.dtype} like x, got {skip.dtype}")
+        if skip.shape != x.shape:
+            raise ValueError(f"skip must have shape {tuple(x.shape)} like x, got {tuple(skip.shape)}")
+        if skip.device != x.device:
+            raise ValueError(f"skip is on {skip.device} and x on {x.device}: put them on the same device")
+    return groups, eps, "none" if activation is None else activation
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, activation=None, skip=None):
+    """Group normalization of a tensor, with autograd (like ``torch.nn.functional.group_norm``).
+
+    Args:
+        x: tensor (N, C, *spatial), float32, float64, float16 or bfloat16, on
+            the CPU (or CUDA when groupnorm was built with it). A
+            ``channels_last`` / ``channels_last_3d`` tensor (C the fastest dim)
+            is normalized in that layout and the result keeps it; other
+            strides are copied to the nearest contiguous layout first.
+        num_groups: G, a positive divisor of C.
+        weight, bias: optional (C,) tensors (x's dtype or float32).
+        eps: added to the variance.
+        activation: None or ``"silu"`` (fused after the affine transform).
+        skip: optional tensor like x: normalizes x + skip (a residual add,
+            fused; the sum is rounded to x's dtype as if stored).
+
+    Returns:
+        y, like x (shape, dtype, device, memory format).
+    """
+    groups, eps, act = _check(x, num_groups, weight, bias, eps, activation, skip)
+    return _group_norm_op(x, groups, weight, bias, eps, act, skip)[0]
+
+
+class GroupNorm(torch.nn.GroupNorm):
+    """``torch.nn.GroupNorm`` running groupnorm's kernels (same parameters and state_dict keys).
+
+    Args:
+        num_groups, num_channels, eps, affine, device, dtype: as in torch.nn.GroupNorm.
+        activation: None or ``"silu"``: applied after the normalization, fused.
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *,
+                 activation=None):
+        C.activation(activation)
+        super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
+        self.activation = activation
+
+    def forward(self, input):
+        return group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
+                          activation=getattr(self, "activation", None))
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        act = getattr(self, "activation", None)
+        return s if act is None else f"{s}, activation={act!r}"
+
+
+def replace_group_norm(model):
+    """Swap every ``torch.nn.GroupNorm`` in ``model`` (itself included) for :class:`GroupNorm`, in place.
+
+    The modules keep their parameters, buffers and hooks (their class changes),
+    so a swapped model's state_dict is the same as before. Subclasses of
+    torch.nn.GroupNorm with their own forward are left alone.
+
+    Returns:
+        the number of modules swapped.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    count = 0
+    for m in model.modules():
+        if type(m) is torch.nn.GroupNorm:
+            m.__class__ = GroupNorm
+            m.activation = None
+            count += 1
+    return count
+
+
+# --------------------------------------------------------------------------- SyncGroupNorm
+
+
+def _all_gather_f64(a, group):
+    """Every rank's float64 array (same shape on every rank), in rank order."""
+    import torch.distributed as dist
+
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, t, group=group)
+    return [p.numpy() for p in parts]
+
+
+def _world(group):
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+class _SyncGroupNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups, eps, activation, group):
+        cl = _channels_last(x)
+        x = _canonical(x, cl)
+        xa = _array(x, cl)
+        threads = torch.get_num_threads()
+        m = split.moments(xa, num_groups, channels_last=cl, num_threads=threads)
+        if _world(group):
+            # count, mean, m2 of every rank, merged in rank order: every rank
+            # merges the same bytes in the same order, so all get the same bits
+            packed = np.stack([m.count.astype(np.float64), m.mean, m.m2])
+            parts = _all_gather_f64(packed, group)
+            m = split.merge_moments([split.Moments(p[0].astype(np.int64), p[1], p[2], m.stats_dtype)
+                                     for p in parts])
+        y = _new_output(x)
+        functional.group_norm(xa, num_groups, _param_array(weight), _param_array(bias), eps, channels_last=cl,
+                              activation=activation, out=_array(y, cl), num_threads=threads, stats=m)
+        mean, rstd = m.mean_rstd(eps)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.stats = (mean, rstd)
+        ctx.cfg = (num_groups, activation, group, cl)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, bias = ctx.saved_tensors
+        mean, rstd = ctx.stats
+        num_groups, activation, group, cl = ctx.cfg
+        grad_y = _canonical(grad_y, cl)
+        xa, ga = _array(x, cl), _array(grad_y, cl)
+        wa, ba = _param_array(weight), _param_array(bias)
+        threads = torch.get_num_threads()
+        s = split.backward_sums(ga, xa, mean, rstd, num_groups, wa, ba, channels_last=cl, activation=activation,
+                                num_threads=threads)
+        if _world(group):
+            nc = s.sum_dz.size
+            packed = np.concatenate([s.sum_dz.ravel(), s.sum_dz_xc.ravel(), [float(s.spatial)]])
+            parts = _all_gather_f64(packed, group)
+            s = split.merge_backward_sums([split.BackwardSums(p[:nc].reshape(s.shape), p[nc:2 * nc].reshape(s.shape),
+                                                              int(p[2 * nc])) for p in parts])
+        gx = _new_output(x)
+        _, gw, gb = functional.group_norm_backward(ga, xa, mean, rstd, num_groups, wa, ba, channels_last=cl,
+                                                   activation=activation, num_threads=threads, out=_array(gx, cl),
+                                                   sums=s)
+        gw = _param_grad(gw, weight, x) if weight is not None and ctx.needs_input_grad[1] else None
+        gb = _param_grad(gb, bias, x) if bias is not None and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None, None, None, None
+
+
+class SyncGroupNorm(GroupNorm):
+    """GroupNorm of a tensor split spatially across the ranks of a torch.distributed group.
+
+    Each rank holds a tile of the same samples: all N and C, part of the
+    spatial extent (rows of an image for patch-parallel decoding, slabs of a
+    volume). The forward all-gathers every rank's (N, G) moments (count, mean,
+    M2: never sums of x and x^2) and merges them in rank order, so every rank
+    normalizes with bitwise the same statistics, those of the whole tensor. The
+    backward does the same with the (N, C) sums of the gradient; every rank
+    gets its tile's grad_x and the whole tensor's grad_weight / grad_bias
+    (bitwise the same on every rank: do not average them again across ranks).
+
+    Runs on CPU tensors with any torch.distributed backend that all-gathers
+    CPU tensors (gloo, MPI). Without an initialized process group (or with
+    one rank) it is GroupNorm of the local tensor.
+
+    Args:
+        num_groups, num_channels, eps, affine, device, dtype, activation: as GroupNorm.
+        process_group: the group to synchronize over (default: the world).
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *,
+                 activation=None, process_group=None):
+        super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype, activation=activation)
+        self.process_group = process_group
+
+    def forward(self, input):
+        groups, eps, act = _check(input, self.num_groups, self.weight, self.bias, self.eps, self.activation, None)
+        if input.device.type != "cpu":
+            raise ValueError(f"input is on {input.device}: SyncGroupNorm runs on CPU tensors")
+        return _SyncGroupNormFn.apply(input, self.weight, self.bias, groups, eps, _act(act), self.process_group)
