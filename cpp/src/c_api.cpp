@@ -31,6 +31,8 @@ GN_SAME(GROUPNORM_WORKSPACE_TOO_SMALL, gn::Status::workspace_too_small);
 GN_SAME(GROUPNORM_UNSUPPORTED, gn::Status::unsupported);
 GN_SAME(GROUPNORM_OUT_OF_MEMORY, gn::Status::out_of_memory);
 GN_SAME(GROUPNORM_DEVICE_ERROR, gn::Status::device_error);
+GN_SAME(GROUPNORM_INTERNAL_ERROR, gn::Status::internal_error);
+GN_SAME(GROUPNORM_OVERLAPPING_BUFFERS, gn::Status::overlapping_buffers);
 GN_SAME(GROUPNORM_FLOAT32, gn::DType::float32);
 GN_SAME(GROUPNORM_FLOAT64, gn::DType::float64);
 GN_SAME(GROUPNORM_FLOAT16, gn::DType::float16);
@@ -221,15 +223,16 @@ groupnorm_status groupnorm_backward(const groupnorm_problem* problem, const grou
 const char* groupnorm_last_error(void) { return g_last_error; }
 
 const char* groupnorm_status_string(groupnorm_status status) {
-  if (status == GROUPNORM_INTERNAL_ERROR) return "internal error";
   const int s = static_cast<int>(status);
-  if (s < GROUPNORM_OK || s > GROUPNORM_DEVICE_ERROR) return "unknown status";
+  if (s < GROUPNORM_OK || s > GROUPNORM_OVERLAPPING_BUFFERS) return "unknown status";
   return gn::status_name(static_cast<gn::Status>(s));
 }
 
 void groupnorm_set_num_threads(int32_t n) { gn::set_num_threads(n > 0 ? n : 0); }
 
 int32_t groupnorm_get_num_threads(void) { return gn::get_num_threads(); }
+
+int32_t groupnorm_max_threads(void) { return gn::max_threads(); }
 
 const char* groupnorm_active_isa(void) { return gn::active_isa(); }
 

@@ -41,5 +41,21 @@ GN_HOST_DEVICE void fold_coefficients(double mean, double rstd, double w, double
   shift = (A)(b - lo * (w * rstd));
 }
 
+// The same, around `center` instead of the mean (the middle of the data's
+// range when x - mean could overflow A), and safe where weight * rstd does not
+// fit A (tiny eps, or a spread below A's normal range): a constant group gets
+// scale 0 (exactly the bias; 0 * inf would be NaN), any other group NaN
+// rather than a wrong finite value.
+template <class A>
+GN_HOST_DEVICE void fold_coefficients_at(double mean, double center, double rstd, double w, double b, bool constant,
+                                         A& hi, A& scale, A& shift) {
+  hi = (A)center;
+  const double lo = mean - (double)hi;
+  double sc = w * rstd;
+  if (isfinite(rstd) && !isfinite((double)(A)sc)) sc = constant ? 0.0 : NAN;
+  scale = (A)sc;
+  shift = (A)(b - lo * sc);
+}
+
 }  // namespace detail
 }  // namespace groupnorm

@@ -1,5 +1,7 @@
 // The argument rules, in one place, for every entry point (C++, C, Python, CUDA).
 #include <cmath>
+#include <cstdio>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -44,14 +46,50 @@ const char* status_name(Status s) {
     case Status::out_of_memory: return "out of memory";
     case Status::device_error: return "device error";
     case Status::internal_error: return "internal error";
+    case Status::overlapping_buffers: return "overlapping buffers";
   }
   return "unknown status";
 }
 
 namespace {
+constexpr std::int64_t kMaxChannels = std::numeric_limits<std::int32_t>::max();
+constexpr std::int64_t kMaxElements = std::numeric_limits<std::int64_t>::max() / 128;  // 2^56
 Result fail(Status s, std::string m) { return {s, std::move(m)}; }
 std::string str(std::int64_t v) { return std::to_string(v); }
 bool valid_dtype(DType t) { return (int)t >= 0 && (int)t <= 3; }
+
+// Byte extent of one argument: [p, p + size). Null or empty: no extent.
+struct Extent {
+  const char* name;
+  const void* p;
+  std::uint64_t size;
+};
+// n elements of es bytes (n >= 0 and n * es fits once validate() passed)
+std::uint64_t bytes(std::int64_t n, std::size_t es) { return n > 0 ? (std::uint64_t)n * es : 0; }
+bool overlap(const Extent& a, const Extent& b) {
+  if (!a.p || !b.p || a.size == 0 || b.size == 0) return false;
+  const std::uintptr_t a0 = reinterpret_cast<std::uintptr_t>(a.p), b0 = reinterpret_cast<std::uintptr_t>(b.p);
+  // [a0, a0 + a.size) and [b0, b0 + b.size) intersect; no sum can wrap
+  return a0 < b0 ? b0 - a0 < a.size : a0 - b0 < b.size;
+}
+// Any output overlapping an input or another output is an error, except the
+// exact aliases `allowed(out, in)` accepts (the same address and size, for
+// outputs computed element by element from that input).
+template <std::size_t NI, std::size_t NO, class Allowed>
+Result check_overlaps(const Extent (&in)[NI], const Extent (&out)[NO], Allowed allowed) {
+  for (std::size_t o = 0; o < NO; ++o) {
+    for (std::size_t i = 0; i < NI; ++i)
+      if (overlap(out[o], in[i]) && !(out[o].p == in[i].p && allowed(out[o], in[i])))
+        return fail(Status::overlapping_buffers, std::string("output ") + out[o].name + " overlaps input " + in[i].name +
+                                                     (out[o].p == in[i].p ? " (this alias is not supported)"
+                                                                          : " (only exact, documented aliases are allowed)"));
+    for (std::size_t j = 0; j < o; ++j)
+      if (overlap(out[o], out[j]))
+        return fail(Status::overlapping_buffers,
+                    std::string("outputs ") + out[j].name + " and " + out[o].name + " overlap");
+  }
+  return {};
+}
 }  // namespace
 
 Result validate(const Problem& p) {
@@ -67,18 +105,30 @@ Result validate(const Problem& p) {
   if (p.param_dtype != p.dtype && p.param_dtype != DType::float32)
     return fail(Status::invalid_dtype, std::string("weight/bias dtype ") + dtype_name(p.param_dtype) +
                                            " must be float32 or the input dtype " + dtype_name(p.dtype));
-  if (!std::isfinite(p.eps)) return fail(Status::invalid_eps, "eps must be finite, got " + std::to_string(p.eps));
+  if (!std::isfinite(p.eps) || p.eps < 0) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.17g", p.eps);
+    return fail(Status::invalid_eps, std::string("eps must be finite and >= 0, got ") + buf);
+  }
   if ((int)p.activation < 0 || (int)p.activation > 1)
     return fail(Status::invalid_activation, "unknown activation code " + str((int)p.activation));
-  // N*C*S*elem_size (and twice that for scratch) must fit in int64
-  const std::int64_t lim = std::numeric_limits<std::int64_t>::max() / 16;
+  // Size limits, checked whatever N or S is (an empty batch still has C
+  // channels of parameters): C fits in int32, and N*C*S elements (zero factors
+  // counted as one) at most 2^56, so that every byte count the library forms
+  // (the data, its scratch of O(N*C), plan arithmetic) fits in int64 and size_t.
+  if (p.channels > kMaxChannels)
+    return fail(Status::size_overflow, "num_channels " + str(p.channels) + " is too large (at most " +
+                                           str(kMaxChannels) + ")");
   std::int64_t n = p.channels;
   for (std::int64_t f : {p.batch, p.spatial}) {
-    if (f != 0 && n > lim / f)
+    if (f > 1 && n > kMaxElements / f)
       return fail(Status::size_overflow, "tensor of " + str(p.batch) + " x " + str(p.channels) + " x " +
                                              str(p.spatial) + " elements is too large");
-    n *= f;
+    if (f > 1) n *= f;
   }
+  if ((std::uint64_t)n * 64u > (std::uint64_t)std::numeric_limits<std::size_t>::max())
+    return fail(Status::size_overflow, "tensor of " + str(p.batch) + " x " + str(p.channels) + " x " +
+                                           str(p.spatial) + " elements does not fit in this address space");
   return {};
 }
 
@@ -98,7 +148,18 @@ Result validate_args(const Problem& p, const ForwardArgs& a) {
   }
   if (!a.skip && a.skip_bias) return fail(Status::invalid_combination, "skip_bias needs skip");
   if (!a.skip && a.sum_out) return fail(Status::invalid_combination, "sum_out needs skip");
-  return {};
+  const std::uint64_t data = bytes(p.numel(), dtype_size(p.dtype));
+  const std::uint64_t param = bytes(p.channels, dtype_size(p.param_dtype));
+  const std::uint64_t stats = bytes(p.batch * p.groups, dtype_size(stats_dtype(p.dtype)));
+  const Extent in[] = {{"x", a.x, data}, {"skip", a.skip, data}, {"weight", a.weight, param},
+                       {"bias", a.bias, param}, {"skip_bias", a.skip_bias, param}};
+  const Extent out[] = {{"y", a.y, data}, {"sum_out", a.sum_out, data}, {"mean", a.mean, stats},
+                        {"rstd", a.rstd, stats}};
+  // y and sum_out are elementwise: each may be exactly x or skip
+  auto allowed = [&](const Extent& o, const Extent& i) {
+    return (o.p == a.y || o.p == a.sum_out) && o.size == data && (i.p == a.x || i.p == a.skip) && i.size == data;
+  };
+  return check_overlaps(in, out, allowed);
 }
 
 Result validate_args(const Problem& p, const BackwardArgs& a) {
@@ -110,7 +171,18 @@ Result validate_args(const Problem& p, const BackwardArgs& a) {
     if (!a.mean) return fail(Status::null_pointer, "mean is null");
     if (!a.rstd) return fail(Status::null_pointer, "rstd is null");
   }
-  return {};
+  const std::uint64_t data = bytes(p.numel(), dtype_size(p.dtype));
+  const std::uint64_t param = bytes(p.channels, dtype_size(p.param_dtype));
+  const std::uint64_t stats = bytes(p.batch * p.groups, dtype_size(stats_dtype(p.dtype)));
+  const Extent in[] = {{"grad_y", a.grad_y, data}, {"x", a.x, data}, {"mean", a.mean, stats},
+                       {"rstd", a.rstd, stats}, {"weight", a.weight, param}, {"bias", a.bias, param}};
+  const Extent out[] = {{"grad_x", a.grad_x, data}, {"grad_weight", a.grad_weight, param},
+                        {"grad_bias", a.grad_bias, param}};
+  // grad_x is elementwise in grad_y: it may be exactly grad_y
+  auto allowed = [&](const Extent& o, const Extent& i) {
+    return o.p == a.grad_x && o.size == data && i.p == a.grad_y && i.size == data && o.p == i.p;
+  };
+  return check_overlaps(in, out, allowed);
 }
 
 }  // namespace groupnorm

@@ -348,7 +348,7 @@ static groupnorm_backward_args bwd_args(buffers* B, const float* mean, const flo
   return a;
 }
 
-static int g_seen[14];
+static int g_seen[15];
 
 /* One failing call: the expected code, a message, and every output untouched. */
 #define EXPECT_FAIL(expected, call, B, label)                                                         \
@@ -501,15 +501,102 @@ static void check_errors(void) {
    * (about 2^46 (sample, channel) pairs: more than any address space). The data
    * pointers are never read: the scratch is allocated first. */
   p = good_problem(); p.batch = (int64_t)1 << 44; p.channels = 4; p.groups = 2; p.spatial = 1;
-  fa = fwd_args(&B);
-  ba = bwd_args(&B, mean, rstd);
+  /* y in place of x and no other output: at this size any two distinct
+   * buffers would overlap (and be refused before the allocation) */
+  memset(&fa, 0, sizeof fa);
+  fa.x = B.x; fa.y = B.x;
+  memset(&ba, 0, sizeof ba);
+  ba.grad_y = B.dy; ba.x = B.x; ba.mean = mean; ba.rstd = rstd;  /* inputs may overlap each other */
   EXPECT_FAIL(GROUPNORM_OUT_OF_MEMORY, groupnorm_forward(&p, &fa, NULL), &B, "forward scratch too large");
   EXPECT_FAIL(GROUPNORM_OUT_OF_MEMORY, groupnorm_backward(&p, &ba, NULL), &B, "backward scratch too large");
+
+  /* GROUPNORM_OVERLAPPING_BUFFERS: an output sharing bytes with an input or
+   * another output, other than the exact aliases documented in groupnorm.h */
+  p = good_problem();
+  fa = fwd_args(&B); fa.y = B.x + 1;
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_forward(&p, &fa, NULL), &B, "y one element past x");
+  CHECK(strstr(groupnorm_last_error(), "y") && strstr(groupnorm_last_error(), "x"), "message names y and x: %s",
+        groupnorm_last_error());
+  fa = fwd_args(&B); fa.y = (float*)((char*)B.x + 2);
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_forward(&p, &fa, NULL), &B, "y two bytes past x");
+  fa = fwd_args(&B); fa.x = B.y + kTotal - 1;  /* x's first element is y's last: one shared element */
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_forward(&p, &fa, NULL), &B, "x starts at y's last element");
+  fa = fwd_args(&B); fa.mean = B.y + 3;
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_forward(&p, &fa, NULL), &B, "mean inside y");
+  fa = fwd_args(&B); fa.rstd = B.mean;
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_forward(&p, &fa, NULL), &B, "rstd is mean");
+  fa = fwd_args(&B); fa.mean = (float*)B.w;
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_forward(&p, &fa, NULL), &B, "mean is weight");
+  CHECK(strstr(groupnorm_last_error(), "mean") && strstr(groupnorm_last_error(), "weight"),
+        "message names mean and weight: %s", groupnorm_last_error());
+  fa = fwd_args(&B); fa.skip = B.skip; fa.sum_out = B.y;
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_forward(&p, &fa, NULL), &B, "sum_out is y");
+  fa = fwd_args(&B); fa.skip = B.skip; fa.y = B.skip + 2;
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_forward(&p, &fa, NULL), &B, "y partly over skip");
+  fa = fwd_args(&B); fa.skip = B.skip; fa.skip_bias = B.sb; fa.sum_out = (float*)B.sb;
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_forward(&p, &fa, NULL), &B, "sum_out over skip_bias");
+  ba = bwd_args(&B, mean, rstd); ba.grad_x = B.dy + 1;
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_backward(&p, &ba, NULL), &B, "grad_x one past grad_y");
+  ba = bwd_args(&B, mean, rstd); ba.grad_x = B.x;
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_backward(&p, &ba, NULL), &B, "grad_x is x");
+  ba = bwd_args(&B, mean, rstd); ba.grad_weight = B.w;
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_backward(&p, &ba, NULL), &B, "grad_weight is weight");
+  ba = bwd_args(&B, mean, rstd); ba.grad_bias = B.dw + 1;
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_backward(&p, &ba, NULL), &B, "grad_bias over grad_weight");
+  ba = bwd_args(&B, mean, rstd); ba.grad_weight = mean;
+  EXPECT_FAIL(GROUPNORM_OVERLAPPING_BUFFERS, groupnorm_backward(&p, &ba, NULL), &B, "grad_weight over mean");
+  CHECK(strstr(groupnorm_last_error(), "grad_weight") && strstr(groupnorm_last_error(), "mean"),
+        "message names grad_weight and mean: %s", groupnorm_last_error());
+  /* neighbours that touch without sharing a byte are fine */
+  {
+    float* two = (float*)malloc(sizeof(float) * 2 * kTotal);
+    memcpy(two, B.x, sizeof(float) * kTotal);
+    memset(&fa, 0, sizeof fa);
+    fa.x = two; fa.y = two + kTotal;
+    CHECK(groupnorm_forward(&p, &fa, NULL) == GROUPNORM_OK, "adjacent x and y: %s", groupnorm_last_error());
+    free(two);
+  }
+
+  /* sizes are checked even when there is nothing to do: an empty batch still
+   * has C channels of grad_weight, and must not loop or write C = 2^63 of them */
+  p = good_problem(); p.batch = 0; p.channels = INT64_MAX; p.groups = 1;
+  ba = bwd_args(&B, mean, rstd);
+  EXPECT_FAIL(GROUPNORM_SIZE_OVERFLOW, groupnorm_backward(&p, &ba, NULL), &B, "batch 0, channels INT64_MAX");
+  fa = fwd_args(&B);
+  EXPECT_FAIL(GROUPNORM_SIZE_OVERFLOW, groupnorm_forward(&p, &fa, NULL), &B, "forward batch 0, channels INT64_MAX");
+  p = good_problem(); p.batch = 0; p.channels = (int64_t)1 << 31; p.groups = 1;
+  EXPECT_FAIL(GROUPNORM_SIZE_OVERFLOW, groupnorm_backward(&p, &ba, NULL), &B, "batch 0, channels 2^31");
+  p = good_problem(); p.spatial = 0; p.channels = (int64_t)1 << 30; p.batch = (int64_t)1 << 40; p.groups = 1;
+  EXPECT_FAIL(GROUPNORM_SIZE_OVERFLOW, groupnorm_forward(&p, &fa, NULL), &B, "spatial 0, N*C 2^70");
+  p = good_problem(); p.batch = 0; p.spatial = (int64_t)1 << 40; p.channels = (int64_t)1 << 30; p.groups = 1;
+  EXPECT_FAIL(GROUPNORM_SIZE_OVERFLOW, groupnorm_forward(&p, &fa, NULL), &B, "batch 0, C*S 2^70");
+  /* workspace sizes of the largest valid problems: no wrap-around (UBSan) and
+   * either 0 (invalid) or a size at least as large as the per-(n, c) scratch */
+  {
+    static const int dts[] = {GROUPNORM_FLOAT32, GROUPNORM_FLOAT64, GROUPNORM_BFLOAT16};
+    int d;
+    for (d = 0; d < 3; ++d) {
+      size_t f, b;
+      p = groupnorm_problem_default(); p.dtype = dts[d]; p.param_dtype = dts[d];
+      p.batch = (int64_t)1 << 35; p.channels = (int64_t)1 << 20; p.groups = 1 << 10; p.spatial = 1;
+      f = groupnorm_forward_workspace_bytes(&p, 8);
+      b = groupnorm_backward_workspace_bytes(&p, 8);
+      CHECK(f >= ((size_t)1 << 55) && b >= f, "workspace of 2^55 (n, c) pairs: %zu / %zu", f, b);
+      p.batch = (int64_t)1 << 36;
+      CHECK(groupnorm_forward_workspace_bytes(&p, 8) == 0 && groupnorm_backward_workspace_bytes(&p, 8) == 0,
+            "workspace of a too-large problem");
+      p.batch = (int64_t)1 << 15; p.channels = (int64_t)1 << 20; p.spatial = (int64_t)1 << 20;
+      f = groupnorm_forward_workspace_bytes(&p, 1 << 30);
+      b = groupnorm_backward_workspace_bytes(&p, 1 << 30);
+      CHECK(f >= ((size_t)1 << 35) && b >= f, "workspace of 2^55 elements, huge thread count: %zu / %zu", f, b);
+    }
+  }
 
   /* every code the CPU build can return was produced */
   {
     int s;
-    for (s = GROUPNORM_NULL_POINTER; s <= GROUPNORM_OUT_OF_MEMORY; ++s)
+    for (s = GROUPNORM_NULL_POINTER; s <= GROUPNORM_OVERLAPPING_BUFFERS; ++s)
+      if (s < GROUPNORM_DEVICE_ERROR || s > GROUPNORM_INTERNAL_ERROR) /* not from a CPU build */
       CHECK(g_seen[s], "status %d (%s) was never produced", s, groupnorm_status_string((groupnorm_status)s));
   }
 
@@ -519,9 +606,14 @@ static void check_errors(void) {
   CHECK(groupnorm_forward(&p, &fa, NULL) == GROUPNORM_OK, "batch 0 with NULL data: %s", groupnorm_last_error());
   memset(&ba, 0, sizeof ba);
   CHECK(groupnorm_backward(&p, &ba, NULL) == GROUPNORM_OK, "backward batch 0 with NULL data: %s", groupnorm_last_error());
-  p = good_problem(); p.eps = -1e-9;
   fa = fwd_args(&B);
-  CHECK(groupnorm_forward(&p, &fa, NULL) == GROUPNORM_OK, "negative eps is allowed: %s", groupnorm_last_error());
+  ba = bwd_args(&B, mean, rstd);
+  p = good_problem(); p.eps = -1e-9;
+  EXPECT_FAIL(GROUPNORM_INVALID_EPS, groupnorm_forward(&p, &fa, NULL), &B, "eps -1e-9");
+  p = good_problem(); p.eps = -1.0;
+  EXPECT_FAIL(GROUPNORM_INVALID_EPS, groupnorm_backward(&p, &ba, NULL), &B, "backward eps -1");
+  p = good_problem(); p.eps = 0.0;
+  CHECK(groupnorm_forward(&p, &fa, NULL) == GROUPNORM_OK, "eps 0 is allowed: %s", groupnorm_last_error());
   free_buffers(&B);
 }
 
@@ -537,7 +629,7 @@ static void check_misc(void) {
             p.param_dtype == GROUPNORM_FLOAT32 && p.eps == 1e-5,
         "groupnorm_problem_default");
   CHECK(memcmp(&p, &q, sizeof p) == 0 || (q.spatial == 1 && q.eps == 1e-5), "GROUPNORM_PROBLEM_INIT");
-  for (s = 0; s <= 13; ++s) {
+  for (s = 0; s <= 14; ++s) {
     const char* a = groupnorm_status_string((groupnorm_status)s);
     CHECK(a && strlen(a) > 0 && strcmp(a, "unknown status") != 0, "status %d has no name", s);
     for (t = 0; t < s; ++t)
@@ -568,6 +660,14 @@ static void check_misc(void) {
   CHECK(groupnorm_get_num_threads() == 3, "set_num_threads(3) -> %d", groupnorm_get_num_threads());
   groupnorm_set_num_threads(0);
   CHECK(groupnorm_get_num_threads() >= 1, "default threads %d", groupnorm_get_num_threads());
+  t = groupnorm_get_num_threads();
+  CHECK(groupnorm_max_threads() >= 4 && groupnorm_max_threads() <= 65536, "max threads %d", groupnorm_max_threads());
+  groupnorm_set_num_threads(INT32_MAX);
+  CHECK(groupnorm_get_num_threads() == groupnorm_max_threads(), "set_num_threads(INT32_MAX) -> %d, cap %d",
+        groupnorm_get_num_threads(), groupnorm_max_threads());
+  groupnorm_set_num_threads(-5);
+  CHECK(groupnorm_get_num_threads() == t, "set_num_threads(-5) restores the default %d: %d", t,
+        groupnorm_get_num_threads());
 
   /* ISAs: each available one can be selected; portable always */
   {

@@ -387,7 +387,7 @@ void parallel_copy(const py::array& dst, const py::array& src, int num_threads) 
   if ((std::size_t)dst.nbytes() != n) throw py::value_error("parallel_copy: sizes differ");
   char* d = static_cast<char*>(const_cast<void*>(dst.data()));
   const char* s = static_cast<const char*>(src.data());
-  const int t = num_threads > 0 ? num_threads : gn::get_num_threads();
+  const int t = num_threads > 0 ? std::min(num_threads, gn::max_threads()) : gn::get_num_threads();
   py::gil_scoped_release release;
   const std::size_t chunk = ((n + t - 1) / t + 4095) / 4096 * 4096;
 #pragma omp parallel for schedule(static, 1) num_threads(t)
@@ -635,6 +635,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &gn::get_num_threads);
   m.def("set_worker_pool", &gn::set_worker_pool);
   m.def("worker_pool", &gn::worker_pool);
+  m.def("max_threads", &gn::max_threads);
   m.def("active_isa", &gn::active_isa);
   m.def("available_isas", &gn::available_isas);
   m.def("set_isa", [](const std::string& name) { return gn::set_isa(name.c_str()); });

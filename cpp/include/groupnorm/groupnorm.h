@@ -47,8 +47,8 @@ typedef enum groupnorm_status {
   GROUPNORM_NULL_POINTER = 1,         /* a required pointer is NULL */
   GROUPNORM_INVALID_SIZE = 2,         /* batch/spatial < 0 or channels <= 0 */
   GROUPNORM_INVALID_GROUPS = 3,       /* groups <= 0 or channels % groups != 0 */
-  GROUPNORM_SIZE_OVERFLOW = 4,        /* N*C*S (in bytes) does not fit in int64 / size_t */
-  GROUPNORM_INVALID_EPS = 5,          /* eps is NaN or infinite */
+  GROUPNORM_SIZE_OVERFLOW = 4,        /* channels > 2^31-1, or N*C*S > 2^56 (a zero counted as 1) */
+  GROUPNORM_INVALID_EPS = 5,          /* eps is NaN, infinite or negative */
   GROUPNORM_INVALID_DTYPE = 6,        /* unknown dtype, or param_dtype neither FLOAT32 nor dtype */
   GROUPNORM_INVALID_ACTIVATION = 7,   /* unknown activation */
   GROUPNORM_INVALID_COMBINATION = 8,  /* e.g. skip_bias or sum_out without skip */
@@ -56,7 +56,9 @@ typedef enum groupnorm_status {
   GROUPNORM_UNSUPPORTED = 10,         /* valid request this build cannot serve (e.g. unknown ISA) */
   GROUPNORM_OUT_OF_MEMORY = 11,       /* an internal allocation failed */
   GROUPNORM_DEVICE_ERROR = 12,        /* the CUDA runtime reported an error */
-  GROUPNORM_INTERNAL_ERROR = 13       /* an unexpected failure inside the library (a bug) */
+  GROUPNORM_INTERNAL_ERROR = 13,      /* an unexpected failure inside the library (a bug) */
+  GROUPNORM_OVERLAPPING_BUFFERS = 14  /* an output overlaps an input or another output, other
+                                         than the exact aliases allowed (see the args structs) */
 } groupnorm_status;
 
 typedef enum groupnorm_dtype {
@@ -83,7 +85,10 @@ typedef struct groupnorm_problem {
   int32_t dtype;         /* a groupnorm_dtype: x, y, skip, sum_out, grad_y, grad_x */
   int32_t param_dtype;   /* a groupnorm_dtype: weight, bias, skip_bias, grad_weight,
                             grad_bias; FLOAT32 or the same as dtype */
-  double eps;            /* any finite value (PyTorch's default is 1e-5) */
+  double eps;            /* finite and >= 0 (PyTorch's default is 1e-5). A constant group
+                            gives exactly the bias for any eps > 0; with eps = 0 its
+                            rstd is inf and its y NaN. Data anywhere in the dtype's
+                            range normalizes correctly (see groupnorm.hpp) */
 } groupnorm_problem;
 
 /* batch 0, channels 0, groups 0, spatial 1, channels-first, no activation,
@@ -91,20 +96,26 @@ typedef struct groupnorm_problem {
 #define GROUPNORM_PROBLEM_INIT \
   { 0, 0, 0, 1, 0, GROUPNORM_ACTIVATION_NONE, GROUPNORM_FLOAT32, GROUPNORM_FLOAT32, 1e-5 }
 
-/* Data pointers of a forward call. Optional pointers may be NULL. */
+/* Data pointers of a forward call. Optional pointers may be NULL. No output
+ * (y, sum_out, mean, rstd) may overlap an input or another output
+ * (GROUPNORM_OVERLAPPING_BUFFERS), except: y and sum_out may each be exactly x
+ * or skip (the same address). */
 typedef struct groupnorm_forward_args {
   const void* x;         /* dtype, N*C*S elements; required when N*C*S > 0 */
   const void* weight;    /* param_dtype, C (optional: 1) */
   const void* bias;      /* param_dtype, C (optional: 0) */
   const void* skip;      /* dtype, like x (optional): normalizes x + skip (+ skip_bias) */
   const void* skip_bias; /* param_dtype, C (optional, needs skip) */
-  void* y;               /* dtype, like x; required when N*C*S > 0; may alias x */
-  void* sum_out;         /* dtype, like x (optional, needs skip): writes x + skip (+ skip_bias) */
+  void* y;               /* dtype, like x; required when N*C*S > 0; may be x or skip */
+  void* sum_out;         /* dtype, like x (optional, needs skip): writes x + skip (+ skip_bias);
+                            may be x or skip */
   void* mean;            /* float (double for FLOAT64 data), N*G (optional) */
   void* rstd;            /* float (double for FLOAT64 data), N*G (optional) */
 } groupnorm_forward_args;
 
-/* Data pointers of a backward call. Optional pointers may be NULL. */
+/* Data pointers of a backward call. Optional pointers may be NULL. No output
+ * (grad_x, grad_weight, grad_bias) may overlap an input or another output
+ * (GROUPNORM_OVERLAPPING_BUFFERS), except: grad_x may be exactly grad_y. */
 typedef struct groupnorm_backward_args {
   const void* grad_y;    /* dtype, like x; required */
   const void* x;         /* dtype: the forward's input (x + skip when skip was used); required */
@@ -128,7 +139,8 @@ typedef void (*groupnorm_parallel_for_fn)(void* engine_ctx, int64_t n, groupnorm
 /* How to run a call. Zero-initialize it ({0}) for the defaults; a NULL
  * groupnorm_exec pointer means the defaults too. */
 typedef struct groupnorm_exec {
-  int32_t num_threads;                    /* <= 0: groupnorm_get_num_threads() */
+  int32_t num_threads;                    /* <= 0: groupnorm_get_num_threads(); capped at
+                                             groupnorm_max_threads() */
   groupnorm_parallel_for_fn parallel_for; /* NULL: OpenMP (serial in a no-OpenMP build) */
   void* parallel_ctx;                     /* passed to parallel_for as engine_ctx */
   void* workspace;                        /* optional caller scratch; NULL lets the library
@@ -178,9 +190,12 @@ const char* groupnorm_last_error(void);
 const char* groupnorm_status_string(groupnorm_status status);
 
 /* Threads used when groupnorm_exec.num_threads <= 0 (n <= 0 restores the default:
- * all hardware threads, or OMP_NUM_THREADS in an OpenMP build). */
+ * all hardware threads, or OMP_NUM_THREADS in an OpenMP build). Every thread
+ * request (these, groupnorm_exec.num_threads, OMP_NUM_THREADS) is capped at
+ * groupnorm_max_threads(), 4x the hardware threads. */
 void groupnorm_set_num_threads(int32_t n);
 int32_t groupnorm_get_num_threads(void);
+int32_t groupnorm_max_threads(void);
 
 /* Instruction-set dispatch: "portable", "avx2", "avx512", "neon". The best the
  * CPU supports is picked on first use (GROUPNORM_ISA=<name> in the environment

@@ -9,6 +9,13 @@
 //
 // Layouts: channels-first x is (N, C, S) and channels-last x is (N, S, C),
 // S the product of the spatial dims (1 when there are none).
+//
+// Range: data anywhere in the dtype's finite range normalizes correctly (groups
+// whose fast sums overflow, or whose variance lies below the accumulation
+// type's normal range, are recomputed exactly in double, scaled by a power of
+// two). Where weight * rstd itself does not fit the accumulation type (a group
+// whose spread is below ~1e-38 in float, with eps smaller still) y is NaN for
+// that group, never a wrong finite value. NaN/Inf data give NaN for their group.
 #pragma once
 
 #include <cstddef>
@@ -24,8 +31,8 @@ enum class Status : int {
   null_pointer = 1,         // a required pointer is null
   invalid_size = 2,         // batch/spatial < 0 or channels <= 0
   invalid_groups = 3,       // groups <= 0 or channels % groups != 0
-  size_overflow = 4,        // N*C*S (in bytes) does not fit in int64 / size_t
-  invalid_eps = 5,          // eps is NaN or infinite
+  size_overflow = 4,        // C > 2^31-1, or N*C*S > 2^56 (zero factors counted as 1)
+  invalid_eps = 5,          // eps is NaN, infinite or negative
   invalid_dtype = 6,        // unknown dtype, or param_dtype neither float32 nor dtype
   invalid_activation = 7,   // unknown activation
   invalid_combination = 8,  // e.g. skip_bias or sum_out without skip
@@ -34,6 +41,7 @@ enum class Status : int {
   out_of_memory = 11,       // an internal allocation failed
   device_error = 12,        // the CUDA runtime reported an error
   internal_error = 13,      // an unexpected failure inside the library (a bug)
+  overlapping_buffers = 14, // an output overlaps an input or another output (see validate_args)
 };
 const char* status_name(Status s);
 
@@ -66,7 +74,9 @@ struct Problem {
   std::int64_t groups = 0;       // G, C % G == 0
   std::int64_t spatial = 1;      // product of spatial dims (S >= 0)
   bool channels_last = false;    // (N, S, C) instead of (N, C, S)
-  double eps = 1e-5;             // any finite value (negative allowed, as in PyTorch)
+  double eps = 1e-5;             // finite, >= 0. A constant group gives exactly the bias
+                                 // for any eps > 0; with eps = 0 its rstd is inf and its
+                                 // y NaN (0/0, as in PyTorch)
   Activation activation = Activation::none;
   DType dtype = DType::float32;        // x, y, skip, sum_out, grad_y, grad_x
   DType param_dtype = DType::float32;  // weight, bias, skip_bias, grad_weight, grad_bias:
@@ -114,6 +124,11 @@ struct BackwardArgs {
   void* grad_bias = nullptr;     // param_dtype, C (optional)
 };
 
+// Memory rules (overlapping_buffers otherwise): no output (y, sum_out, mean,
+// rstd; grad_x, grad_weight, grad_bias) may share a byte with an input or with
+// another output, judged from their extents (N*C*S, C or N*G elements), except
+// these exact aliases (same address): y or sum_out may be x or skip (in-place
+// normalization, in-place residual add), grad_x may be grad_y.
 Result validate_args(const Problem& p, const ForwardArgs& a);
 Result validate_args(const Problem& p, const BackwardArgs& a);
 
@@ -123,7 +138,7 @@ typedef void (*TaskFn)(void* task_ctx, std::int64_t i);
 typedef void (*ParallelFor)(void* engine_ctx, std::int64_t n, TaskFn task, void* task_ctx);
 
 struct Exec {
-  int num_threads = 0;                  // 0: get_num_threads()
+  int num_threads = 0;                  // <= 0: get_num_threads(); capped at max_threads()
   ParallelFor parallel_for = nullptr;   // null: OpenMP (or serial in a no-OpenMP build)
   void* parallel_ctx = nullptr;
   void* workspace = nullptr;            // optional caller scratch: no allocation when it is
@@ -137,9 +152,14 @@ std::size_t backward_workspace_bytes(const Problem& p, int num_threads = 0);
 Result forward(const Problem& p, const ForwardArgs& a, const Exec& e = Exec());
 Result backward(const Problem& p, const BackwardArgs& a, const Exec& e = Exec());
 
-// Threads used when Exec::num_threads is 0 (default: all hardware threads).
+// Threads used when Exec::num_threads is <= 0 (default: all hardware threads,
+// or OMP_NUM_THREADS in an OpenMP build). n <= 0 restores the default. Every
+// thread request (Exec::num_threads, set_num_threads, OMP_NUM_THREADS) is capped
+// at max_threads(): 4x the hardware threads, so a value like 65536 from a
+// config file costs no more than oversubscribing by 4x.
 void set_num_threads(int n);
 int get_num_threads();
+int max_threads();
 
 // OpenMP builds run parallel work on a small pool of their own threads by
 // default: a call waits only for the threads that took work, so a thread the

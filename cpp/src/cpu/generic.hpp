@@ -973,15 +973,33 @@ template <class T, bool SKIP, bool SILU> void cl_apply(const Tile& t) {
   };
   std::int64_t r = 0;
   if (SKIP && sob) {
+    // each vector is loaded once and both outputs written from it, so sum_out
+    // may be x or skip itself (and y may be x or skip)
     for (; r < rows; ++r) {
       const std::int64_t o = r * st;
       T* so = sob + o;
-      for (std::int64_t j = 0; j < w; j += L) {
-        const std::int64_t n = w - j < L ? w - j : L;
-        const V v = n == L ? in.load(o, j) : in.load_n(o, j, n);
-        if (n == L) O::store(so + j, v); else O::store_n(so + j, v, n);
+      T* yo = yb + o;
+      auto part = [&](std::int64_t j, std::int64_t n) {
+        const V v = in.load_n(o, j, n);
+        V z = (v - O::load_acc_n(mean + j, n)) * O::load_acc_n(scale + j, n) + O::load_acc_n(shift + j, n);
+        if (SILU) z = O::silu(z);
+        O::store_n(so + j, v, n);
+        O::store_n(yo + j, z, n);
+      };
+      // full vectors of y on vector boundaries (as write_row), non-temporal
+      // stores for big outputs whose addresses allow them
+      std::int64_t j = w >= 8 * L ? align_head(yo) : 0;
+      if (j > 0) part(0, j);
+      const bool s_so = t.stream && reinterpret_cast<std::uintptr_t>(so + j) % (sizeof(T) * L) == 0;
+      const bool s_y = t.stream && reinterpret_cast<std::uintptr_t>(yo + j) % (sizeof(T) * L) == 0;
+      for (; j + L <= w; j += L) {
+        const V v = in.load(o, j);
+        V z = (v - O::load_acc(mean + j)) * O::load_acc(scale + j) + O::load_acc(shift + j);
+        if (SILU) z = O::silu(z);
+        put(so + j, v, s_so);
+        put(yo + j, z, s_y);
       }
-      row(o);
+      if (j < w) part(j, w - j);
     }
   } else if ((st * (std::int64_t)sizeof(T)) % 64 == 0 && !(t.stream && sizeof(T) * L < 64)) {
     // every row has the same alignment: four rows per load of the channel parameters

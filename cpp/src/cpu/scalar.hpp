@@ -63,25 +63,48 @@ inline std::uint16_t float_to_bf16_bits(float f) {
   return (std::uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-// Element i of a typed array, as double.
+// Element i of a typed array, as double. The caller's arrays may have any
+// alignment (a float at an odd address included): every access is a memcpy,
+// which compiles to a plain unaligned load or store.
+template <class E> inline E load_unaligned(const void* p, std::int64_t i) {
+  E v;
+  std::memcpy(&v, static_cast<const char*>(p) + i * (std::int64_t)sizeof(E), sizeof(E));
+  return v;
+}
+template <class E> inline void store_unaligned(void* p, std::int64_t i, E v) {
+  std::memcpy(static_cast<char*>(p) + i * (std::int64_t)sizeof(E), &v, sizeof(E));
+}
+
 inline double load_scalar(const void* p, DType t, std::int64_t i) {
   switch (t) {
-    case DType::float32: return static_cast<const float*>(p)[i];
-    case DType::float64: return static_cast<const double*>(p)[i];
-    case DType::float16: return half_bits_to_float(static_cast<const std::uint16_t*>(p)[i]);
-    case DType::bfloat16: return bf16_bits_to_float(static_cast<const std::uint16_t*>(p)[i]);
+    case DType::float32: return load_unaligned<float>(p, i);
+    case DType::float64: return load_unaligned<double>(p, i);
+    case DType::float16: return half_bits_to_float(load_unaligned<std::uint16_t>(p, i));
+    case DType::bfloat16: return bf16_bits_to_float(load_unaligned<std::uint16_t>(p, i));
   }
   return 0;
 }
 
-// Store v (rounded to nearest even) as element i of a typed array.
+// Store v (rounded to nearest even) as element i of a typed array (any alignment).
 inline void store_scalar(void* p, DType t, std::int64_t i, double v) {
   switch (t) {
-    case DType::float32: static_cast<float*>(p)[i] = (float)v; break;
-    case DType::float64: static_cast<double*>(p)[i] = v; break;
-    case DType::float16: static_cast<std::uint16_t*>(p)[i] = float_to_half_bits((float)v); break;
-    case DType::bfloat16: static_cast<std::uint16_t*>(p)[i] = float_to_bf16_bits((float)v); break;
+    case DType::float32: store_unaligned<float>(p, i, (float)v); break;
+    case DType::float64: store_unaligned<double>(p, i, v); break;
+    case DType::float16: store_unaligned<std::uint16_t>(p, i, float_to_half_bits((float)v)); break;
+    case DType::bfloat16: store_unaligned<std::uint16_t>(p, i, float_to_bf16_bits((float)v)); break;
   }
+}
+
+// v (float for 16-bit data) rounded to the storage type t, as the kernels'
+// round trip does for x + skip.
+inline double round_to_storage(DType t, double v) {
+  switch (t) {
+    case DType::float32: return (float)v;
+    case DType::float64: return v;
+    case DType::float16: return half_bits_to_float(float_to_half_bits((float)v));
+    case DType::bfloat16: return bf16_bits_to_float(float_to_bf16_bits((float)v));
+  }
+  return v;
 }
 
 }  // namespace detail

@@ -63,12 +63,17 @@ Plan make_plan(const Problem& p, int threads, int streams, bool one_phase = fals
 struct Arena {
   char* base = nullptr;
   std::size_t used = 0;
+  static constexpr std::size_t kMax = std::numeric_limits<std::size_t>::max() / 2;
   template <class X> X* take(std::int64_t n) {
+    // saturates at kMax (never wraps), which no allocation or workspace can satisfy
+    const std::size_t cnt = (std::size_t)std::max<std::int64_t>(n, 0);
+    if (used >= kMax || cnt > (kMax - used - 64) / sizeof(X)) { used = kMax; return nullptr; }
     used = (used + 63) / 64 * 64;
     X* p = base ? reinterpret_cast<X*>(base + used) : nullptr;
-    used += sizeof(X) * (std::size_t)std::max<std::int64_t>(n, 0);
+    used += sizeof(X) * cnt;
     return p;
   }
+  std::size_t total() const { return used >= kMax ? std::numeric_limits<std::size_t>::max() : used + 64; }
 };
 
 template <class A> struct Scratch {
@@ -109,7 +114,9 @@ Result with_scratch(const Plan& pl, bool backward, const Exec& e, Body body) {
   Arena measure;
   Scratch<A> s{};
   carve<A>(measure, pl, backward, s);
-  const std::size_t need = measure.used + 64;
+  const std::size_t need = measure.total();
+  if (need == std::numeric_limits<std::size_t>::max())
+    return {Status::out_of_memory, "the scratch of this problem does not fit in memory"};
   std::unique_ptr<char[]> owned;
   char* base;
   if (e.workspace) {
@@ -161,6 +168,90 @@ inline char* mptr(void* p, std::int64_t off, std::size_t es) {
 inline double rstd_of(const Moments& m, double eps) { return chan_rstd(m, eps); }
 
 // ---------------------------------------------------------------- forward
+// Below this, var + eps may have lost its precision in the fast sums (squares
+// of deviations under A's normal range); the group is then recomputed exactly.
+template <class A> struct kTinyVar;
+template <> struct kTinyVar<float> { static constexpr double value = 0x1p-100; };
+template <> struct kTinyVar<double> { static constexpr double value = 0x1p-1000; };
+
+struct GroupStats {
+  double mean, m2, rstd;
+  double center;  // what the apply subtracts in A: the mean, or the middle of
+                  // the data's range when x - mean could overflow A
+  bool constant;  // every value of the group is the same
+};
+
+// The statistics of group ng element by element, in double, on the values
+// scaled by a power of two so that neither squares nor sums can overflow or
+// underflow: the rare path for data at the edges of the dtype's range. The
+// values are those the kernels normalize (x + skip (+ skip_bias), rounded to
+// the dtype). Depends on the group's data only, like the fast path.
+template <class A>
+GroupStats exact_group_stats(const Problem& p, const ForwardArgs& a, const Plan& pl, const A* skip_bias,
+                             std::int64_t ng) {
+  const std::int64_t n = ng / pl.G, g = ng % pl.G;
+  const std::int64_t c0 = g * pl.Cg;
+  auto value = [&](std::int64_t c, std::int64_t sp) {
+    const std::int64_t i = pl.cl ? (n * pl.S + sp) * pl.C + c : (n * pl.C + c) * pl.S + sp;
+    A v = (A)load_scalar(a.x, p.dtype, i);
+    if (a.skip) {
+      v = v + (A)load_scalar(a.skip, p.dtype, i);
+      if (a.skip_bias) v = v + skip_bias[c];
+      v = (A)round_to_storage(p.dtype, v);
+    }
+    return (double)v;
+  };
+  auto each = [&](auto f) {
+    for (std::int64_t c = c0; c < c0 + pl.Cg; ++c)
+      for (std::int64_t sp = 0; sp < pl.S; ++sp) f(value(c, sp));
+  };
+  const double count = (double)pl.Cg * (double)pl.S;
+  double lo = INFINITY, hi = -INFINITY, sum = 0;
+  bool finite = true;
+  each([&](double v) {
+    if (!std::isfinite(v)) finite = false;
+    lo = std::fmin(lo, v);
+    hi = std::fmax(hi, v);
+    sum += v;
+  });
+  GroupStats r;
+  r.constant = false;
+  if (!finite) {  // NaN/Inf data: NaN statistics, as the fast path gives
+    r.mean = r.center = sum / count;
+    r.m2 = r.rstd = std::numeric_limits<double>::quiet_NaN();
+    return r;
+  }
+  if (lo == hi) {
+    r.constant = true;
+    r.mean = r.center = lo;
+    r.m2 = 0;
+    r.rstd = 1.0 / std::sqrt(p.eps);  // inf for eps = 0
+    return r;
+  }
+  int e;
+  std::frexp(std::fmax(std::fabs(lo), std::fabs(hi)), &e);
+  // values * 2^-e in [-1, 1) (ldexp: exact, even where 2^-e itself is not a double)
+  double s1 = 0;
+  each([&](double v) { s1 += std::ldexp(v, -e); });
+  const double m = s1 / count;
+  double sd = 0, sq = 0;
+  each([&](double v) {
+    const double d = std::ldexp(v, -e) - m;
+    sd += d;
+    sq += d * d;
+  });
+  const double var = std::fmax(sq - sd * sd / count, 0.0) / count;  // of the scaled values
+  r.mean = std::ldexp(m + sd / count, e);
+  r.m2 = std::ldexp(var * count, 2 * e);  // inf when it does not fit (float64 data near its max)
+  const double eps_k = std::ldexp(p.eps, -2 * e);
+  // var + eps = (var_k + eps k^2) / k^2 with k = 2^-e; when eps k^2 overflows,
+  // var is nothing next to eps
+  r.rstd = std::isinf(eps_k) ? 1.0 / std::sqrt(p.eps) : std::ldexp(1.0 / std::sqrt(var + eps_k), -e);
+  const double big = (double)std::numeric_limits<A>::max() / 2;
+  r.center = (hi - r.mean > big || r.mean - lo > big) ? lo / 2 + hi / 2 : r.mean;
+  return r;
+}
+
 // Which phases a forward call runs: all of them (the one-call path), the
 // moments alone (written to `out`), or the apply alone (statistics `given`).
 enum class Phase { all, moments, apply };
@@ -189,23 +280,32 @@ template <class A> struct Forward {
 
   // merged moments of group ng -> the moments output, or per-channel mean/scale/shift
   void finish_group(std::int64_t ng, const Moments& m) const {
+    const double var = m.m2 / m.n;
+    // rare: the fast sums overflowed A (|x| beyond ~1e19 in float), or the
+    // variance is below A's normal range, or the data holds NaN/Inf
+    const bool rare = !(std::isfinite(m.mean) && std::isfinite(var)) || !(var + p.eps >= kTinyVar<A>::value);
+    const GroupStats gs = rare ? exact_group_stats<A>(p, a, pl, s.skip_bias, ng) : GroupStats{};
     if (ph.phase == Phase::moments) {
       ph.out->count[ng] = (std::int64_t)m.n;
-      ph.out->mean[ng] = m.mean;
-      ph.out->m2[ng] = m.m2;
+      ph.out->mean[ng] = rare ? gs.mean : m.mean;
+      ph.out->m2[ng] = rare ? gs.m2 : m.m2;
       return;
     }
-    set_stats(ng, m.mean, rstd_of(m, p.eps));
+    if (rare) set_stats(ng, gs.mean, gs.rstd, gs.center, gs.constant);
+    else set_stats(ng, m.mean, rstd_of(m, p.eps), m.mean, m.m2 == 0);
   }
 
-  // the statistics given to an apply-only call, as (mean, rstd) in double
-  void given_stats(std::int64_t ng, double* mean, double* rstd) const {
+  // the statistics given to an apply-only call, as (mean, rstd) in double;
+  // *constant: the given moments say the group is constant (m2 = 0)
+  void given_stats(std::int64_t ng, double* mean, double* rstd, bool* constant) const {
     const GivenStats& g = *ph.given;
+    *constant = false;
     if (g.count) {
       Moments m;
       m.n = (double)g.count[ng]; m.mean = g.mean[ng]; m.m2 = g.m2[ng];
       *mean = m.mean;
       *rstd = rstd_of(m, p.eps);
+      *constant = m.m2 == 0;
     } else {
       const DType st = stats_dtype(p.dtype);
       *mean = load_scalar(g.stats_mean, st, ng);
@@ -213,16 +313,17 @@ template <class A> struct Forward {
     }
   }
 
-  // group ng's mean and rstd -> per-channel mean/scale/shift
-  void set_stats(std::int64_t ng, double mean, double rstd) const {
+  // group ng's mean and rstd -> per-channel mean/scale/shift; the apply
+  // subtracts `center` (the mean, or the middle of a huge range) in A
+  void set_stats(std::int64_t ng, double mean, double rstd, double center, bool constant) const {
     s.gmean[ng] = mean;
     s.grstd[ng] = rstd;
     const std::int64_t n = ng / pl.G, g = ng % pl.G;
     for (std::int64_t c = g * pl.Cg; c < (g + 1) * pl.Cg; ++c) {
       const double w = a.weight ? load_scalar(a.weight, p.param_dtype, c) : 1.0;
       const double b = a.bias ? load_scalar(a.bias, p.param_dtype, c) : 0.0;
-      fold_coefficients<A>(mean, rstd, w, b, s.mean_c[n * pl.C + c], s.scale_c[n * pl.C + c],
-                           s.shift_c[n * pl.C + c]);
+      fold_coefficients_at<A>(mean, center, rstd, w, b, constant, s.mean_c[n * pl.C + c], s.scale_c[n * pl.C + c],
+                              s.shift_c[n * pl.C + c]);
     }
   }
 
@@ -275,8 +376,9 @@ template <class A> Result run_forward(const Problem& p, const ForwardArgs& a, co
     if (ph.phase == Phase::apply) {  // the moments phase is skipped: coefficients from the given stats
       for (std::int64_t ng = 0; ng < pl.N * pl.G; ++ng) {
         double mean, rstd;
-        f.given_stats(ng, &mean, &rstd);
-        f.set_stats(ng, mean, rstd);
+        bool constant;
+        f.given_stats(ng, &mean, &rstd, &constant);
+        f.set_stats(ng, mean, rstd, mean, constant);
       }
     }
     if (pl.mode_a) {
@@ -533,7 +635,7 @@ std::size_t forward_workspace_bytes(const Problem& p, int num_threads) {
     Arena ar;
     if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, false, s); }
     else { Scratch<float> s{}; carve<float>(ar, pl, false, s); }
-    most = std::max(most, ar.used + 64);
+    most = std::max(most, ar.total());
   }
   return most;
 }
@@ -548,7 +650,7 @@ std::size_t backward_workspace_bytes(const Problem& p, int num_threads) {
     Arena ar;
     if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, true, s); }
     else { Scratch<float> s{}; carve<float>(ar, pl, true, s); }
-    most = std::max(most, ar.used + 64);
+    most = std::max(most, ar.total());
   }
   return most;
 }
@@ -567,10 +669,11 @@ Result backward(const Problem& p, const BackwardArgs& a, const Exec& e) {
   Result r = validate_args(p, a);
   if (!r) return r;
   if (empty_call(p)) {
-    for (std::int64_t c = 0; c < p.channels; ++c) {
-      if (a.grad_weight) store_scalar(a.grad_weight, p.param_dtype, c, 0.0);
-      if (a.grad_bias) store_scalar(a.grad_bias, p.param_dtype, c, 0.0);
-    }
+    if (a.grad_weight || a.grad_bias)  // the caller's C entries
+      for (std::int64_t c = 0; c < p.channels; ++c) {
+        if (a.grad_weight) store_scalar(a.grad_weight, p.param_dtype, c, 0.0);
+        if (a.grad_bias) store_scalar(a.grad_bias, p.param_dtype, c, 0.0);
+      }
     return {};
   }
   return run_backward_phases(p, a, e, BackwardPhases());
@@ -622,7 +725,8 @@ Result merge_moments(std::int64_t size, std::int64_t parts, const std::int64_t* 
 Result mean_rstd(std::int64_t size, const std::int64_t* count, const double* mean, const double* m2, double eps,
                  DType dtype, void* mean_out, void* rstd_out) {
   if (size < 0) return fail(Status::invalid_size, "size must be >= 0, got " + std::to_string(size));
-  if (!std::isfinite(eps)) return fail(Status::invalid_eps, "eps must be finite, got " + std::to_string(eps));
+  if (!std::isfinite(eps) || eps < 0)
+    return fail(Status::invalid_eps, "eps must be finite and >= 0, got " + std::to_string(eps));
   if ((int)dtype < 0 || (int)dtype > 3) return fail(Status::invalid_dtype, "unknown dtype code " + std::to_string((int)dtype));
   if (size == 0) return {};
   if (!count || !mean || !m2) return fail(Status::null_pointer, "count, mean and m2 are required");

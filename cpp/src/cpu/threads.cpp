@@ -30,11 +30,20 @@ std::atomic<int> g_threads{0};
 
 }  // namespace
 
-void set_num_threads(int n) { g_threads.store(n > 0 ? n : 0); }
+int max_threads() {
+  static const int cap = [] {
+    const unsigned hw = std::thread::hardware_concurrency();
+    const long n = hw > 0 ? (long)hw : 1L;
+    return (int)std::min<long>(4 * n, 1L << 16);
+  }();
+  return cap;
+}
+
+void set_num_threads(int n) { g_threads.store(n > 0 ? std::min(n, max_threads()) : 0); }
 
 int get_num_threads() {
   const int n = g_threads.load();
-  return n > 0 ? n : hardware_threads();
+  return n > 0 ? n : std::max(1, std::min(hardware_threads(), max_threads()));
 }
 
 namespace {
@@ -53,7 +62,9 @@ bool worker_pool() { return g_worker_pool.load(); }
 
 namespace detail {
 
-int resolve_threads(const Exec& e) { return e.num_threads > 0 ? e.num_threads : get_num_threads(); }
+int resolve_threads(const Exec& e) {
+  return e.num_threads > 0 ? std::min(e.num_threads, max_threads()) : get_num_threads();
+}
 
 namespace {
 struct EngineTask {
@@ -251,7 +262,7 @@ std::int64_t cache_budget(int threads) {
   }();
   const int t = threads > 0 ? threads : 1;
   // most of the private L2, plus a fair share of half the shared L3
-  return l2 * 3 / 4 + l3 / (2 * t);
+  return l2 * 3 / 4 + l3 / 2 / t;
 }
 
 }  // namespace detail
