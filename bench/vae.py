@@ -102,10 +102,13 @@ def standalone(calls, fns, repeats):
     return [statistics.median(t) for t in times]
 
 
-def run_config(size, channels_last, repeats):
+def run_config(size, channels_last, repeats, threads):
     import torch
     import torch.nn.functional as F
     import groupnorm.torch as gnt
+
+    if threads:
+        torch.set_num_threads(threads)
 
     vae = build_vae()
     z = torch.randn(1, 4, size, size, generator=torch.Generator().manual_seed(1))
@@ -144,6 +147,7 @@ def run_config(size, channels_last, repeats):
                                                  lambda x, g, w, b, e: gnt.group_norm(x, g, w, b, e)],
                                          max(repeats, 5))
     return {
+        "loadavg_1min_end": os.getloadavg()[0],
         "gn_in_model_stock_all": prof["stock"], "gn_in_model_ours_all": prof["ours"],
         "size": size, "layout": "channels_last" if channels_last else "contiguous",
         "threads": torch.get_num_threads(), "gn_calls": len(calls),
@@ -176,31 +180,36 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--layouts", nargs="+", default=["contiguous", "channels_last"])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's default)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "vae.md"))
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = ap.parse_args()
     if args.one:
         size, layout = args.one.split(",")
-        print(json.dumps(run_config(int(size), layout == "channels_last", args.repeats)))
+        print(json.dumps(run_config(int(size), layout == "channels_last", args.repeats, args.threads)))
         return
     results = []
     for size in args.sizes:
         for layout in args.layouts:
             out = subprocess.run([sys.executable, __file__, "--one", f"{size},{layout}", "--repeats",
-                                  str(args.repeats)], check=True, capture_output=True, text=True).stdout
+                                  str(args.repeats), "--threads", str(args.threads)],
+                                 check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             print(json.dumps(r), flush=True)
             results.append(r)
     import torch
     import platform
     text = (f"# Stable Diffusion VAE decode: torch GroupNorm vs groupnorm\n\n"
-            f"`python bench/vae.py --repeats {args.repeats}`; torch {torch.__version__}, "
+            f"`python bench/vae.py --repeats {args.repeats} --threads {args.threads}`; torch {torch.__version__}, "
             f"{results[0]['threads']} threads, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); "
             f"times are medians, stock and groupnorm decodes alternate in one process per configuration.\n\n"
             + table(results) + "\n\nRaw decode times (s):\n\n```\n"
             + "\n".join(f"{r['size']} {r['layout']}: stock {['%.3f' % t for t in r['decode_stock_all']]} "
-                        f"groupnorm {['%.3f' % t for t in r['decode_ours_all']]}; GN standalone stock "
-                        f"{r['gn_alone_stock']:.4f} s" for r in results) + "\n```\n")
+                        f"groupnorm {['%.3f' % t for t in r['decode_ours_all']]}; GN in model stock "
+                        f"{['%.3f' % t for t in r['gn_in_model_stock_all']]} groupnorm "
+                        f"{['%.3f' % t for t in r['gn_in_model_ours_all']]}; GN standalone stock "
+                        f"{r['gn_alone_stock']:.4f} s; load average at the end {r['loadavg_1min_end']:.1f}"
+                        for r in results) + "\n```\n")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)

@@ -176,6 +176,22 @@ void determinism() {
   gn::MomentsArgs a;
   a.x = x.data(); a.count = c0.data(); a.mean = m0.data(); a.m2 = q0.data();
   GT_CHECK(gn::moments(p, a).ok(), "moments");
+  {  // a caller workspace of forward_workspace_bytes() serves moments and apply
+    for (int t : {1, 2, 4}) {
+      std::vector<char> ws(gn::forward_workspace_bytes(p, t));
+      gn::Exec ex;
+      ex.num_threads = t; ex.workspace = ws.data(); ex.workspace_bytes = ws.size();
+      a.count = c1.data(); a.mean = m1.data(); a.m2 = q1.data();
+      GT_CHECK(gn::moments(p, a, ex).ok(), "moments in a workspace, %d threads", t);
+      GT_CHECK(same_bits(m0, m1) && same_bits(q0, q1), "moments in a workspace");
+      std::vector<float> y(x.size());
+      gn::ForwardArgs f;
+      f.x = x.data(); f.y = y.data();
+      gn::GivenStats g;
+      g.count = c1.data(); g.mean = m1.data(); g.m2 = q1.data();
+      GT_CHECK(gn::forward(p, f, g, ex).ok(), "apply in a workspace, %d threads", t);
+    }
+  }
   std::string isas = gn::available_isas();
   for (std::size_t s = 0; s <= isas.size();) {
     const std::size_t e = std::min(isas.find(',', s), isas.size());
@@ -189,6 +205,27 @@ void determinism() {
       GT_CHECK(gn::moments(p, a, ex).ok(), "moments");
       GT_CHECK(same_bits(c0, c1) && same_bits(m0, m1) && same_bits(q0, q1), "moments bitwise (%s, %d threads)",
                isa.c_str(), t);
+    }
+  }
+}
+
+void dtype_rules() {
+  using D = gn::DType;
+  const D f32 = D::float32, f64 = D::float64, f16 = D::float16, bf = D::bfloat16;
+  GT_CHECK(gn::param_dtype_for(f16, nullptr, 0) == f32 && gn::param_dtype_for(f64, nullptr, 0) == f64, "none");
+  const D a[] = {f16, f16}, b[] = {f32, f16}, c[] = {f64, f32}, d[] = {bf, f16}, e[] = {f64};
+  GT_CHECK(gn::param_dtype_for(f16, a, 2) == f16, "all x's dtype");
+  GT_CHECK(gn::param_dtype_for(f16, b, 2) == f32, "mixed f32/f16 -> f32");
+  GT_CHECK(gn::param_dtype_for(f64, c, 2) == f64, "float64 data with a float64 parameter");
+  GT_CHECK(gn::param_dtype_for(f32, c, 2) == f32, "float32 data: float32");
+  GT_CHECK(gn::param_dtype_for(f16, d, 2) == f32, "two half types -> f32");
+  GT_CHECK(gn::param_dtype_for(bf, e, 1) == f32, "float64 params of bfloat16 data -> f32");
+  for (D x : {f32, f64, f16, bf}) {  // whatever the rule picks, validate() accepts
+    for (const D* p : {a, b, c, d, e}) {
+      gn::Problem q;
+      q.batch = 1; q.channels = 2; q.groups = 1; q.dtype = x;
+      q.param_dtype = gn::param_dtype_for(x, p, p == e ? 1 : 2);
+      GT_CHECK(gn::validate(q).ok(), "param dtype %s for %s data", gn::dtype_name(q.param_dtype), gn::dtype_name(x));
     }
   }
 }
@@ -237,6 +274,7 @@ int main() {
     run_case<float>(cl, 1, 8, 1, 70000, 3, 300);  // groups over many kernel tiles
   }
   determinism();
+  dtype_rules();
   errors();
   return gt::finish("test_split");
 }

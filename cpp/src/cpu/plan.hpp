@@ -73,8 +73,11 @@ inline std::int64_t largest_divisor_at_most(std::int64_t n, std::int64_t cap) {
 // streams of x's size (forward 1, backward 2), on a machine whose per-thread
 // cache budget for t threads is budget(t) and whose non-temporal-store threshold
 // is stream_bytes. Pure: no data, no environment (testable on any shape).
+// one_phase: the call runs one pass over x (moments alone, or apply alone), so
+// there is no cache reuse to plan for: sets go to threads whatever their size,
+// and mode B runs all sets as one step (fewest barriers).
 inline Plan make_plan(const Problem& p, int threads, int streams, std::int64_t (*budget_of)(int),
-                      std::int64_t stream_bytes) {
+                      std::int64_t stream_bytes, bool one_phase = false) {
   Plan pl;
   pl.N = p.batch; pl.C = p.channels; pl.G = p.groups; pl.S = p.spatial;
   pl.Cg = p.channels / p.groups;
@@ -140,9 +143,10 @@ inline Plan make_plan(const Problem& p, int threads, int streams, std::int64_t (
   const std::int64_t set_bytes = pl.band * group_bytes;
   pl.stream = p.numel() * (std::int64_t)pl.esize >= stream_bytes;
   pl.threads = t;
-  pl.mode_a = t == 1 || (pl.nsets >= t && (pl.nsets % t == 0 || pl.nsets >= 4 * t) && set_bytes <= budget);
+  pl.mode_a = t == 1 || (pl.nsets >= t && (pl.nsets % t == 0 || pl.nsets >= 4 * t) &&
+                          (one_phase || set_bytes <= budget));
   if (!pl.mode_a) {
-    pl.sets_per_step = std::max<std::int64_t>(1, (budget * t) / std::max<std::int64_t>(set_bytes, 1));
+    pl.sets_per_step = one_phase ? pl.nsets : std::max<std::int64_t>(1, (budget * t) / std::max<std::int64_t>(set_bytes, 1));
     pl.sets_per_step = std::min(pl.sets_per_step, pl.nsets);
     pl.threads = (int)std::min<std::int64_t>(t, pl.sets_per_step * pl.tiles_per_set);  // no idle workers
     // a step's tiles are summed a chunk at a time (partials of about 1 MB at most,

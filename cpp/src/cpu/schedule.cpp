@@ -55,8 +55,8 @@ std::int64_t stream_threshold() {
 }
 
 // The plan of a call on this machine (cache sizes, GROUPNORM_* overrides).
-Plan make_plan(const Problem& p, int threads, int streams) {
-  return detail::make_plan(p, threads, streams, &cache_budget, stream_threshold());
+Plan make_plan(const Problem& p, int threads, int streams, bool one_phase = false) {
+  return detail::make_plan(p, threads, streams, &cache_budget, stream_threshold(), one_phase);
 }
 
 // Scratch carved from one buffer (the caller's workspace or one allocation).
@@ -158,7 +158,7 @@ inline char* mptr(void* p, std::int64_t off, std::size_t es) {
 }
 
 // 1 / sqrt(var + eps) of merged moments: the one formula of forward() and mean_rstd().
-inline double rstd_of(const Moments& m, double eps) { return 1.0 / std::sqrt(m.m2 / m.n + eps); }
+inline double rstd_of(const Moments& m, double eps) { return chan_rstd(m, eps); }
 
 // ---------------------------------------------------------------- forward
 // Which phases a forward call runs: all of them (the one-call path), the
@@ -221,13 +221,8 @@ template <class A> struct Forward {
     for (std::int64_t c = g * pl.Cg; c < (g + 1) * pl.Cg; ++c) {
       const double w = a.weight ? load_scalar(a.weight, p.param_dtype, c) : 1.0;
       const double b = a.bias ? load_scalar(a.bias, p.param_dtype, c) : 0.0;
-      // the part of the mean that A cannot hold goes into the shift:
-      // (x - hi) * scale + (b - lo * scale), so large offsets cost no accuracy
-      const A hi = (A)mean;
-      const double lo = mean - (double)hi;
-      s.mean_c[n * pl.C + c] = hi;
-      s.scale_c[n * pl.C + c] = (A)(w * rstd);
-      s.shift_c[n * pl.C + c] = (A)(b - lo * (w * rstd));
+      fold_coefficients<A>(mean, rstd, w, b, s.mean_c[n * pl.C + c], s.scale_c[n * pl.C + c],
+                           s.shift_c[n * pl.C + c]);
     }
   }
 
@@ -501,7 +496,7 @@ void fill_nan_stats(const Problem& p, void* mean, void* rstd) {
 }
 
 Result run_forward_phases(const Problem& p, const ForwardArgs& a, const Exec& e, const ForwardPhases& ph) {
-  Plan pl = make_plan(p, resolve_threads(e), 1);
+  Plan pl = make_plan(p, resolve_threads(e), 1, ph.phase != Phase::all);
   if (overlaps(p, a.y, a.x) || overlaps(p, a.y, a.skip) || overlaps(p, a.sum_out, a.x)) pl.stream = false;
   const KernelSet& k = active_kernels().by_dtype[(int)p.dtype];
   try {
@@ -512,7 +507,7 @@ Result run_forward_phases(const Problem& p, const ForwardArgs& a, const Exec& e,
 }
 
 Result run_backward_phases(const Problem& p, const BackwardArgs& a, const Exec& e, const BackwardPhases& ph) {
-  Plan pl = make_plan(p, resolve_threads(e), 2);
+  Plan pl = make_plan(p, resolve_threads(e), 2, ph.sums_only() || ph.given());
   if (overlaps(p, a.grad_x, a.grad_y) || overlaps(p, a.grad_x, a.x)) pl.stream = false;
   const KernelSet& k = active_kernels().by_dtype[(int)p.dtype];
   try {
@@ -532,22 +527,30 @@ std::size_t forward_workspace_bytes(const Problem& p, int num_threads) {
   if (!validate(p) || empty_call(p)) return 0;
   Exec e;
   e.num_threads = num_threads;
-  const Plan pl = make_plan(p, resolve_threads(e), 1);
-  Arena ar;
-  if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, false, s); }
-  else { Scratch<float> s{}; carve<float>(ar, pl, false, s); }
-  return ar.used + 64;
+  std::size_t most = 0;
+  for (bool one_phase : {false, true}) {  // the one-call plan, and the split-phase calls' plan
+    const Plan pl = make_plan(p, resolve_threads(e), 1, one_phase);
+    Arena ar;
+    if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, false, s); }
+    else { Scratch<float> s{}; carve<float>(ar, pl, false, s); }
+    most = std::max(most, ar.used + 64);
+  }
+  return most;
 }
 
 std::size_t backward_workspace_bytes(const Problem& p, int num_threads) {
   if (!validate(p) || empty_call(p)) return 0;
   Exec e;
   e.num_threads = num_threads;
-  const Plan pl = make_plan(p, resolve_threads(e), 2);
-  Arena ar;
-  if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, true, s); }
-  else { Scratch<float> s{}; carve<float>(ar, pl, true, s); }
-  return ar.used + 64;
+  std::size_t most = 0;
+  for (bool one_phase : {false, true}) {  // the one-call plan, and the split-phase calls' plan
+    const Plan pl = make_plan(p, resolve_threads(e), 2, one_phase);
+    Arena ar;
+    if (p.dtype == DType::float64) { Scratch<double> s{}; carve<double>(ar, pl, true, s); }
+    else { Scratch<float> s{}; carve<float>(ar, pl, true, s); }
+    most = std::max(most, ar.used + 64);
+  }
+  return most;
 }
 
 Result forward(const Problem& p, const ForwardArgs& a, const Exec& e) {

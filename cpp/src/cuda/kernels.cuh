@@ -37,7 +37,7 @@ __device__ __forceinline__ i64 row_of(const FwdK& a, i64 o) {
 // Stats of a finished group, in double: mean and rstd.
 __device__ __forceinline__ void finish(const Part& p, double eps, double& mean, double& rstd) {
   mean = p.mean;
-  rstd = 1.0 / sqrt(p.m2 / p.n + eps);
+  rstd = detail::chan_rstd(p, eps);
 }
 
 // ================================================================ forward moments
@@ -345,17 +345,13 @@ __global__ void __launch_bounds__(128) fwd_finalize(FwdK a) {
     }
     __syncthreads();
     const double mean = st[0], rstd = st[1];
-    const A mh = (A)mean;
-    const double lo = mean - (double)mh;
     Coef<A>* coef = static_cast<Coef<A>*>(a.coef);
     for (i64 j = threadIdx.x; j < a.Cg; j += blockDim.x) {
       const i64 c = g * a.Cg + j;
       const double w = (double)ld_param<T>(a.w, a.pf32, c, A(1));
       const double b = (double)ld_param<T>(a.b, a.pf32, c, A(0));
       Coef<A> cf;
-      cf.mean = mh;
-      cf.scale = (A)(w * rstd);
-      cf.shift = (A)(b - lo * (w * rstd));
+      detail::fold_coefficients<A>(mean, rstd, w, b, cf.mean, cf.scale, cf.shift);
       cf.c2 = A(0);
       cf.c3 = A(0);
       coef[n * a.C + c] = cf;

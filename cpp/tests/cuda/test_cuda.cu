@@ -1,6 +1,7 @@
 // CUDA backend test: forward and backward against a double-precision host
 // reference, for many shapes, both layouts, all dtypes and options; plus
-// bitwise repeatability, caller vs cached workspace, and the edge cases.
+// bitwise repeatability, caller vs cached workspace, the edge cases, and the
+// call's environment (earlier errors, host pointers, graph capture, host threads).
 // Exits 0 printing a SKIP line when no CUDA device is present.
 #include <cuda_runtime.h>
 
@@ -10,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "groupnorm/cuda.hpp"
@@ -406,6 +408,123 @@ static void edge_cases(cudaStream_t stream) {
   cudaFree(stats);
 }
 
+// The call's environment: an error left by an earlier, unrelated call is not
+// reported as ours; host pointers are refused (where the device cannot read
+// pageable memory); a call that needs scratch under graph capture asks for a
+// workspace, and with one the graph replays the eager result bitwise; host
+// threads sharing a stream and the cached workspace get bitwise the same y.
+static bool same_dev(const float* a, const float* b, std::size_t n) {
+  std::vector<float> ha(n), hb(n);
+  CHECK_CUDA(cudaMemcpy(ha.data(), a, n * 4, cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(hb.data(), b, n * 4, cudaMemcpyDeviceToHost));
+  return std::memcmp(ha.data(), hb.data(), n * 4) == 0;
+}
+
+static void environment_cases(cudaStream_t stream) {
+  Problem p;
+  p.batch = 1; p.channels = 32; p.groups = 2; p.spatial = 70000;  // the split path: needs scratch
+  const std::size_t n = 32 * 70000;
+  std::vector<float> hx(n);
+  for (float& v : hx) v = (float)(3 + urand());
+  float *x = nullptr, *y = nullptr, *y2 = nullptr;
+  CHECK_CUDA(cudaMalloc(&x, n * 4));
+  CHECK_CUDA(cudaMalloc(&y, n * 4));
+  CHECK_CUDA(cudaMalloc(&y2, n * 4));
+  CHECK_CUDA(cudaMemcpy(x, hx.data(), n * 4, cudaMemcpyHostToDevice));
+  ForwardArgs a;
+  a.x = x; a.y = y;
+  Result r = cuda::forward(p, a, stream);
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  if (!r) { std::printf("FAIL: environment reference call: %s\n", r.message.c_str()); ++g_fail; }
+
+  (void)cudaSetDevice(-1);  // leaves cudaErrorInvalidDevice pending
+  a.y = y2;
+  CHECK_CUDA(cudaMemset(y2, 0x7f, n * 4));
+  r = cuda::forward(p, a, stream);
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  if (!r || !same_dev(y, y2, n)) {
+    std::printf("FAIL: an earlier unrelated error changed the call: %s\n", r.message.c_str());
+    ++g_fail;
+  }
+
+  int dev = 0, pageable = 0;
+  CHECK_CUDA(cudaGetDevice(&dev));
+  CHECK_CUDA(cudaDeviceGetAttribute(&pageable, cudaDevAttrPageableMemoryAccess, dev));
+  if (!pageable) {
+    ForwardArgs h = a;
+    h.x = hx.data();
+    r = cuda::forward(p, h, stream);
+    if (r.status != Status::invalid_combination || r.message.find("x ") != 0) {
+      std::printf("FAIL: a host x was not refused: %s\n", r.message.c_str());
+      ++g_fail;
+    }
+  }
+
+  cudaStream_t cs;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking));
+  const std::size_t wsb = cuda::forward_workspace_bytes(p);
+  void* ws = nullptr;
+  CHECK_CUDA(cudaMalloc(&ws, wsb));
+  CHECK_CUDA(cudaMemset(y2, 0x7f, n * 4));
+  CHECK_CUDA(cudaDeviceSynchronize());
+  CHECK_CUDA(cudaStreamBeginCapture(cs, cudaStreamCaptureModeGlobal));
+  const Result refused = cuda::forward(p, a, cs);
+  const Result captured = cuda::forward(p, a, cs, ws, wsb);
+  cudaGraph_t graph = nullptr;
+  CHECK_CUDA(cudaStreamEndCapture(cs, &graph));
+  if (refused.status != Status::unsupported || refused.message.find("workspace") == std::string::npos) {
+    std::printf("FAIL: capture without a workspace: %s\n", refused.message.c_str());
+    ++g_fail;
+  }
+  if (!captured) { std::printf("FAIL: capture with a workspace: %s\n", captured.message.c_str()); ++g_fail; }
+  cudaGraphExec_t exec = nullptr;
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  CHECK_CUDA(cudaGraphLaunch(exec, cs));
+  CHECK_CUDA(cudaStreamSynchronize(cs));
+  if (!same_dev(y, y2, n)) { std::printf("FAIL: the captured graph's y differs from the eager y\n"); ++g_fail; }
+  CHECK_CUDA(cudaGraphExecDestroy(exec));
+  CHECK_CUDA(cudaGraphDestroy(graph));
+  CHECK_CUDA(cudaStreamDestroy(cs));
+  cudaFree(ws);
+
+  // host threads on one stream, growing and using the cached workspace
+  const int T = 6;
+  std::vector<float*> ys(T);
+  for (float*& yt : ys) {
+    CHECK_CUDA(cudaMalloc(&yt, n * 4));
+    CHECK_CUDA(cudaMemset(yt, 0x7f, n * 4));
+  }
+  std::vector<Result> rs(T);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < T; ++t)
+    threads.emplace_back([&, t] {
+      Problem q = p;
+      for (int k = 0; k < 4; ++k) {
+        q.spatial = 70000 - 10000 * ((t + k) % 4);  // different sizes: the cache grows under the others
+        ForwardArgs b;
+        b.x = x; b.y = ys[t];
+        Result rr = cuda::forward(q, b, stream);
+        if (!rr) rs[t] = rr;
+      }
+      ForwardArgs b;
+      b.x = x; b.y = ys[t];
+      Result rr = cuda::forward(p, b, stream);
+      if (!rr) rs[t] = rr;
+    });
+  for (std::thread& th : threads) th.join();
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  for (int t = 0; t < T; ++t) {
+    if (!rs[t] || !same_dev(y, ys[t], n)) {
+      std::printf("FAIL: host thread %d sharing the stream: %s\n", t, rs[t].message.c_str());
+      ++g_fail;
+    }
+    cudaFree(ys[t]);
+  }
+  cudaFree(x);
+  cudaFree(y);
+  cudaFree(y2);
+}
+
 int main() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0 || !cuda::available()) {
@@ -448,6 +567,7 @@ int main() {
         }
   for (const Case& c : cases) run_case(c, stream);
   edge_cases(stream);
+  environment_cases(stream);
   CHECK_CUDA(cudaStreamDestroy(stream));
   if (g_fail) {
     std::printf("%d failures in %zu cases\n", g_fail, cases.size());
