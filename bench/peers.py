@@ -545,11 +545,12 @@ def _short(e, n=160):
 
 # ---------------------------------------------------------------------------------------- copies
 
-def parallel_copy(case, core):
-    """groupnorm._core.parallel_copy of x into a preallocated buffer with case.threads threads."""
+def parallel_copy(case, core, threads=None):
+    """groupnorm._core.parallel_copy of x into a preallocated buffer with case.threads threads
+    (or `threads`)."""
     src = case.x
     dst = np.empty_like(src)
-    t = int(case.threads)
+    t = int(threads or case.threads)
     pc = core.parallel_copy
     if BF16 is not None and src.dtype == BF16:  # byte copy: view as a plain dtype of the same size
         src, dst = src.view(np.uint16), dst.view(np.uint16)
@@ -557,7 +558,7 @@ def parallel_copy(case, core):
     def fn():
         pc(dst, src, t)
     fn()
-    return fn, "groupnorm._core.parallel_copy"
+    return fn, f"groupnorm._core.parallel_copy, {t} thread{'s' if t > 1 else ''}"
 
 
 def numpy_copy(case):

@@ -2,7 +2,7 @@
 """Split-phase timings against a copy and against the one-call group_norm.
 
     python bench/split.py                           # DRAM-sized shapes, cf and cl, float32
-    python bench/split.py --baseline /tmp/gn_main   # also the one-call path of another build
+    python bench/split.py --baseline /tmp/gn_main   # also the one-call path of another build (repeatable)
 
 For each shape and layout, in interleaved rounds (machine noise hits all alike),
 the median per-call time of:
@@ -85,16 +85,19 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="0: groupnorm.get_num_threads()")
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--target-time", type=float, default=1.0, help="seconds per candidate per configuration")
-    ap.add_argument("--baseline", default=None)
+    ap.add_argument("--baseline", action="append", default=[], metavar="DIR[=LABEL]")
     ap.add_argument("--csv", default=None)
     args = ap.parse_args()
     nt = args.threads or groupnorm.get_num_threads()
-    base = load_baseline_core(args.baseline) if args.baseline else None
+    bases = {}
+    for i, b in enumerate(args.baseline):
+        path, _, label = b.partition("=")
+        bases[label or f"base{i}"] = load_baseline_core(path)
     print(f"groupnorm {groupnorm.__version__}, isa {groupnorm.active_isa()}, {nt} threads, "
           f"median of {args.rounds} interleaved rounds")
     rows = []
     hdr = (f"{'shape':10} {'layout':6} {'copy us':>9} {'moments':>8} {'apply':>8} {'mom+apply':>9} "
-           f"{'one_call':>8} {'(m+a)/1c':>8}" + (f" {'1c/base':>8}" if base else "") + "  spread")
+           f"{'one_call':>8} {'(m+a)/1c':>8}" + "".join(f" {'1c/' + k:>10}" for k in bases) + "  spread")
     print(hdr)
     for name in args.shapes.split(","):
         dims, G = SHAPES[name]
@@ -119,22 +122,22 @@ def main():
                     x, G, w, b, 1e-5, channels_last=cl, out=y, num_threads=nt,
                     stats=groupnorm.moments(x, G, channels_last=cl, num_threads=nt)),
             }
-            if base is not None:
-                cands["baseline"] = lambda: base.forward_fast(x, G, w, b, 1e-5, cl, 0, y, nt)
+            for k, core in bases.items():
+                cands[k] = (lambda core: lambda: core.forward_fast(x, G, w, b, 1e-5, cl, 0, y, nt))(core)
             t = time_rounds(cands, args.rounds, args.target_time)
             cp = t["copy"][0]
             row = dict(shape=name, layout=layout, threads=nt, copy_us=cp * 1e6,
                        moments_x_copy=t["moments"][0] / cp, apply_x_copy=t["apply"][0] / cp,
                        mom_apply_x_copy=t["mom+apply"][0] / cp, one_call_x_copy=t["one_call"][0] / cp,
                        mom_apply_vs_one_call=t["mom+apply"][0] / t["one_call"][0],
-                       one_call_vs_baseline=(t["one_call"][0] / t["baseline"][0]) if base else "",
+                       **{f"one_call_vs_{k}": t["one_call"][0] / t[k][0] for k in bases},
                        max_spread_pct=100 * max(s for _, s in t.values()))
             rows.append(row)
             line = (f"{name:10} {layout:6} {cp * 1e6:9.1f} {row['moments_x_copy']:8.2f} {row['apply_x_copy']:8.2f} "
                     f"{row['mom_apply_x_copy']:9.2f} {row['one_call_x_copy']:8.2f} "
                     f"{row['mom_apply_vs_one_call']:8.3f}")
-            if base:
-                line += f" {row['one_call_vs_baseline']:8.3f}"
+            for k in bases:
+                line += f" {row[f'one_call_vs_{k}']:10.3f}"
             print(line + f"  {row['max_spread_pct']:.0f}%", flush=True)
     if args.csv:
         with open(args.csv, "w", newline="") as f:

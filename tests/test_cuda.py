@@ -162,15 +162,16 @@ def test_gpu_valid_arguments_reach_the_core(cuda_calls):
 
 
 def test_gpu_valid_arguments_reach_cuda_unmocked():
-    """Unmocked: a CUDA build passes valid arrays to the CUDA runtime, which refuses
-    them (no device on CI; on a GPU machine the made-up pointer is not device memory);
-    a CPU-only build names the rebuild."""
+    """Unmocked: a CUDA build without a device (as on CI) passes valid arrays on to
+    the CUDA runtime, which reports the missing device as a RuntimeError; a CPU-only
+    build names the rebuild. (With a device, the made-up pointers must not reach a
+    kernel: the numerical tests below cover that path with real arrays.)"""
     x, y = F(SHAPE), F(SHAPE, ptr=0x7F0000002000)
-    if _core.HAS_CUDA:
-        with pytest.raises((RuntimeError, ValueError), match="CUDA|GPU can reach"):
-            gn.group_norm(x, 2, out=y)
-    else:
+    if not _core.HAS_CUDA:
         with pytest.raises(TypeError, match="CPU only"):
+            gn.group_norm(x, 2, out=y)
+    elif not _core.cuda_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
             gn.group_norm(x, 2, out=y)
 
 

@@ -128,7 +128,9 @@ def test_missing_mpi4py_is_a_clear_error(gn, rng, monkeypatch):
 
 
 def _mpiexec():
-    exe = shutil.which("mpiexec")
+    # the mpich wheel puts mpiexec beside the interpreter, which may not be on PATH
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    exe = here if os.access(here, os.X_OK) else shutil.which("mpiexec")
     if exe is None:
         pytest.fail("mpiexec not found: install the test extra (mpi4py and mpich from PyPI)")
     return exe

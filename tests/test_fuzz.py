@@ -130,6 +130,12 @@ def make_call(p):
     if p["out"]:
         kw["out"] = np.full(shape, np.nan, dt)
     xv = view_of(x, p["view"], rng)
+    # per-channel parameters as views too (strided or reversed storage)
+    if p["view"] in ("strided", "reversed"):
+        w = None if w is None else view_of(w, p["view"], rng)
+        b = None if b is None else view_of(b, p["view"], rng)
+        if sb is not None:
+            kw["skip_bias"] = view_of(sb, p["view"], rng)
     return xv, w, b, skip, sb, kw
 
 

@@ -307,6 +307,10 @@ def test_empty_tiles_are_the_identity(gn, rng, channels_last):
     # nothing merged at all: no statistics
     mean, rstd = gn.merge_moments([e, e]).mean_rstd()
     assert np.isnan(mean).all() and np.isnan(rstd).all()
+    # applied, such statistics report NaN as mean_rstd does (and as the one-call path does for S = 0)
+    _, mean2, rstd2 = gn.group_norm(x, G, stats=gn.merge_moments([e]), return_stats=True,
+                                    channels_last=channels_last)
+    assert np.isnan(mean2).all() and np.isnan(rstd2).all()
 
 
 def test_stats_as_mean_rstd_pair(gn, rng):

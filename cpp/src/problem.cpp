@@ -187,8 +187,20 @@ Result validate_args(const Problem& p, const BackwardArgs& a) {
 
 }  // namespace groupnorm
 
-// ------------------------------------------------------------ split phase
 namespace groupnorm {
+
+DType param_dtype_for(DType x, const DType* present, int n) {
+  if (n <= 0 || !present) return stats_dtype(x);
+  bool all_same = true, any_f64 = false;
+  for (int i = 0; i < n; ++i) {
+    all_same = all_same && present[i] == present[0];
+    any_f64 = any_f64 || present[i] == DType::float64;
+  }
+  if (all_same && (present[0] == DType::float32 || present[0] == x)) return present[0];
+  return x == DType::float64 && any_f64 ? DType::float64 : DType::float32;
+}
+
+// ------------------------------------------------------------ split phase
 
 Result validate_args(const Problem& p, const MomentsArgs& a) {
   Result r = validate(p);

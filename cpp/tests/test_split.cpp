@@ -209,6 +209,27 @@ void determinism() {
   }
 }
 
+void dtype_rules() {
+  using D = gn::DType;
+  const D f32 = D::float32, f64 = D::float64, f16 = D::float16, bf = D::bfloat16;
+  GT_CHECK(gn::param_dtype_for(f16, nullptr, 0) == f32 && gn::param_dtype_for(f64, nullptr, 0) == f64, "none");
+  const D a[] = {f16, f16}, b[] = {f32, f16}, c[] = {f64, f32}, d[] = {bf, f16}, e[] = {f64};
+  GT_CHECK(gn::param_dtype_for(f16, a, 2) == f16, "all x's dtype");
+  GT_CHECK(gn::param_dtype_for(f16, b, 2) == f32, "mixed f32/f16 -> f32");
+  GT_CHECK(gn::param_dtype_for(f64, c, 2) == f64, "float64 data with a float64 parameter");
+  GT_CHECK(gn::param_dtype_for(f32, c, 2) == f32, "float32 data: float32");
+  GT_CHECK(gn::param_dtype_for(f16, d, 2) == f32, "two half types -> f32");
+  GT_CHECK(gn::param_dtype_for(bf, e, 1) == f32, "float64 params of bfloat16 data -> f32");
+  for (D x : {f32, f64, f16, bf}) {  // whatever the rule picks, validate() accepts
+    for (const D* p : {a, b, c, d, e}) {
+      gn::Problem q;
+      q.batch = 1; q.channels = 2; q.groups = 1; q.dtype = x;
+      q.param_dtype = gn::param_dtype_for(x, p, p == e ? 1 : 2);
+      GT_CHECK(gn::validate(q).ok(), "param dtype %s for %s data", gn::dtype_name(q.param_dtype), gn::dtype_name(x));
+    }
+  }
+}
+
 void errors() {
   gn::Problem p;
   p.batch = 1; p.channels = 4; p.groups = 2; p.spatial = 5;
@@ -253,6 +274,7 @@ int main() {
     run_case<float>(cl, 1, 8, 1, 70000, 3, 300);  // groups over many kernel tiles
   }
   determinism();
+  dtype_rules();
   errors();
   return gt::finish("test_split");
 }

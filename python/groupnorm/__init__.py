@@ -24,7 +24,7 @@ __version__: str = _core.VERSION
 __all__ = ["group_norm", "group_norm_backward", "GroupNorm", "set_num_threads", "get_num_threads",
            "available_isas", "active_isa", "set_isa", "bfloat16",
            "Moments", "BackwardSums", "moments", "merge_moments", "backward_sums", "merge_backward_sums",
-           "set_buffer_cache_limit", "release_memory", "buffer_cache_info"]
+           "set_buffer_cache_limit", "release_memory", "buffer_cache_info", "set_worker_pool", "worker_pool"]
 
 
 def set_num_threads(n: Optional[int]) -> None:
@@ -35,6 +35,27 @@ def set_num_threads(n: Optional[int]) -> None:
         _core.set_num_threads(0)
         return
     _core.set_num_threads(_checks.threads(n))
+
+
+def set_worker_pool(on: bool) -> None:
+    """Run parallel work on groupnorm's own small pool of threads (True, the
+    default) or in OpenMP regions (False).
+
+    The pool makes a call wait only for the threads that took work, so a thread
+    the OS descheduled (a busy machine) does not hold the call up. OpenMP
+    regions share threads with a host that uses the same OpenMP runtime:
+    importing ``groupnorm.torch`` turns the pool off for that reason. The
+    environment variable GROUPNORM_WORKER_POOL=0 turns it off at start.
+    Results are bitwise the same either way.
+    """
+    if type(on) is not bool:
+        raise TypeError(f"on must be a bool, got {type(on).__name__}")
+    _core.set_worker_pool(on)
+
+
+def worker_pool() -> bool:
+    """Whether parallel work runs on groupnorm's own worker pool (see set_worker_pool)."""
+    return _core.worker_pool()
 
 
 def get_num_threads() -> int:

@@ -26,9 +26,14 @@ _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 
 
+_CODE_DTYPES = {code: d for d, code in DTYPE_CODES.items()}
+# the core's rule (groupnorm::stats_dtype), looked up once per dtype
+_STATS_DTYPES = {d: _CODE_DTYPES[_core.stats_dtype(code)] for d, code in DTYPE_CODES.items()}
+
+
 def stats_dtype(dtype):
-    """mean/rstd dtype for data of `dtype`: float64 for float64, else float32."""
-    return _F64 if dtype == _F64 else _F32
+    """mean/rstd dtype for data of `dtype` (the core's rule: float64 for float64, else float32)."""
+    return _STATS_DTYPES[np.dtype(dtype)]
 
 
 def as_input(x, name="x"):
@@ -128,15 +133,9 @@ def params(x_dtype, channels, **arrays):
         if p.shape != (channels,):
             raise ValueError(f"{name} must have shape ({channels},), got {p.shape}")
         out[name] = p
-    dtypes = {p.dtype for p in out.values() if p is not None}
-    if not dtypes:
-        pdtype = _F64 if x_dtype == _F64 else _F32
-    elif len(dtypes) == 1 and next(iter(dtypes)) in (_F32, x_dtype):
-        pdtype = next(iter(dtypes))
-    elif x_dtype == _F64 and _F64 in dtypes:
-        pdtype = _F64
-    else:
-        pdtype = _F32
+    # the core's rule (groupnorm::param_dtype_for)
+    pdtype = _CODE_DTYPES[_core.param_dtype(DTYPE_CODES[np.dtype(x_dtype)],
+                                            [DTYPE_CODES[p.dtype] for p in out.values() if p is not None])]
     for name, p in out.items():
         if p is not None and (p.dtype != pdtype or not p.flags.c_contiguous):
             out[name] = np.ascontiguousarray(p, dtype=pdtype)

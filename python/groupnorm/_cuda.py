@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _core
 from . import _checks as C
-from ._checks import DTYPE_CODES
+from ._checks import DTYPE_CODES, stats_dtype
 
 _F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 _TYPESTRS = {"<f4": _F32, "<f8": _F64, "<f2": _F16}
@@ -121,7 +121,7 @@ def _params(x, channels, **arrays):
     dtypes = {d.dtype for d in out.values() if d is not None}
     if len(dtypes) > 1:
         raise TypeError(f"{', '.join(out)} must share one dtype on the GPU, got {sorted(map(str, dtypes))}")
-    pdtype = dtypes.pop() if dtypes else (_F64 if x.dtype == _F64 else _F32)
+    pdtype = dtypes.pop() if dtypes else stats_dtype(x.dtype)
     if pdtype not in (_F32, x.dtype):
         raise TypeError(f"{', '.join(out)} must be float32 or x's dtype {x.dtype} on the GPU, got {pdtype}")
     return out, pdtype
@@ -180,7 +180,7 @@ def group_norm(x, num_groups, weight, bias, eps, channels_last, act, out, return
         yd = _Dev(out, "out")
     mean = rstd = None
     if return_stats:
-        sd = _F64 if xd.dtype == _F64 else _F32
+        sd = stats_dtype(xd.dtype)
         mean, rstd = _empty((n, num_groups), sd, xd), _empty((n, num_groups), sd, xd)
     _core.forward_cuda(xd.ptr, n, c, s, num_groups, _ptr(p["weight"]), _ptr(p["bias"]), eps, channels_last, act,
                        DTYPE_CODES[xd.dtype], DTYPE_CODES[pdtype], yd.ptr,
@@ -195,7 +195,7 @@ def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight, bias, channel
     n, c, s = _geometry(xd, channels_last)
     _core.check(c, num_groups, 0.0, None)
     gd = _Dev(grad_y, "grad_y").like(xd)
-    sd = _F64 if xd.dtype == _F64 else _F32
+    sd = stats_dtype(xd.dtype)
     stats = []
     for a, name in ((mean, "mean"), (rstd, "rstd")):
         d = _Dev(a, name)

@@ -20,8 +20,11 @@ own intra-op threads: PyTorch's wheel bundles its libgomp under the soname
 ``libgomp.so.1``, the one groupnorm's extension links, so the process maps a
 single OpenMP runtime whichever of the two is imported first, and both
 libraries' parallel regions use one pool of threads (no second pool spinning
-on the same cores). ``openmp_runtimes()`` lists the runtimes mapped; if a
-build ever brings a second one, importing this module warns.
+on the same cores). Importing this module therefore turns groupnorm's own
+worker pool off (``groupnorm.set_worker_pool(False)``) for the process, so
+that every call, NumPy-level ones too, runs in those shared OpenMP regions.
+``openmp_runtimes()`` lists the runtimes mapped; if a build ever brings a
+second one, importing this module warns.
 """
 import os
 import re
@@ -48,6 +51,10 @@ def openmp_runtimes():
     libs = {os.path.realpath(p) for p in paths if re.search(r"/lib(gomp|iomp5|omp)[-.][^/]*so", p)}
     return sorted(libs)
 
+
+# one set of threads for torch and groupnorm: our parallel work in the OpenMP
+# regions of the runtime we share with torch, not on a worker pool of our own
+_core.set_worker_pool(False)
 
 if len(openmp_runtimes()) > 1:  # pragma: no cover - depends on how torch was built
     warnings.warn(f"two OpenMP runtimes are loaded ({openmp_runtimes()}): groupnorm's and PyTorch's threads "

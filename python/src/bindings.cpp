@@ -3,6 +3,7 @@
 // python/groupnorm/_checks.py; the problem rules live in the C++ core.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -586,6 +587,16 @@ void backward_given(const py::array& grad_y, const py::array& x, const py::array
   if (!r) raise(r);
 }
 
+// The dtype rules, asked for by _checks.py / _cuda.py instead of repeated there.
+void def_dtype_rules(py::module_& m) {
+  m.def("stats_dtype", [](int code) { return (int)gn::stats_dtype((gn::DType)code); });
+  m.def("param_dtype", [](int x_code, const std::vector<int>& present) {
+    std::vector<gn::DType> d;
+    for (int c : present) d.push_back((gn::DType)c);
+    return (int)gn::param_dtype_for((gn::DType)x_code, d.data(), (int)d.size());
+  });
+}
+
 void def_split(py::module_& m) {
   m.def("moments", &moments);
   m.def("merge_moments", &merge_moments);
@@ -602,6 +613,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "groupnorm C++ core (use the groupnorm package, not this module)";
   m.attr("VERSION") = groupnorm_version();  // CMake's project version, read from pyproject.toml
   def_split(m);
+  def_dtype_rules(m);
   m.def("forward", &forward);
   m.def("forward_fast", &forward_fast);
   m.def("set_bfloat16_num", [](int num) { g_bfloat16_num = num; });
@@ -621,6 +633,8 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("set_num_threads", &gn::set_num_threads);
   m.def("get_num_threads", &gn::get_num_threads);
+  m.def("set_worker_pool", &gn::set_worker_pool);
+  m.def("worker_pool", &gn::worker_pool);
   m.def("max_threads", &gn::max_threads);
   m.def("active_isa", &gn::active_isa);
   m.def("available_isas", &gn::available_isas);

@@ -59,6 +59,13 @@ std::size_t dtype_size(DType t);
 const char* dtype_name(DType t);
 // mean/rstd are float64 for float64 data, float32 otherwise.
 inline DType stats_dtype(DType t) { return t == DType::float64 ? DType::float64 : DType::float32; }
+// The dtype a call takes its per-channel parameters (weight, bias, skip_bias) in,
+// given the dtypes the caller's parameters have (`present`, n of them): their
+// one dtype when they share x's dtype or float32; else the narrowest of float32
+// and x's dtype that holds them all exactly (float64 for float64 data with a
+// float64 parameter, otherwise float32); stats_dtype(x) when there are none.
+// Front ends (Python) convert the parameters to it.
+DType param_dtype_for(DType x, const DType* present, int n);
 
 // Everything a call depends on, except the data pointers.
 struct Problem {
@@ -153,6 +160,15 @@ Result backward(const Problem& p, const BackwardArgs& a, const Exec& e = Exec())
 void set_num_threads(int n);
 int get_num_threads();
 int max_threads();
+
+// OpenMP builds run parallel work on a small pool of their own threads by
+// default: a call waits only for the threads that took work, so a thread the
+// OS has descheduled (a busy machine) does not hold it up. Off (or
+// GROUPNORM_WORKER_POOL=0 in the environment), the work runs in OpenMP
+// regions: the right choice inside a host that shares our OpenMP runtime
+// (PyTorch), so that both use one set of threads. Results are the same either way.
+void set_worker_pool(bool on);
+bool worker_pool();
 
 // Instruction-set dispatch: "portable", "avx2", "avx512", "neon". The best one the
 // CPU supports is chosen on first use; GROUPNORM_ISA=<name> in the environment

@@ -4,11 +4,14 @@
 // arithmetic (no FMA contraction: -ffp-contract=off) are the same on every
 // instruction set, so every path gives bitwise the same results.
 //
-// Moments use a corrected two-pass scheme per tile: pass 1 sums the tile to get
-// a provisional mean m; pass 2 sums d = x - m and d*d; then
-//   mean = m + sum(d)/n,  M2 = sum(d*d) - sum(d)^2/n
-// which is exact to rounding whatever the offset of the data. Tiles then merge
-// with Chan's formula in a fixed order (scheduler).
+// Moments of a tile come from one pass of shifted sums: with a shift K (the
+// tile's first element, or per group of a channels-last tile), sum d = x - K
+// and d*d; then
+//   mean = K + sum(d)/n,  M2 = sum(d*d) - sum(d)^2/n.
+// When K turns out far from the mean (shift_ok() fails: the cancellation in M2
+// would cost more than 6 bits) the tile is redone with the exact two-pass sums
+// (its own mean first, then deviations from it). Tiles then merge with Chan's
+// formula in a fixed order (schedule.cpp).
 #ifndef GN_ISA_NS
 #error "define GN_ISA_NS before including generic.hpp"
 #endif

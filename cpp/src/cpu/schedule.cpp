@@ -303,7 +303,7 @@ template <class A> struct Forward {
     if (g.count) {
       Moments m;
       m.n = (double)g.count[ng]; m.mean = g.mean[ng]; m.m2 = g.m2[ng];
-      *mean = m.mean;
+      *mean = g.count[ng] == 0 ? std::numeric_limits<double>::quiet_NaN() : m.mean;  // as mean_rstd()
       *rstd = rstd_of(m, p.eps);
       *constant = m.m2 == 0;
     } else {
@@ -759,7 +759,8 @@ Result forward(const Problem& p, const ForwardArgs& a, const GivenStats& g, cons
       if (g.count) {
         Moments m;
         m.n = (double)g.count[ng]; m.mean = g.mean[ng]; m.m2 = g.m2[ng];
-        mean = m.mean; rstd = rstd_of(m, p.eps);
+        mean = g.count[ng] == 0 ? std::numeric_limits<double>::quiet_NaN() : m.mean;
+        rstd = rstd_of(m, p.eps);
       } else {
         mean = load_scalar(g.stats_mean, st, ng); rstd = load_scalar(g.stats_rstd, st, ng);
       }

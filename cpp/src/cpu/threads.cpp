@@ -46,6 +46,20 @@ int get_num_threads() {
   return n > 0 ? n : std::max(1, std::min(hardware_threads(), max_threads()));
 }
 
+namespace {
+// Whether run_dynamic may use the worker pool (GROUPNORM_WORKER_POOL=0 turns
+// it off at start). Off, parallel work runs in OpenMP regions: the choice
+// inside a PyTorch process, whose OpenMP runtime is the one we link, so both
+// libraries share one set of threads instead of two sets taking turns.
+std::atomic<bool> g_worker_pool{[] {
+  const char* s = std::getenv("GROUPNORM_WORKER_POOL");
+  return !(s && *s == '0');
+}()};
+}  // namespace
+
+void set_worker_pool(bool on) { g_worker_pool.store(on); }
+bool worker_pool() { return g_worker_pool.load(); }
+
 namespace detail {
 
 int resolve_threads(const Exec& e) {
@@ -192,6 +206,7 @@ std::atomic<Pool*> Pool::g_pool{nullptr};
 
 }  // namespace
 
+
 void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn) {
   constexpr int kMaxWorkers = 256;  // cursors live on the stack: calls never allocate
   if (workers > items) workers = (int)std::max<std::int64_t>(items, 1);
@@ -219,7 +234,7 @@ void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn) {
   }
   const DynamicJob job{workers, ranges, &fn};
 #if defined(GROUPNORM_USE_OPENMP)
-  if (!e.parallel_for && Pool::get().run(job)) return;
+  if (!e.parallel_for && worker_pool() && Pool::get().run(job)) return;
 #endif
   // the engine's threads, or OpenMP's when another call holds the pool
   run_workers(e, workers, [&](int w) { job.work(w); });
