@@ -281,6 +281,8 @@ BAD_SCALARS = [
     ("eps", [1e-5], TypeError, "eps"),
     ("eps", 10**400, ValueError, "eps"),
     ("eps", float("nan"), ValueError, "eps"),
+    ("eps", -1, ValueError, "eps"),
+    ("eps", -1e-300, ValueError, "eps"),
     ("channels_last", "no", TypeError, "channels_last"),
     ("channels_last", None, TypeError, "channels_last"),
     ("channels_last", 1, TypeError, "channels_last"),
@@ -362,12 +364,18 @@ def test_numpy_scalars_are_accepted(gn, rng):
     assert_close(y2, ref_forward(x, 4, eps=1.0)[0], 1e-5, 1e-5)
 
 
-def test_num_threads_beyond_int32_is_not_a_conversion_error(gn, rng):
-    """A request beyond the core's int is passed as its largest value (the core caps it)."""
+@pytest.mark.parametrize("n", [2**31, 2**40, 2**70])
+def test_num_threads_beyond_int32_is_not_a_conversion_error(gn, rng, n):
+    """A request beyond the core's int is passed as its largest value, which the core
+    caps (at 4x the hardware threads); on a problem big enough to use threads too."""
     from conftest import ref_forward, assert_close
-    x = rng.x((2, 8, 5), np.float32)  # small: runs on the calling thread whatever the request
-    y = gn.group_norm(x, 2, num_threads=2**31)
-    assert_close(y, ref_forward(x, 2)[0], 1e-5, 1e-5)
+    x = rng.x((64, 32, 512), np.float32)
+    y = gn.group_norm(x, 8, num_threads=n)
+    assert_close(y, ref_forward(x, 8)[0], 1e-5, 1e-5)
+    gn.set_num_threads(n)
+    assert 1 <= gn.get_num_threads() <= 4 * (__import__("os").cpu_count() or 1)
+    assert_close(gn.group_norm(x, 8), ref_forward(x, 8)[0], 1e-5, 1e-5)
+    gn.set_num_threads(None)
 
 
 @pytest.mark.parametrize("value,exc", [(True, TypeError), (False, TypeError), (2.5, TypeError), ("8", TypeError),

@@ -293,7 +293,7 @@ def test_fuzz_backward(p, with_out, dy_view):
 
 FORWARD_MUTATIONS = [
     "groups_not_divisor", "groups_zero", "groups_negative", "groups_bool", "groups_float", "groups_huge",
-    "groups_str", "eps_nan", "eps_inf", "eps_str", "eps_none", "eps_bool", "cl_str", "cl_none", "cl_int",
+    "groups_str", "eps_nan", "eps_inf", "eps_negative", "eps_str", "eps_none", "eps_bool", "cl_str", "cl_none", "cl_int",
     "stats_str", "act_bad", "act_int", "threads_zero", "threads_bool", "threads_float", "threads_negative",
     "x_int", "x_ndim1", "x_complex", "x_list_of_str", "weight_shape", "weight_int", "weight_2d", "bias_shape",
     "bias_bool_dtype", "out_shape", "out_dtype", "out_readonly", "out_noncontig", "out_list", "skip_shape",
@@ -325,8 +325,8 @@ def mutate(m, p, x, w, b, kw):
     elif m == "groups_str":
         g = str(g)
     elif m.startswith("eps_"):
-        kw["eps"] = {"eps_nan": float("nan"), "eps_inf": float("inf"), "eps_str": "1e-5", "eps_none": None,
-                     "eps_bool": True}[m]
+        kw["eps"] = {"eps_nan": float("nan"), "eps_inf": float("inf"), "eps_negative": -kw["eps"],
+                     "eps_str": "1e-5", "eps_none": None, "eps_bool": True}[m]
     elif m.startswith("cl_"):
         kw["channels_last"] = {"cl_str": "no", "cl_none": None, "cl_int": 1}[m]
     elif m == "stats_str":

@@ -209,7 +209,30 @@ Result validate_args(const Problem& p, const MomentsArgs& a) {
   if (p.batch > 0 && (!a.count || !a.mean || !a.m2))
     return fail(Status::null_pointer, "the count, mean and m2 outputs are required");
   if (!a.skip && a.skip_bias) return fail(Status::invalid_combination, "skip_bias needs skip");
-  return {};
+  const std::uint64_t data = bytes(p.numel(), dtype_size(p.dtype));
+  const std::uint64_t param = bytes(p.channels, dtype_size(p.param_dtype));
+  const std::uint64_t per_group = bytes(p.batch * p.groups, 8);
+  const Extent in[] = {{"x", a.x, data}, {"skip", a.skip, data}, {"skip_bias", a.skip_bias, param}};
+  const Extent out[] = {{"count", a.count, per_group}, {"mean", a.mean, per_group}, {"m2", a.m2, per_group}};
+  return check_overlaps(in, out, [](const Extent&, const Extent&) { return false; });
+}
+
+Result validate_args(const Problem& p, const ForwardArgs& a, const GivenStats& g) {
+  Result r = validate_args(p, a);
+  if (!r) return r;
+  const std::uint64_t data = bytes(p.numel(), dtype_size(p.dtype));
+  const std::uint64_t stats = bytes(p.batch * p.groups, dtype_size(stats_dtype(p.dtype)));
+  const std::uint64_t per_group = bytes(p.batch * p.groups, 8);
+  const Extent in[] = {{"count", g.count, per_group}, {"given mean", g.mean, per_group},
+                       {"m2", g.m2, per_group}, {"given mean", g.stats_mean, stats},
+                       {"given rstd", g.stats_rstd, stats}};
+  const Extent out[] = {{"y", a.y, data}, {"sum_out", a.sum_out, data}, {"mean", a.mean, stats},
+                        {"rstd", a.rstd, stats}};
+  // the statistics used may be written back over the given ones
+  auto allowed = [&](const Extent& o, const Extent& i) {
+    return (o.p == a.mean && i.p == g.stats_mean) || (o.p == a.rstd && i.p == g.stats_rstd);
+  };
+  return check_overlaps(in, out, allowed);
 }
 
 }  // namespace groupnorm

@@ -208,11 +208,65 @@ void check_misaligned() {
       }
 }
 
+// ------------------------------------------------------------ 3. split-phase overlap
+void check_split_phase_overlaps() {
+  Rng rng(23);
+  const gn::Problem p = make(2, 8, 4, 30, false, DType::float32);
+  const std::int64_t T = p.numel(), NG = 8;
+  Buf x = gt::random_buf(DType::float32, T, rng, -1, 1);
+  std::vector<std::int64_t> count(NG);
+  std::vector<double> mean(NG), m2(NG);
+  gn::MomentsArgs ma;
+  ma.x = x.data(); ma.count = count.data(); ma.mean = mean.data(); ma.m2 = m2.data();
+  GT_CHECK(gn::moments(p, ma).ok(), "moments");
+  // an output inside x, and two outputs sharing bytes
+  std::vector<double> m2b = m2;
+  gn::MomentsArgs bad = ma;
+  bad.m2 = reinterpret_cast<double*>(static_cast<float*>(x.data()) + 4);
+  Buf x0 = x;
+  gn::Result r = gn::moments(p, bad);
+  GT_CHECK(r.status == gn::Status::overlapping_buffers && x.same_bits(x0), "moments m2 inside x: %s", r.message.c_str());
+  bad = ma;
+  bad.m2 = mean.data() + 1;
+  r = gn::moments(p, bad);
+  GT_CHECK(r.status == gn::Status::overlapping_buffers && m2 == m2b, "moments m2 over mean: %s", r.message.c_str());
+  // apply with given statistics: y over the given moments is refused; mean/rstd
+  // written back over given mean/rstd is allowed and right
+  Buf y(DType::float32, T), mo(DType::float32, NG), ro(DType::float32, NG);
+  gn::ForwardArgs fa;
+  fa.x = x.data(); fa.y = y.data(); fa.mean = mo.data(); fa.rstd = ro.data();
+  GT_CHECK(gn::forward(p, fa).ok(), "forward");
+  gn::GivenStats gs;
+  gs.count = count.data(); gs.mean = mean.data(); gs.m2 = m2.data();
+  gn::ForwardArgs fb = fa;
+  fb.mean = nullptr; fb.rstd = nullptr;
+  std::vector<float> room(T + 2 * NG);
+  std::memcpy(room.data(), m2.data(), sizeof(double) * NG);
+  gs.m2 = reinterpret_cast<const double*>(room.data());
+  fb.y = room.data() + 2;  // y starts inside the given m2
+  r = gn::forward(p, fb, gs);
+  GT_CHECK(r.status == gn::Status::overlapping_buffers, "y inside given m2: %s", r.message.c_str());
+  gs.m2 = m2.data();
+  Buf y1(DType::float32, T), m1(DType::float32, NG), r1(DType::float32, NG);
+  gn::GivenStats gv;
+  gv.stats_mean = mo.data(); gv.stats_rstd = ro.data();
+  gn::ForwardArgs fc = fa;
+  fc.y = y1.data(); fc.mean = m1.data(); fc.rstd = r1.data();
+  GT_CHECK(gn::forward(p, fc, gv).ok(), "given stats, separate outputs");
+  Buf y2(DType::float32, T), ms = mo, rs = ro;
+  gv.stats_mean = ms.data(); gv.stats_rstd = rs.data();
+  fc.y = y2.data(); fc.mean = ms.data(); fc.rstd = rs.data();
+  r = gn::forward(p, fc, gv);
+  GT_CHECK(r.ok() && y2.same_bits(y1) && ms.same_bits(m1) && rs.same_bits(r1), "stats written back in place: %s",
+           r.message.c_str());
+}
+
 }  // namespace
 
 int main() {
   check_thread_cap();
   check_aliases();
   check_misaligned();
+  check_split_phase_overlaps();
   return gt::finish("test_hardening");
 }

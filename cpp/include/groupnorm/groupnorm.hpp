@@ -239,6 +239,9 @@ struct GivenStats {
 // Apply with given statistics: forward() without its moments phase. a.mean and
 // a.rstd, when given, receive the statistics used.
 Result forward(const Problem& p, const ForwardArgs& a, const GivenStats& stats, const Exec& e = Exec());
+// validate_args(p, a) plus: no output overlaps the given statistics, except
+// mean/rstd written back exactly over stats_mean/stats_rstd.
+Result validate_args(const Problem& p, const ForwardArgs& a, const GivenStats& stats);
 
 // Backward, split: per (n, c) sums over a tile, sum_dz = sum dz and
 // sum_dz_xc = sum dz * (x - mean) (dz = grad_y, through the SiLU when asked),

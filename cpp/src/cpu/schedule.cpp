@@ -742,7 +742,7 @@ Result mean_rstd(std::int64_t size, const std::int64_t* count, const double* mea
 }
 
 Result forward(const Problem& p, const ForwardArgs& a, const GivenStats& g, const Exec& e) {
-  Result r = validate_args(p, a);
+  Result r = validate_args(p, a, g);
   if (!r) return r;
   const bool by_moments = g.count || g.mean || g.m2, by_stats = g.stats_mean || g.stats_rstd;
   if (by_moments && by_stats)

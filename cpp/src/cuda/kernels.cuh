@@ -39,6 +39,12 @@ __device__ __forceinline__ void finish(const Part& p, double eps, double& mean, 
   mean = p.mean;
   rstd = detail::chan_rstd(p, eps);
 }
+// The rstd the apply coefficients use: 0 for a constant group (m2 = 0) with
+// eps > 0, which is then exactly the bias even when rstd does not fit the
+// accumulation type (tiny eps: 0 * inf would be NaN).
+__device__ __forceinline__ double coef_rstd(const Part& p, double eps, double rstd) {
+  return p.m2 == 0 && eps > 0 ? 0.0 : rstd;
+}
 
 // ================================================================ forward moments
 // Channels-first. One block per (n, g, chunk); the chunk (a contiguous range of
@@ -114,7 +120,7 @@ __global__ void __launch_bounds__(512) fwd_cf_moments(FwdK a) {
         if (a.mean) static_cast<A*>(a.mean)[ng] = (A)mean;
         if (a.rstd) static_cast<A*>(a.rstd)[ng] = (A)rstd;
         stat[0] = mean;
-        stat[1] = rstd;
+        stat[1] = coef_rstd(p, a.eps, rstd);
       }
     }
     if (a.fused) {
@@ -288,7 +294,7 @@ __global__ void __launch_bounds__(256) fwd_cl_moments(FwdK a) {
           const A mh = (A)mean;
           gm[GB + gl] = mh;
           gm[2 * GB + gl] = (A)(mean - (double)mh);
-          gm[3 * GB + gl] = (A)rstd;
+          gm[3 * GB + gl] = (A)coef_rstd(p, a.eps, rstd);
         }
       }
     }
@@ -341,7 +347,7 @@ __global__ void __launch_bounds__(128) fwd_finalize(FwdK a) {
       if (a.mean) static_cast<A*>(a.mean)[ng] = (A)mean;
       if (a.rstd) static_cast<A*>(a.rstd)[ng] = (A)rstd;
       st[0] = mean;
-      st[1] = rstd;
+      st[1] = coef_rstd(acc, a.eps, rstd);
     }
     __syncthreads();
     const double mean = st[0], rstd = st[1];
