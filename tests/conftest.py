@@ -243,9 +243,9 @@ def torch():
     return torch
 
 
-# With GROUPNORM_TEST_STRICT_SKIPS=1 (set by .ci/run), a skip for any reason other
-# than "no GPU ..." fails the run: a missing dependency or a broken oracle must not
-# silently drop tests.
+# A skip for any reason other than "no GPU ..." fails the run: a missing
+# dependency or a broken oracle must not silently drop tests
+# (GROUPNORM_TEST_STRICT_SKIPS=0 turns this off, for a partial environment).
 GPU_SKIP_PREFIX = "no GPU"
 
 
@@ -257,7 +257,7 @@ def _skip_reason(report):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
-    if os.environ.get("GROUPNORM_TEST_STRICT_SKIPS") != "1":
+    if os.environ.get("GROUPNORM_TEST_STRICT_SKIPS", "1") == "0":
         return
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = tr.stats.get("skipped", []) if tr is not None else []
@@ -267,7 +267,7 @@ def pytest_sessionfinish(session, exitstatus):
         for r in bad:
             tr.write_line(f"FORBIDDEN SKIP {r.nodeid}: {_skip_reason(r)}", red=True)
         tr.write_line(f"{len(bad)} tests skipped for a reason other than '{GPU_SKIP_PREFIX}' "
-                      "(GROUPNORM_TEST_STRICT_SKIPS=1)", red=True)
+                      "(GROUPNORM_TEST_STRICT_SKIPS=0 allows them)", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
