@@ -152,6 +152,19 @@ def weight_bias(weight, bias, x_dtype, channels):
     return p["weight"], p["bias"], code
 
 
+def stats_arrays(mean, rstd, n, groups, sd):
+    """mean and rstd as contiguous (n, groups) arrays of the stats dtype sd."""
+    out = []
+    for a, name in ((mean, "mean"), (rstd, "rstd")):
+        a = np.asarray(a)
+        if a.shape != (n, groups):
+            raise ValueError(f"{name} must have shape {(n, groups)}, got {a.shape}")
+        if a.dtype.kind != "f":
+            raise TypeError(f"{name} must be a float array, got {a.dtype}")
+        out.append(np.ascontiguousarray(a, dtype=sd))
+    return out
+
+
 def same_as_x(a, x, name):
     a = np.asarray(a)
     if a.dtype != x.dtype:

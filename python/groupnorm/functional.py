@@ -157,14 +157,7 @@ def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: i
     grad_y = C.same_as_x(C.as_input(grad_y, "grad_y"), x, "grad_y")
     sd = C.stats_dtype(x.dtype)
     n = x.shape[0]
-    stats = []
-    for a, name in ((mean, "mean"), (rstd, "rstd")):
-        a = np.asarray(a)
-        if a.shape != (n, groups):
-            raise ValueError(f"{name} must have shape {(n, groups)}, got {a.shape}")
-        if a.dtype.kind != "f":
-            raise TypeError(f"{name} must be a float array, got {a.dtype}")
-        stats.append(np.ascontiguousarray(a, dtype=sd))
+    stats = C.stats_arrays(mean, rstd, n, groups, sd)
     weight_in, bias_in = weight, bias
     weight, bias, pcode = C.weight_bias(weight, bias, x.dtype, channels)
     dcode = C.DTYPE_CODES[x.dtype]

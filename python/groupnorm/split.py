@@ -197,18 +197,6 @@ def merge_moments(parts):
     return Moments(count, mean, m2, sd)
 
 
-def _stats_pair(mean, rstd, n, groups, sd):
-    out = []
-    for a, name in ((mean, "mean"), (rstd, "rstd")):
-        a = np.asarray(a)
-        if a.shape != (n, groups):
-            raise ValueError(f"{name} must have shape {(n, groups)}, got {a.shape}")
-        if a.dtype.kind != "f":
-            raise TypeError(f"{name} must be a float array, got {a.dtype}")
-        out.append(np.ascontiguousarray(a, dtype=sd))
-    return out
-
-
 def given_stats(stats, n, groups, x_dtype):
     """group_norm's ``stats=`` as the core's arrays: (count, mean, m2, None, None)
     for Moments, (None, None, None, mean, rstd) for a (mean, rstd) pair."""
@@ -217,7 +205,7 @@ def given_stats(stats, n, groups, x_dtype):
             raise ValueError(f"stats has shape {stats.shape}, but x has (N, num_groups) = {(n, groups)}")
         return stats.count, stats.mean, stats.m2, None, None
     if isinstance(stats, (tuple, list)) and len(stats) == 2:
-        mean, rstd = _stats_pair(stats[0], stats[1], n, groups, C.stats_dtype(x_dtype))
+        mean, rstd = C.stats_arrays(stats[0], stats[1], n, groups, C.stats_dtype(x_dtype))
         return None, None, None, mean, rstd
     raise TypeError(f"stats must be a groupnorm.Moments or a (mean, rstd) pair, got {type(stats).__name__}")
 
@@ -245,7 +233,7 @@ def backward_sums(grad_y_tile, x_tile, mean, rstd, num_groups, weight=None, bias
     _core.check(channels, groups, 0.0, None)
     grad_y = C.same_as_x(_cpu_input(grad_y_tile, "grad_y_tile"), x, "grad_y_tile")
     n = x.shape[0]
-    mean, rstd = _stats_pair(mean, rstd, n, groups, C.stats_dtype(x.dtype))
+    mean, rstd = C.stats_arrays(mean, rstd, n, groups, C.stats_dtype(x.dtype))
     weight, bias, pcode = C.weight_bias(weight, bias, x.dtype, channels)
     sum_dz = np.empty((n, channels), _F64)
     sum_dz_xc = np.empty((n, channels), _F64)

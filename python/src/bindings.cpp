@@ -59,18 +59,53 @@ gn::Problem problem(const py::array& x, std::int64_t groups, double eps, bool ch
   return p;
 }
 
-// Runs the core's forward or backward with the GIL released; raises its error.
-template <class Args>
-void run_core(gn::Result (*fn)(const gn::Problem&, const Args&, const gn::Exec&), const gn::Problem& p,
-              const Args& a, int num_threads) {
+// Runs a call of the core with the GIL released; raises its error.
+template <class Call>
+void run_released(int num_threads, Call call) {
   gn::Exec e;
   e.num_threads = num_threads;
   gn::Result r;
   {
     py::gil_scoped_release release;
-    r = fn(p, a, e);
+    r = call(e);
   }
   if (!r) raise(r);
+}
+
+template <class Args>
+void run_core(gn::Result (*fn)(const gn::Problem&, const Args&, const gn::Exec&), const gn::Problem& p,
+              const Args& a, int num_threads) {
+  run_released(num_threads, [&](const gn::Exec& e) { return fn(p, a, e); });
+}
+
+// The pointers of a forward call (writability of the outputs is checked in Python).
+gn::ForwardArgs forward_args(const py::array& x, const py::object& weight, const py::object& bias,
+                             const py::object& skip, const py::object& skip_bias, const py::array& y,
+                             const py::object& sum_out, const py::object& mean, const py::object& rstd) {
+  gn::ForwardArgs a;
+  a.x = x.data();
+  a.weight = cdata(weight);
+  a.bias = cdata(bias);
+  a.skip = cdata(skip);
+  a.skip_bias = cdata(skip_bias);
+  a.y = const_cast<void*>(y.data());
+  a.sum_out = mdata(sum_out);
+  a.mean = mdata(mean);
+  a.rstd = mdata(rstd);
+  return a;
+}
+
+// The inputs of a backward call; the caller adds the outputs it has.
+gn::BackwardArgs backward_args(const py::array& grad_y, const py::array& x, const py::array& mean,
+                               const py::array& rstd, const py::object& weight, const py::object& bias) {
+  gn::BackwardArgs a;
+  a.grad_y = grad_y.data();
+  a.x = x.data();
+  a.mean = mean.data();
+  a.rstd = rstd.data();
+  a.weight = cdata(weight);
+  a.bias = cdata(bias);
+  return a;
 }
 
 void forward(const py::array& x, std::int64_t groups, const py::object& weight, const py::object& bias, double eps,
@@ -78,16 +113,7 @@ void forward(const py::array& x, std::int64_t groups, const py::object& weight, 
              const py::object& rstd, const py::object& skip, const py::object& skip_bias, const py::object& sum_out,
              int num_threads) {
   const gn::Problem p = problem(x, groups, eps, channels_last, act, dtype, param_dtype);
-  gn::ForwardArgs a;
-  a.x = x.data();
-  a.weight = cdata(weight);
-  a.bias = cdata(bias);
-  a.skip = cdata(skip);
-  a.skip_bias = cdata(skip_bias);
-  a.y = const_cast<void*>(y.data());  // writability checked in Python
-  a.sum_out = mdata(sum_out);
-  a.mean = mdata(mean);
-  a.rstd = mdata(rstd);
+  const gn::ForwardArgs a = forward_args(x, weight, bias, skip, skip_bias, y, sum_out, mean, rstd);
   run_core<gn::ForwardArgs>(&gn::forward, p, a, num_threads);
 }
 
@@ -96,13 +122,7 @@ void backward(const py::array& grad_y, const py::array& x, const py::array& mean
               int dtype, int param_dtype, const py::object& grad_x, const py::object& grad_weight,
               const py::object& grad_bias, int num_threads) {
   const gn::Problem p = problem(x, groups, 0.0, channels_last, act, dtype, param_dtype);
-  gn::BackwardArgs a;
-  a.grad_y = grad_y.data();
-  a.x = x.data();
-  a.mean = mean.data();
-  a.rstd = rstd.data();
-  a.weight = cdata(weight);
-  a.bias = cdata(bias);
+  gn::BackwardArgs a = backward_args(grad_y, x, mean, rstd, weight, bias);
   a.grad_x = mdata(grad_x);
   a.grad_weight = mdata(grad_weight);
   a.grad_bias = mdata(grad_bias);
@@ -495,42 +515,14 @@ void forward_given(const py::array& x, std::int64_t groups, const py::object& we
                    const py::object& gmean, const py::object& gm2, const py::object& smean,
                    const py::object& srstd, int num_threads) {
   const gn::Problem p = problem(x, groups, eps, channels_last, act, dtype, param_dtype);
-  gn::ForwardArgs a;
-  a.x = x.data();
-  a.weight = cdata(weight);
-  a.bias = cdata(bias);
-  a.skip = cdata(skip);
-  a.skip_bias = cdata(skip_bias);
-  a.y = const_cast<void*>(y.data());
-  a.sum_out = mdata(sum_out);
-  a.mean = mdata(mean);
-  a.rstd = mdata(rstd);
+  const gn::ForwardArgs a = forward_args(x, weight, bias, skip, skip_bias, y, sum_out, mean, rstd);
   gn::GivenStats g;
   g.count = static_cast<const std::int64_t*>(cdata(count));
   g.mean = static_cast<const double*>(cdata(gmean));
   g.m2 = static_cast<const double*>(cdata(gm2));
   g.stats_mean = cdata(smean);
   g.stats_rstd = cdata(srstd);
-  gn::Exec e;
-  e.num_threads = num_threads;
-  gn::Result r;
-  {
-    py::gil_scoped_release release;
-    r = gn::forward(p, a, g, e);
-  }
-  if (!r) raise(r);
-}
-
-gn::BackwardArgs backward_args(const py::array& grad_y, const py::array& x, const py::array& mean,
-                               const py::array& rstd, const py::object& weight, const py::object& bias) {
-  gn::BackwardArgs a;
-  a.grad_y = grad_y.data();
-  a.x = x.data();
-  a.mean = mean.data();
-  a.rstd = rstd.data();
-  a.weight = cdata(weight);
-  a.bias = cdata(bias);
-  return a;
+  run_released(num_threads, [&](const gn::Exec& e) { return gn::forward(p, a, g, e); });
 }
 
 void backward_sums(const py::array& grad_y, const py::array& x, const py::array& mean, const py::array& rstd,
@@ -539,15 +531,9 @@ void backward_sums(const py::array& grad_y, const py::array& x, const py::array&
                    int num_threads) {
   const gn::Problem p = problem(x, groups, 0.0, channels_last, act, dtype, param_dtype);
   const gn::BackwardArgs a = backward_args(grad_y, x, mean, rstd, weight, bias);
-  gn::Exec e;
-  e.num_threads = num_threads;
-  gn::Result r;
-  {
-    py::gil_scoped_release release;
-    r = gn::backward_sums(p, a, static_cast<double*>(const_cast<void*>(sum_dz.data())),
-                          static_cast<double*>(const_cast<void*>(sum_dz_xc.data())), e);
-  }
-  if (!r) raise(r);
+  double* dz = static_cast<double*>(const_cast<void*>(sum_dz.data()));
+  double* dz_xc = static_cast<double*>(const_cast<void*>(sum_dz_xc.data()));
+  run_released(num_threads, [&](const gn::Exec& e) { return gn::backward_sums(p, a, dz, dz_xc, e); });
 }
 
 // parts: a list of (sum_dz, sum_dz_xc) arrays, added in list order
@@ -576,15 +562,9 @@ void backward_given(const py::array& grad_y, const py::array& x, const py::array
   a.grad_x = mdata(grad_x);
   a.grad_weight = mdata(grad_weight);
   a.grad_bias = mdata(grad_bias);
-  gn::Exec e;
-  e.num_threads = num_threads;
-  gn::Result r;
-  {
-    py::gil_scoped_release release;
-    r = gn::backward(p, a, static_cast<const double*>(sum_dz.data()), static_cast<const double*>(sum_dz_xc.data()),
-                     total_spatial, e);
-  }
-  if (!r) raise(r);
+  const double* dz = static_cast<const double*>(sum_dz.data());
+  const double* dz_xc = static_cast<const double*>(sum_dz_xc.data());
+  run_released(num_threads, [&](const gn::Exec& e) { return gn::backward(p, a, dz, dz_xc, total_spatial, e); });
 }
 
 // The dtype rules, asked for by _checks.py / _cuda.py instead of repeated there.
