@@ -4,6 +4,7 @@ These are the only tests that compare groupnorm with itself; each also checks on
 result against the reference so that a consistently wrong answer cannot pass.
 """
 import os
+import pickle
 import subprocess
 import sys
 
@@ -245,3 +246,71 @@ def test_env_var_caps_isa(gn, cap, tmp_path):
     assert lines[0] == cap
     x = (np.arange(2 * 8 * 9, dtype=np.float32).reshape(2, 8, 9) % 7) - 3
     assert lines[1] == gn.group_norm(x, 2).tobytes().hex()
+
+
+# ----------------------------------------------------------------- pipelined walk
+# The channels-first forward applies a worker's previous set in one walk with
+# the moments of its next set (the backward: dx of the previous set with the
+# sums of the next). GROUPNORM_PIPELINE=0 runs the phases one after the other:
+# both must give the same bits (and the right answer).
+_PIPE_CODE = r"""
+import pickle, sys, ml_dtypes, numpy as np, groupnorm as gn
+with open(sys.argv[1], "rb") as f:
+    data = pickle.load(f)
+out = {}
+for key in sorted(k for k in data if k.startswith("x_")):
+    x = data[key]; i = key[2:]
+    G = data["G_" + i]; act = data["act_" + i] or None
+    skip = data.get("skip_" + i)
+    for t in (1, 2):
+        y, m, r = gn.group_norm(x, G, data["w_" + i], data["b_" + i], skip=skip, activation=act,
+                                return_stats=True, num_threads=t)
+        out[f"y{t}_{i}"], out[f"m{t}_{i}"], out[f"r{t}_{i}"] = y, m, r
+        m, r = gn.group_norm(x, G, return_stats=True)[1:]
+        out[f"gx{t}_{i}"], out[f"gw{t}_{i}"], out[f"gb{t}_{i}"] = gn.group_norm_backward(
+            data["gy_" + i], x, m, r, G, data["w_" + i], data["b_" + i], activation=act, num_threads=t)
+with open(sys.argv[2], "wb") as f:
+    pickle.dump(out, f)
+"""
+
+
+@pytest.mark.parametrize("dtype", [F32, F64, F16, BF16], ids=dtype_id)
+def test_pipelined_walk_matches_phases(gn, rng, dtype, tmp_path):
+    # (shape, G, activation, skip): one tile per group, several, pieces of a
+    # channel, several groups per set, and a tail that is not a whole vector
+    cases = [((3, 32, 40, 40), 8, None, False), ((2, 16, 4100), 4, "silu", False), ((5, 12, 33, 17), 3, "silu", True),
+             ((4, 64, 9, 9), 32, None, True), ((2, 8, 70001), 8, None, False)]
+    arrays = {}
+    for i, (shape, G, act, skip) in enumerate(cases):
+        arrays[f"x_{i}"], arrays[f"G_{i}"], arrays[f"act_{i}"] = rng.x(shape, dtype, loc=3.0), G, act or ""
+        arrays[f"w_{i}"], arrays[f"b_{i}"] = rng.params(shape[1], F64 if dtype == F64 else np.float32)
+        arrays[f"w_{i}"] *= 3  # spread z over the silu's range
+        arrays[f"gy_{i}"] = rng.normal(shape, dtype)
+        if skip:
+            arrays[f"skip_{i}"] = rng.normal(shape, dtype)
+    src, dst = tmp_path / "in.pkl", tmp_path / "out.pkl"
+    with open(src, "wb") as f:
+        pickle.dump(arrays, f)
+    env = dict(os.environ, GROUPNORM_PIPELINE="0")
+    run = subprocess.run([sys.executable, "-c", _PIPE_CODE, str(src), str(dst)], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    with open(dst, "rb") as f:
+        phased = pickle.load(f)
+    for i, (shape, G, act, skip) in enumerate(cases):
+        x, w, b = arrays[f"x_{i}"], arrays[f"w_{i}"], arrays[f"b_{i}"]
+        sk = arrays.get(f"skip_{i}")
+        for t in (1, 2):
+            y, m, r = gn.group_norm(x, G, w, b, skip=sk, activation=act, return_stats=True, num_threads=t)
+            assert_bitwise_equal(y, phased[f"y{t}_{i}"])
+            assert_bitwise_equal(m, phased[f"m{t}_{i}"])
+            assert_bitwise_equal(r, phased[f"r{t}_{i}"])
+            m, r = gn.group_norm(x, G, return_stats=True)[1:]
+            grads = gn.group_norm_backward(arrays[f"gy_{i}"], x, m, r, G, w, b, activation=act, num_threads=t)
+            for name, got in zip(("gx", "gw", "gb"), grads):
+                assert_bitwise_equal(got, phased[f"{name}{t}_{i}"], f"{name}, case {i}, {t} threads")
+        gx_ref, _, _ = ref_backward(arrays[f"gy_{i}"], x, G, w, b, activation=act)
+        tol = 1e-8 if dtype == F64 else (2e-4 if dtype == F32 else 6e-2)
+        assert_close(grads[0], gx_ref, rtol=tol, atol=tol * max(1.0, float(np.abs(gx_ref).max())))
+        ref_x = x if sk is None else (x.astype(np.float64) + sk.astype(np.float64)).astype(dtype)
+        _assert_ref(y, ref_x, G, w, b, False, activation=act)

@@ -81,6 +81,12 @@ template <class T, bool SKIP> void apply_(const Tile& t) {
   else (t.silu ? cf_apply<T, SKIP, true> : cf_apply<T, SKIP, false>)(t);
 }
 template <class T> void apply(const Tile& t) { (t.skip ? apply_<T, true> : apply_<T, false>)(t); }
+template <class T, bool SKIP> void apply_moments_(const Tile& a, const Tile& m, Moments* out) {
+  (a.silu ? cf_apply_moments<T, SKIP, true> : cf_apply_moments<T, SKIP, false>)(a, m, out);
+}
+template <class T> void apply_moments(const Tile& a, const Tile& m, Moments* out) {
+  (m.skip ? apply_moments_<T, true> : apply_moments_<T, false>)(a, m, out);
+}
 template <class T> void backward_sums(const Tile& t, double* db, double* ds) {
   if (t.channels_last) (t.silu ? cl_backward_sums<T, true> : cl_backward_sums<T, false>)(t, db, ds);
   else (t.silu ? cf_backward_sums<T, true> : cf_backward_sums<T, false>)(t, db, ds);
@@ -89,8 +95,12 @@ template <class T> void backward_apply(const Tile& t) {
   if (t.channels_last) (t.silu ? cl_backward_apply<T, true> : cl_backward_apply<T, false>)(t);
   else (t.silu ? cf_backward_apply<T, true> : cf_backward_apply<T, false>)(t);
 }
+template <class T> void backward_apply_sums(const Tile& a, const Tile& m, double* db, double* ds) {
+  (a.silu ? cf_backward_apply_sums<T, true> : cf_backward_apply_sums<T, false>)(a, m, db, ds);
+}
 template <class T> constexpr KernelSet kernel_set() {
-  return KernelSet{&moments<T>, &apply<T>, &backward_sums<T>, &backward_apply<T>};
+  return KernelSet{&moments<T>, &apply<T>, &apply_moments<T>, &backward_sums<T>, &backward_apply<T>,
+                   &backward_apply_sums<T>};
 }
 
 }  // namespace

@@ -54,11 +54,17 @@ struct KernelSet {
   void (*moments)(const Tile&, Moments* out);
   // y = act((x - mean) * scale + shift); also writes sum_out when asked.
   void (*apply)(const Tile&);
+  // Channels-first only: apply(a) and moments(m, out) in one walk, for two
+  // tiles of the same geometry (a without sum_out); results as the two calls.
+  void (*apply_moments)(const Tile& a, const Tile& m, Moments* out);
   // Per channel of the tile: db += sum dz, ds += sum dz * (x - mean),
   // dz = dy (through silu when asked). db/ds are indexed like the channels.
   void (*backward_sums)(const Tile&, double* db, double* ds);
   // dx = scale * dz + c2 * (x - mean) + c3.
   void (*backward_apply)(const Tile&);
+  // Channels-first only: backward_apply(a) and backward_sums(m, db, ds) in one
+  // walk, for two tiles of the same geometry; results as the two calls.
+  void (*backward_apply_sums)(const Tile& a, const Tile& m, double* db, double* ds);
 };
 
 struct IsaKernels {

@@ -57,6 +57,7 @@ struct Plan {
   int threads = 1;
   bool mode_a = true;
   bool stream = false;  // outputs bigger than the cache: non-temporal stores
+  std::int64_t set_bytes = 0;  // the bytes of one set (all its streams)
   std::int64_t sets_per_step = 1;
   std::int64_t chunk_tiles = 1;  // mode B: tiles summed per round, so scratch never grows with x
 
@@ -141,6 +142,7 @@ inline Plan make_plan(const Problem& p, int threads, int streams, std::int64_t (
     pl.chans_per_set_tile = pl.sub_groups * pl.Cg;
   }
   const std::int64_t set_bytes = pl.band * group_bytes;
+  pl.set_bytes = set_bytes;
   pl.stream = p.numel() * (std::int64_t)pl.esize >= stream_bytes;
   pl.threads = t;
   pl.mode_a = t == 1 || (pl.nsets >= t && (pl.nsets % t == 0 || pl.nsets >= 4 * t) &&

@@ -102,6 +102,7 @@ struct DynamicJob {
   int workers;
   Range* ranges;
   const ItemFn* fn;
+  const WorkerFn* done;
   void work(int w) const {
     for (int k = 0; k < workers; ++k) {  // its own range first, then the others'
       Range& r = ranges[(w + k) % workers];
@@ -112,6 +113,7 @@ struct DynamicJob {
         (*fn)(w, i);
       }
     }
+    if (done) (*done)(w);
   }
 };
 
@@ -207,11 +209,12 @@ std::atomic<Pool*> Pool::g_pool{nullptr};
 }  // namespace
 
 
-void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn) {
+void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn, const WorkerFn* done) {
   constexpr int kMaxWorkers = 256;  // cursors live on the stack: calls never allocate
   if (workers > items) workers = (int)std::max<std::int64_t>(items, 1);
   if (workers <= 1) {
     for (std::int64_t i = 0; i < items; ++i) fn(0, i);
+    if (done) (*done)(0);
     return;
   }
   // GROUPNORM_STATIC_SCHEDULE=1: static ranges on OpenMP's threads, the
@@ -224,6 +227,7 @@ void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn) {
   if (workers > kMaxWorkers || static_only) {  // static ranges
     run_workers(e, workers, [&](int w) {
       for (std::int64_t i = items * w / workers; i < items * (w + 1) / workers; ++i) fn(w, i);
+      if (done) (*done)(w);
     });
     return;
   }
@@ -232,12 +236,23 @@ void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn) {
     ranges[w].next.store(items * w / workers, std::memory_order_relaxed);
     ranges[w].end = items * (w + 1) / workers;
   }
-  const DynamicJob job{workers, ranges, &fn};
+  const DynamicJob job{workers, ranges, &fn, done};
 #if defined(GROUPNORM_USE_OPENMP)
   if (!e.parallel_for && worker_pool() && Pool::get().run(job)) return;
 #endif
   // the engine's threads, or OpenMP's when another call holds the pool
   run_workers(e, workers, [&](int w) { job.work(w); });
+}
+
+std::int64_t private_cache_bytes() {
+  static const std::int64_t l2 = [] {
+    long v = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return v > 0 ? (std::int64_t)v : (std::int64_t)1 << 20;
+  }();
+  return l2;
 }
 
 std::int64_t cache_budget(int threads) {
@@ -246,13 +261,7 @@ std::int64_t cache_budget(int threads) {
     return s ? std::atoll(s) : 0LL;
   }();
   if (fixed > 0) return fixed;
-  static const std::int64_t l2 = [] {
-    long v = 0;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-    v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-    return v > 0 ? (std::int64_t)v : (std::int64_t)1 << 20;
-  }();
+  const std::int64_t l2 = private_cache_bytes();
   static const std::int64_t l3 = [] {
     long v = 0;
 #ifdef _SC_LEVEL3_CACHE_SIZE

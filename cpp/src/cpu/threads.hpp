@@ -53,11 +53,15 @@ class ItemFn {
 // engine parallel-for, the workers are the calling thread and a small pool of
 // threads (threads.cpp) that the call waits for only if they took work;
 // otherwise the engine's threads or OpenMP's.
-void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn);
+// done (optional): called once by every worker that ran, after its last
+// item (a pipelined caller finishes the work it held back).
+void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn, const WorkerFn* done = nullptr);
 
 // Per-thread cache budget in bytes for a call on `threads` threads
 // (GROUPNORM_CACHE_BYTES overrides it). Affects speed only, never results.
 std::int64_t cache_budget(int threads);
+// The private (per-core) cache, the L2, in bytes.
+std::int64_t private_cache_bytes();
 
 }  // namespace detail
 }  // namespace groupnorm

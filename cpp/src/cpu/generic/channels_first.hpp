@@ -28,25 +28,29 @@ template <class T, bool SKIP> struct CfRun {
   V at_n(std::int64_t r, std::int64_t i, std::int64_t n) const {
     return I::load_nb(xb + r * stride + i, SKIP ? kb + r * stride + i : nullptr, bias, r, i, n);
   }
-  // sums of d = x - shift and d*d, two pairs of accumulators (no register
-  // spills on 16-register ISAs)
+  // Sums of d = x - shift and d*d over elements [i0, i1) of row r into two
+  // pairs of accumulators (no register spills on 16-register ISAs): vector
+  // pairs, then the row's tail when i1 is the row's end. i0 is a multiple of
+  // 2L, so a row summed in consecutive spans gets the order of one walk.
+  GN_INLINE void dev_span(V mv, std::int64_t r, std::int64_t i0, std::int64_t i1, V& d0, V& d1, V& q0, V& q1) const {
+    std::int64_t i = i0;
+    for (; i + 2 * L <= i1; i += 2 * L) {
+      const V a0 = at(r, i) - mv, a1 = at(r, i + L) - mv;
+      d0 += a0; q0 += a0 * a0;
+      d1 += a1; q1 += a1 * a1;
+    }
+    if (i1 < cols) return;
+    for (; i < cols; i += L) {
+      const std::int64_t n = cols - i;
+      V a0 = (n >= L ? at(r, i) : at_n(r, i, n)) - mv;
+      if (n < L) a0 = O::select(O::lanes_below(n), a0, V{});
+      d0 += a0; q0 += a0 * a0;
+    }
+  }
   void dev_sums(A shift, double* sd, double* sq) const {
     const V mv = splat<V>(shift);
     V d0 = {}, d1 = {}, q0 = {}, q1 = {};
-    for (std::int64_t r = 0; r < rows; ++r) {
-      std::int64_t i = 0;
-      for (; i + 2 * L <= cols; i += 2 * L) {
-        const V a0 = at(r, i) - mv, a1 = at(r, i + L) - mv;
-        d0 += a0; q0 += a0 * a0;
-        d1 += a1; q1 += a1 * a1;
-      }
-      for (; i < cols; i += L) {
-        const std::int64_t n = cols - i;
-        V a0 = (n >= L ? at(r, i) : at_n(r, i, n)) - mv;
-        if (n < L) a0 = O::select(O::lanes_below(n), a0, V{});
-        d0 += a0; q0 += a0 * a0;
-      }
-    }
+    for (std::int64_t r = 0; r < rows; ++r) dev_span(mv, r, 0, cols, d0, d1, q0, q1);
     *sd = O::hsum(d0 + d1);
     *sq = O::hsum(q0 + q1);
   }
@@ -107,74 +111,137 @@ template <class T, bool SKIP> void cf_moments(const Tile& t, Moments* out) {
   else cf_moments_exact<T, SKIP>(t, out);
 }
 
+// y = act((x - mean) * scale + shift) for elements [i0, i1) of row r (no sum_out).
+template <class T, bool SKIP, bool SILU> GN_INLINE void cf_apply_span(const Tile& t, std::int64_t r, std::int64_t i0,
+                                                                      std::int64_t i1) {
+  typedef Ops<T> O;
+  typedef In<T, SKIP> I;
+  typedef typename O::A A;
+  typedef typename O::V V;
+  const A* sb = static_cast<const A*>(t.skip_bias);
+  const std::int64_t off = r * t.stride + i0;
+  const T* x = static_cast<const T*>(t.x) + off;
+  const T* k = SKIP ? static_cast<const T*>(t.skip) + off : nullptr;
+  T* y = static_cast<T*>(t.y) + off;
+  const V bias = splat<V>(sb ? sb[r] : A(0));
+  const V* b = sb ? &bias : nullptr;
+  const V mv = splat<V>(static_cast<const A*>(t.mean)[r]), av = splat<V>(static_cast<const A*>(t.scale)[r]);
+  const V bv = splat<V>(static_cast<const A*>(t.shift)[r]);
+  auto full = [&](std::int64_t j) {
+    V z = (I::load(x + j, k + j, b) - mv) * av + bv;
+    return SILU ? O::silu(z) : z;
+  };
+  auto part = [&](std::int64_t j, std::int64_t n) {
+    V z = (I::load_n(x + j, k + j, b, n) - mv) * av + bv;
+    return SILU ? O::silu(z) : z;
+  };
+  write_row<T>(y, i1 - i0, t.stream, full, part);
+}
+
 template <class T, bool SKIP, bool SILU> void cf_apply(const Tile& t) {
   typedef Ops<T> O;
   typedef In<T, SKIP> I;
   typedef typename O::A A;
   typedef typename O::V V;
   constexpr int L = O::L;
+  const std::int64_t rows = t.rows, cols = t.cols, stride = t.stride;
+  if (!(SKIP && t.sum_out)) {
+    for (std::int64_t r = 0; r < rows; ++r) cf_apply_span<T, SKIP, SILU>(t, r, 0, cols);
+    if (t.stream) stream_fence();
+    return;
+  }
+  // x + skip written to sum_out as well: each vector is loaded once and both
+  // outputs written from it, so sum_out may be x or skip itself
   const A* sb = static_cast<const A*>(t.skip_bias);
   const A* mean = static_cast<const A*>(t.mean);
   const A* scale = static_cast<const A*>(t.scale);
   const A* shift = static_cast<const A*>(t.shift);
-  const std::int64_t rows = t.rows, cols = t.cols, stride = t.stride;
   for (std::int64_t r = 0; r < rows; ++r) {
     const T* x = static_cast<const T*>(t.x) + r * stride;
-    const T* k = SKIP ? static_cast<const T*>(t.skip) + r * stride : nullptr;
+    const T* k = static_cast<const T*>(t.skip) + r * stride;
     T* y = static_cast<T*>(t.y) + r * stride;
-    T* so = at<T>(t.sum_out, r * stride);
+    T* so = static_cast<T*>(t.sum_out) + r * stride;
     const V bias = splat<V>(sb ? sb[r] : A(0));
     const V* b = sb ? &bias : nullptr;
     const V mv = splat<V>(mean[r]), av = splat<V>(scale[r]), bv = splat<V>(shift[r]);
     std::int64_t i = 0;
-    if (SKIP && so) {
-      for (; i + L <= cols; i += L) {
-        const V v = I::load(x + i, k + i, b);
-        V z = (v - mv) * av + bv;
-        if (SILU) z = O::silu(z);
-        O::store(so + i, v);
-        O::store(y + i, z);
-      }
-    } else {
-      auto full = [&](std::int64_t j) {
-        V z = (I::load(x + j, k + j, b) - mv) * av + bv;
-        return SILU ? O::silu(z) : z;
-      };
-      auto part = [&](std::int64_t j, std::int64_t n) {
-        V z = (I::load_n(x + j, k + j, b, n) - mv) * av + bv;
-        return SILU ? O::silu(z) : z;
-      };
-      write_row<T>(y, cols, t.stream, full, part);
-      continue;
+    for (; i + L <= cols; i += L) {
+      const V v = I::load(x + i, k + i, b);
+      V z = (v - mv) * av + bv;
+      if (SILU) z = O::silu(z);
+      O::store(so + i, v);
+      O::store(y + i, z);
     }
     if (i < cols) {
       const std::int64_t n = cols - i;
       const V v = I::load_n(x + i, k + i, b, n);
       V z = (v - mv) * av + bv;
       if (SILU) z = O::silu(z);
-      if (so) O::store_n(so + i, v, n);
+      O::store_n(so + i, v, n);
       O::store_n(y + i, z, n);
     }
   }
-  if (t.stream) stream_fence();
 }
 
-template <class T, bool SILU> void cf_backward_sums(const Tile& t, double* db, double* ds) {
+// The apply of tile `a` and the moments of tile `m` in one walk, a span of m
+// then the same span of a: m's data streams in from memory while a's (summed
+// just before, so in cache) is normalized, and the loads of one overlap the
+// arithmetic of the other. The two tiles have the same geometry (rows, cols,
+// stride); a has no sum_out. m's sums run in dev_sums' order, so its moments
+// are bitwise cf_moments'; a's outputs are elementwise, in any order.
+template <class T, bool SKIP, bool SILU> void cf_apply_moments(const Tile& a, const Tile& m, Moments* out) {
+  typedef CfRun<T, SKIP> R;
+  typedef typename R::O O;
+  typedef typename R::A A;
+  typedef typename R::V V;
+  constexpr std::int64_t kSpan = 32 * R::L;  // a multiple of 2L
+  const R run(m);
+  const A k0 = run.at_n(0, 0, 1)[0];
+  const V mv = splat<V>(k0);
+  V d0 = {}, d1 = {}, q0 = {}, q1 = {};
+  std::int64_t ar = 0, ai = 0;  // a's next element (row, column)
+  auto apply_to = [&](std::int64_t e) {  // a's elements before flat index e
+    while (ar < a.rows && ar * a.cols + ai < e) {
+      const std::int64_t stop = std::min(a.cols, e - ar * a.cols);
+      cf_apply_span<T, SKIP, SILU>(a, ar, ai, stop);
+      ai = stop;
+      if (ai == a.cols) { ++ar; ai = 0; }
+    }
+  };
+  for (std::int64_t r = 0; r < run.rows; ++r)
+    for (std::int64_t i = 0; i < run.cols; i += kSpan) {
+      const std::int64_t i1 = std::min(run.cols, i + kSpan);
+      run.dev_span(mv, r, i, i1, d0, d1, q0, q1);
+      apply_to(r * run.cols + i1);
+    }
+  apply_to(a.rows * a.cols);
+  if (a.stream) stream_fence();
+  const double sd = O::hsum(d0 + d1), sq = O::hsum(q0 + q1);
+  if (shift_ok(run.count(), sd, sq)) out[0] = shifted_moments(run.count(), (double)k0, sd, sq);
+  else cf_moments_exact<T, SKIP>(m, out);
+}
+
+// Backward sums of row r over elements [i0, i1) into two pairs of
+// accumulators: vector pairs, then the row's tail when i1 is the row's end
+// (i0 a multiple of 2L: a row summed in consecutive spans gets one walk's order).
+template <class T, bool SILU> struct CfGrad {
   typedef Ops<T> O;
   typedef typename O::A A;
   typedef typename O::V V;
-  constexpr int L = O::L;
-  const A* mean = static_cast<const A*>(t.mean);
-  const A* scale = static_cast<const A*>(t.scale);
-  const A* shift = static_cast<const A*>(t.shift);
-  const std::int64_t rows = t.rows, cols = t.cols, stride = t.stride;
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const T* x = static_cast<const T*>(t.x) + r * stride;
-    const T* g = static_cast<const T*>(t.dy) + r * stride;
-    const V mv = splat<V>(mean[r]), av = splat<V>(scale[r]), bv = splat<V>(shift[r]);
-    V b0 = {}, b1 = {}, s0 = {}, s1 = {};
-    std::int64_t i = 0;
-    for (; i + 2 * L <= cols; i += 2 * L) {
+  static constexpr int L = O::L;
+  const Tile& t;
+  std::int64_t r;
+  const T* x;
+  const T* g;
+  V mv, av, bv;
+  CfGrad(const Tile& tile, std::int64_t row)
+      : t(tile), r(row), x(static_cast<const T*>(tile.x) + row * tile.stride),
+        g(static_cast<const T*>(tile.dy) + row * tile.stride),
+        mv(splat<V>(static_cast<const A*>(tile.mean)[row])), av(splat<V>(static_cast<const A*>(tile.scale)[row])),
+        bv(splat<V>(static_cast<const A*>(tile.shift)[row])) {}
+  GN_INLINE void sums(std::int64_t i0, std::int64_t i1, V& b0, V& b1, V& s0, V& s1) const {
+    std::int64_t i = i0;
+    for (; i + 2 * L <= i1; i += 2 * L) {
       const V xc0 = O::load(x + i) - mv, xc1 = O::load(x + i + L) - mv;
       V g0 = O::load(g + i), g1 = O::load(g + i + L);
       if (SILU) {
@@ -184,8 +251,9 @@ template <class T, bool SILU> void cf_backward_sums(const Tile& t, double* db, d
       b0 += g0; s0 += g0 * xc0;
       b1 += g1; s1 += g1 * xc1;
     }
-    for (; i < cols; i += L) {
-      const std::int64_t n = cols - i < L ? cols - i : L;
+    if (i1 < t.cols) return;
+    for (; i < t.cols; i += L) {
+      const std::int64_t n = t.cols - i < L ? t.cols - i : L;
       const V xc = O::load_n(x + i, n) - mv;
       V gg = O::load_n(g + i, n);
       if (SILU) gg = gg * O::dsilu(xc * av + bv);
@@ -193,41 +261,59 @@ template <class T, bool SILU> void cf_backward_sums(const Tile& t, double* db, d
       gg = O::select(live, gg, V{});
       b0 += gg; s0 += O::select(live, gg * xc, V{});
     }
-    db[r] += O::hsum(b0 + b1);
-    ds[r] += O::hsum(s0 + s1);
   }
-}
-
-template <class T, bool SILU> void cf_backward_apply(const Tile& t) {
-  typedef Ops<T> O;
-  typedef typename O::A A;
-  typedef typename O::V V;
-  constexpr int L = O::L;
-  const A* mean = static_cast<const A*>(t.mean);
-  const A* scale = static_cast<const A*>(t.scale);
-  const A* shift = static_cast<const A*>(t.shift);
-  const A* c2 = static_cast<const A*>(t.c2);
-  const A* c3 = static_cast<const A*>(t.c3);
-  const std::int64_t rows = t.rows, cols = t.cols, stride = t.stride;
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const T* x = static_cast<const T*>(t.x) + r * stride;
-    const T* g = static_cast<const T*>(t.dy) + r * stride;
-    T* dx = static_cast<T*>(t.dx) + r * stride;
-    const V mv = splat<V>(mean[r]), av = splat<V>(scale[r]), bv = splat<V>(shift[r]);
-    const V c2v = splat<V>(c2[r]), c3v = splat<V>(c3[r]);
+  // dx = scale * dz + c2 * (x - mean) + c3 over elements [i0, i1)
+  GN_INLINE void apply(std::int64_t i0, std::int64_t i1) const {
+    const V c2v = splat<V>(static_cast<const A*>(t.c2)[r]), c3v = splat<V>(static_cast<const A*>(t.c3)[r]);
+    const T* xs = x + i0;
+    const T* gs = g + i0;
     auto full = [&](std::int64_t i) {
-      const V xc = O::load(x + i) - mv;
-      V gg = O::load(g + i);
+      const V xc = O::load(xs + i) - mv;
+      V gg = O::load(gs + i);
       if (SILU) gg = gg * O::dsilu(xc * av + bv);
       return (av * gg + c2v * xc) + c3v;
     };
     auto part = [&](std::int64_t i, std::int64_t n) {
-      const V xc = O::load_n(x + i, n) - mv;
-      V gg = O::load_n(g + i, n);
+      const V xc = O::load_n(xs + i, n) - mv;
+      V gg = O::load_n(gs + i, n);
       if (SILU) gg = gg * O::dsilu(xc * av + bv);
       return (av * gg + c2v * xc) + c3v;
     };
-    write_row<T>(dx, cols, t.stream, full, part);
+    write_row<T>(static_cast<T*>(t.dx) + r * t.stride + i0, i1 - i0, t.stream, full, part);
   }
+};
+
+template <class T, bool SILU> void cf_backward_sums(const Tile& t, double* db, double* ds) {
+  typedef typename Ops<T>::V V;
+  for (std::int64_t r = 0; r < t.rows; ++r) {
+    V b0 = {}, b1 = {}, s0 = {}, s1 = {};
+    CfGrad<T, SILU>(t, r).sums(0, t.cols, b0, b1, s0, s1);
+    db[r] += Ops<T>::hsum(b0 + b1);
+    ds[r] += Ops<T>::hsum(s0 + s1);
+  }
+}
+
+template <class T, bool SILU> void cf_backward_apply(const Tile& t) {
+  for (std::int64_t r = 0; r < t.rows; ++r) CfGrad<T, SILU>(t, r).apply(0, t.cols);
   if (t.stream) stream_fence();
+}
+
+// dx of tile `a` and the backward sums of tile `m` in one walk, a span of m's
+// row then the same span of a's (as cf_apply_moments; same geometry). m's
+// sums are bitwise cf_backward_sums'.
+template <class T, bool SILU> void cf_backward_apply_sums(const Tile& a, const Tile& m, double* db, double* ds) {
+  typedef typename Ops<T>::V V;
+  constexpr std::int64_t kSpan = 32 * Ops<T>::L;  // a multiple of 2L
+  for (std::int64_t r = 0; r < m.rows; ++r) {
+    const CfGrad<T, SILU> gm(m, r), ga(a, r);
+    V b0 = {}, b1 = {}, s0 = {}, s1 = {};
+    for (std::int64_t i = 0; i < m.cols; i += kSpan) {
+      const std::int64_t i1 = std::min(m.cols, i + kSpan);
+      gm.sums(i, i1, b0, b1, s0, s1);
+      ga.apply(i, i1);
+    }
+    db[r] += Ops<T>::hsum(b0 + b1);
+    ds[r] += Ops<T>::hsum(s0 + s1);
+  }
+  if (a.stream) stream_fence();
 }

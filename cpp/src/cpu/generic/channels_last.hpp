@@ -264,9 +264,11 @@ template <class T, bool SKIP, bool SILU> void cl_apply(const Tile& t) {
       }
       if (j < w) part(j, w - j);
     }
-  } else if ((st * (std::int64_t)sizeof(T)) % 64 == 0 && !(t.stream && sizeof(T) * L < 64)) {
+  } else if ((st * (std::int64_t)sizeof(T)) % 64 == 0 && !(t.stream && sizeof(T) * L < 64) && w >= 4 * L) {
     // every row has the same alignment: four rows per load of the channel parameters
-    // (not for streamed 16-bit rows: their half-line stores must fill each line in turn)
+    // (not for streamed 16-bit rows: their half-line stores must fill each line in turn;
+    // not for rows of a few vectors, where the four-row walk's setup costs more than
+    // the loads it saves: channels-last vol3d, 32 channels, 1.9 -> 1.45x a copy)
     std::int64_t h = align_head(yb);
     if (h > w) h = w;
     const std::int64_t body_end = h + (w - h) / L * L;
@@ -390,9 +392,8 @@ template <class T, bool SILU> void cl_backward_apply(const Tile& t) {
     write_row<T>(dxb + o, w, t.stream, full, part);
   };
   std::int64_t r = 0;
-  if ((st * (std::int64_t)sizeof(T)) % 64 == 0 && !(t.stream && sizeof(T) * L < 64)) {
-    // every row has the same alignment: four rows per load of the channel parameters
-    // (not for streamed 16-bit rows: their half-line stores must fill each line in turn)
+  if ((st * (std::int64_t)sizeof(T)) % 64 == 0 && !(t.stream && sizeof(T) * L < 64) && w >= 4 * L) {
+    // as cl_apply's four-row walk (and not for rows of a few vectors either)
     std::int64_t h = align_head(dxb);
     if (h > w) h = w;
     const std::int64_t body_end = h + (w - h) / L * L;

@@ -119,44 +119,86 @@ template <class T> struct Ops {
     return (double)t[0];
   }
 
-  // exp, sigmoid and silu from the same operations on every ISA
-  static GN_INLINE vf exp_(vf x) {
-    x = x > 88.0f ? vf{} + 88.0f : x;
-    x = x < -87.0f ? vf{} - 87.0f : x;
-    const vf magic = vf{} + 12582912.0f;  // 1.5 * 2^23: rounds to integer
-    const vf t = x * 1.44269504088896341f + magic;
+  // exp, sigmoid and silu from the same operations on every ISA. The sigmoid
+  // needs exp(-|z|) only: arguments <= 0, clamped below where exp's result
+  // leaves the normal range (NaN stays NaN: the clamp keeps x unless x < lo).
+  GN_INLINE static vf max_(vf lo, vf x) {
+#if defined(__AVX512F__)
+    return bitcast<vf>(_mm512_max_ps(bitcast<__m512>(lo), bitcast<__m512>(x)));  // lo > x ? lo : x
+#else
+    return lo > x ? lo : x;
+#endif
+  }
+  GN_INLINE static vd max_(vd lo, vd x) {
+#if defined(__AVX512F__)
+    return bitcast<vd>(_mm512_max_pd(bitcast<__m512d>(lo), bitcast<__m512d>(x)));
+#else
+    return lo > x ? lo : x;
+#endif
+  }
+  GN_INLINE static vf neg_abs(vf x) { return bitcast<vf>(bitcast<vu32>(x) | 0x80000000u); }  // -|x|
+  GN_INLINE static vd neg_abs(vd x) {
+    typedef std::uint64_t vu64 __attribute__((vector_size(64)));
+    return bitcast<vd>(bitcast<vu64>(x) | (vu64{} + 0x8000000000000000ull));
+  }
+  // exp(x) for x <= 0: x = n ln2 + r (two-part ln2), e^r from a degree-6
+  // polynomial fitted on |r| <= ln2/2 (0.52 ulp), times 2^n from the exponent bits
+  static GN_INLINE vf exp_neg(vf x) {
+    x = max_(splat<vf>(-87.0f), x);
+    const vf magic = splat<vf>(12582912.0f);  // 1.5 * 2^23: rounds to integer
+    const vf t = fma_(x, splat<vf>(1.44269504088896341f), magic);
     const vf n = t - magic;
     const vf r = fma_(n, splat<vf>(-1.42860682030941723e-06f), fma_(n, splat<vf>(-0.693145751953125f), x));
-    vf p = splat<vf>(1.0f / 5040.0f);
-    p = fma_(p, r, splat<vf>(1.0f / 720.0f));
-    p = fma_(p, r, splat<vf>(1.0f / 120.0f));
-    p = fma_(p, r, splat<vf>(1.0f / 24.0f));
-    p = fma_(p, r, splat<vf>(1.0f / 6.0f));
-    p = fma_(p, r, splat<vf>(0.5f));
+    vf p = splat<vf>(0.0013814606936648488f);
+    p = fma_(p, r, splat<vf>(0.0083687175065279f));
+    p = fma_(p, r, splat<vf>(0.04166838899254799f));
+    p = fma_(p, r, splat<vf>(0.1666652113199234f));
+    p = fma_(p, r, splat<vf>(0.4999999403953552f));
     p = fma_(p, r, splat<vf>(1.0f));
     p = fma_(p, r, splat<vf>(1.0f));
+    // p * 2^n is exact and normal here (n >= -126, and p > 1 when n = -126)
+#if defined(__AVX512F__)
+    return bitcast<vf>(_mm512_scalef_ps(bitcast<__m512>(p), bitcast<__m512>(n)));
+#else
     const vi32 e = (bitcast<vi32>(t) - bitcast<vi32>(magic) + 127) << 23;
     return p * bitcast<vf>(e);
+#endif
   }
-  static GN_INLINE vd exp_(vd x) {
-    x = x > 709.0 ? vd{} + 709.0 : x;
-    x = x < -708.0 ? vd{} - 708.0 : x;
-    const vd magic = vd{} + 6755399441055744.0;  // 1.5 * 2^52
-    const vd t = x * 1.4426950408889634074 + magic;
+  static GN_INLINE vd exp_neg(vd x) {
+    x = max_(splat<vd>(-708.0), x);
+    const vd magic = splat<vd>(6755399441055744.0);  // 1.5 * 2^52
+    const vd t = fma_(x, splat<vd>(1.4426950408889634074), magic);
     const vd n = t - magic;
     const vd r = fma_(n, splat<vd>(-1.90821492927058770002e-10), fma_(n, splat<vd>(-6.93147180369123816490e-01), x));
     vd p = splat<vd>(1.0 / 479001600.0);
     const double c[] = {1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
                         1.0 / 720.0,      1.0 / 120.0,     1.0 / 24.0,     1.0 / 6.0,     0.5, 1.0, 1.0};
     for (double ci : c) p = fma_(p, r, splat<vd>(ci));
+#if defined(__AVX512F__)
+    return bitcast<vd>(_mm512_scalef_pd(bitcast<__m512d>(p), bitcast<__m512d>(n)));
+#else
     const vi64 e = (bitcast<vi64>(t) - bitcast<vi64>(magic) + 1023) << 52;
     return p * bitcast<vd>(e);
+#endif
   }
-  static GN_INLINE V sigmoid(V z) { return 1 / (1 + exp_(-z)); }
-  static GN_INLINE V silu(V z) { return z * sigmoid(z); }
-  // d silu / dz
+  // sigmoid(z) and 1 - sigmoid(z), from e = exp(-|z|) and r = 1 / (1 + e):
+  // r and e*r, which is which by z's sign (neither loses bits to 1 - s)
+  static GN_INLINE void sigmoid2(V z, V& s, V& sc) {
+    const V e = exp_neg(neg_abs(z));
+    const V r = 1 / (1 + e), er = e * r;
+    const auto pos = z >= 0;
+    s = pos ? r : er;
+    sc = pos ? er : r;
+  }
+  static GN_INLINE V silu(V z) {
+    const V e = exp_neg(neg_abs(z));
+    const V r = z / (1 + e);
+    return z >= 0 ? r : e * r;
+  }
+  // d silu / dz = s (1 + z (1 - s))
   static GN_INLINE V dsilu(V z) {
-    const V s = sigmoid(z);
-    return s * (1 + z * (1 - s));
+    V s, sc;
+    sigmoid2(z, s, sc);
+    return s * (1 + z * sc);
   }
 };
