@@ -199,6 +199,44 @@ template <class T, bool SKIP, bool SILU> void cf_apply_moments(const Tile& a, co
   const A k0 = run.at_n(0, 0, 1)[0];
   const V mv = splat<V>(k0);
   V d0 = {}, d1 = {}, q0 = {}, q1 = {};
+  constexpr int L = R::L;
+  if (run.rows == 1 && (a.rows == 1 || a.cols % (2 * L) == 0)) {
+    // m is one contiguous run and each of a's rows starts on a pair of m's
+    // walk: every step sums a pair of m and normalizes a pair of a, so the
+    // loads of one overlap the arithmetic of the other at the finest grain
+    typedef In<T, SKIP> I;
+    const std::int64_t cols2 = a.cols / (2 * L) * (2 * L);
+    const A* sb = static_cast<const A*>(a.skip_bias);
+    for (std::int64_t r = 0; r < a.rows; ++r) {
+      const std::int64_t off = r * a.stride, e0 = r * a.cols;
+      const T* x = static_cast<const T*>(a.x) + off;
+      const T* k = SKIP ? static_cast<const T*>(a.skip) + off : nullptr;
+      T* y = static_cast<T*>(a.y) + off;
+      const V bias = splat<V>(sb ? sb[r] : A(0));
+      const V* b = sb ? &bias : nullptr;
+      const V ma = splat<V>(static_cast<const A*>(a.mean)[r]), sa = splat<V>(static_cast<const A*>(a.scale)[r]);
+      const V ba = splat<V>(static_cast<const A*>(a.shift)[r]);
+      const bool stream = a.stream && reinterpret_cast<std::uintptr_t>(y) % (sizeof(T) * L) == 0;
+      for (std::int64_t i = 0; i < cols2; i += 2 * L) {
+        const V m0 = run.at(0, e0 + i) - mv, m1 = run.at(0, e0 + i + L) - mv;
+        d0 += m0; q0 += m0 * m0;
+        d1 += m1; q1 += m1 * m1;
+        V z0 = (I::load(x + i, k + i, b) - ma) * sa + ba, z1 = (I::load(x + i + L, k + i + L, b) - ma) * sa + ba;
+        if (SILU) { z0 = O::silu(z0); z1 = O::silu(z1); }
+        put(y + i, z0, stream);
+        put(y + i + L, z1, stream);
+      }
+    }
+    if (cols2 < a.cols) {  // one row: its last elements, and m's tail
+      run.dev_span(mv, 0, cols2, run.cols, d0, d1, q0, q1);
+      cf_apply_span<T, SKIP, SILU>(a, 0, cols2, a.cols);
+    }
+    if (a.stream) stream_fence();
+    const double sd = O::hsum(d0 + d1), sq = O::hsum(q0 + q1);
+    if (shift_ok(run.count(), sd, sq)) out[0] = shifted_moments(run.count(), (double)k0, sd, sq);
+    else cf_moments_exact<T, SKIP>(m, out);
+    return;
+  }
   std::int64_t ar = 0, ai = 0;  // a's next element (row, column)
   auto apply_to = [&](std::int64_t e) {  // a's elements before flat index e
     while (ar < a.rows && ar * a.cols + ai < e) {
@@ -298,22 +336,38 @@ template <class T, bool SILU> void cf_backward_apply(const Tile& t) {
   if (t.stream) stream_fence();
 }
 
-// dx of tile `a` and the backward sums of tile `m` in one walk, a span of m's
-// row then the same span of a's (as cf_apply_moments; same geometry). m's
-// sums are bitwise cf_backward_sums'.
+// dx of tile `a` and the backward sums of tile `m` in one walk, row by row
+// (the two tiles have the same geometry, as for cf_apply_moments). m's sums
+// are bitwise cf_backward_sums'.
 template <class T, bool SILU> void cf_backward_apply_sums(const Tile& a, const Tile& m, double* db, double* ds) {
-  typedef typename Ops<T>::V V;
-  constexpr std::int64_t kSpan = 32 * Ops<T>::L;  // a multiple of 2L
+  typedef Ops<T> O;
+  typedef typename O::A A;
+  typedef typename O::V V;
+  constexpr int L = O::L;
   for (std::int64_t r = 0; r < m.rows; ++r) {
     const CfGrad<T, SILU> gm(m, r), ga(a, r);
     V b0 = {}, b1 = {}, s0 = {}, s1 = {};
-    for (std::int64_t i = 0; i < m.cols; i += kSpan) {
-      const std::int64_t i1 = std::min(m.cols, i + kSpan);
-      gm.sums(i, i1, b0, b1, s0, s1);
-      ga.apply(i, i1);
+    // a pair of m's sums and a pair of a's dx per step (the loads of one
+    // overlap the arithmetic of the other), then the row's last elements
+    const std::int64_t cols2 = m.cols / (2 * L) * (2 * L);
+    const V c2v = splat<V>(static_cast<const A*>(a.c2)[r]), c3v = splat<V>(static_cast<const A*>(a.c3)[r]);
+    T* dx = static_cast<T*>(a.dx) + r * a.stride;
+    const bool stream = a.stream && reinterpret_cast<std::uintptr_t>(dx) % (sizeof(T) * L) == 0;
+    auto value = [&](std::int64_t i) {
+      const V xc = O::load(ga.x + i) - ga.mv;
+      V gg = O::load(ga.g + i);
+      if (SILU) gg = gg * O::dsilu(xc * ga.av + ga.bv);
+      return (ga.av * gg + c2v * xc) + c3v;
+    };
+    for (std::int64_t i = 0; i < cols2; i += 2 * L) {
+      gm.sums(i, i + 2 * L, b0, b1, s0, s1);
+      put(dx + i, value(i), stream);
+      put(dx + i + L, value(i + L), stream);
     }
-    db[r] += Ops<T>::hsum(b0 + b1);
-    ds[r] += Ops<T>::hsum(s0 + s1);
+    gm.sums(cols2, m.cols, b0, b1, s0, s1);
+    if (cols2 < m.cols) ga.apply(cols2, m.cols);
+    db[r] += O::hsum(b0 + b1);
+    ds[r] += O::hsum(s0 + s1);
   }
   if (a.stream) stream_fence();
 }
