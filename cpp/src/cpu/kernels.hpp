@@ -42,11 +42,16 @@ struct Tile {
   const void* shift = nullptr;   // bias
   const void* c2 = nullptr;      // backward: dx = scale*dz + c2*(x-mean) + c3
   const void* c3 = nullptr;
-  void* scratch = nullptr;       // channels-last: 6 * cols elements of A
+  void* scratch = nullptr;       // channels-last: worker_scratch(cols) elements of A
   // channels-last: prefetch the rows ahead of the four-row walks (a hint
   // only: results never depend on it)
   bool prefetch_rows = false;
 };
+
+// Elements of A a worker's channels-last scratch holds for tiles `cols` wide:
+// the moments' three arrays (and three more for a group's exact redo), or the
+// apply's channel parameters repeated into rings of cols + 16 (five at most).
+constexpr std::int64_t worker_scratch(std::int64_t cols) { return 6 * cols + 128; }
 
 struct KernelSet {
   // Moments of the tile. Channels-first: one Moments (the tile lies in one group).

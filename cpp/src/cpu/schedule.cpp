@@ -94,7 +94,7 @@ template <class A> struct Scratch {
   Moments* step_run;              // mode B: running totals of a step's groups
   double *db, *ds;                // backward: per (n, c)
   double *slot_db, *slot_ds;      // backward mode B: per tile channel of a chunk
-  A* worker;                      // per worker: 6 * C
+  A* worker;                      // per worker: worker_scratch(C)
   Moments* running;               // per worker: 2 * G
   std::int64_t* pending;          // per worker: the set whose apply it holds back (pipelined mode A)
 };
@@ -116,7 +116,7 @@ template <class A> void carve(Arena& ar, const Plan& pl, bool backward, Scratch<
   s.ds = backward ? ar.template take<double>(NC) : nullptr;
   s.slot_db = backward ? ar.template take<double>(step_tiles * pl.chans_per_set_tile) : nullptr;
   s.slot_ds = backward ? ar.template take<double>(step_tiles * pl.chans_per_set_tile) : nullptr;
-  s.worker = ar.template take<A>((std::int64_t)pl.threads * 6 * pl.C);
+  s.worker = ar.template take<A>((std::int64_t)pl.threads * worker_scratch(pl.C));
   s.running = ar.template take<Moments>((std::int64_t)pl.threads * 2 * pl.G);
   s.pending = ar.template take<std::int64_t>(pl.threads);
 }
@@ -166,7 +166,7 @@ Tile make_tile(const Problem& p, const Plan& pl, const TileRef& r, const Scratch
   t.shift = s.shift_c + r.chan0;
   if (s.c2_c) { t.c2 = s.c2_c + r.chan0; t.c3 = s.c3_c + r.chan0; }
   if (s.skip_bias) t.skip_bias = s.skip_bias + r.chan0 % pl.C;
-  t.scratch = s.worker + (std::int64_t)worker * 6 * pl.C;
+  t.scratch = s.worker + (std::int64_t)worker * worker_scratch(pl.C);
   return t;
 }
 
