@@ -3,8 +3,9 @@
 // set (GN_ISA_NS); not a header of its own.
 
 // ================================================================ channels-last
-// The channels-last loops walk four rows side by side (one load of the
-// per-channel accumulators or parameters serves four rows), an order the
+// The channels-last sums (moments, backward sums) walk four rows side by side
+// (one load of the per-channel accumulators serves four rows; the apply
+// passes walk a tile as one flat run, cl_flat), an order the
 // hardware prefetchers follow poorly: four streams at once, a new 4 KB page
 // every few rows. With Tile::prefetch_rows, the lines of the four rows `ahead`
 // rows further on, at column j, are requested into L2 as the walk goes

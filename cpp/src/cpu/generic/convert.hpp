@@ -107,9 +107,8 @@ inline vu16 float_to_bf16(vf f) {  // round to nearest even, NaN stays NaN (quie
   const __m512i hi = _mm512_srli_epi32(u, 16);
   const __m512i lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
   const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
-  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                                _mm512_set1_epi32(0x7f800000));
-  const __m512i r = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(bitcast<__m512>(f), bitcast<__m512>(f), _CMP_UNORD_Q);
+  const __m512i r = _mm512_mask_or_epi32(rounded, nan, hi, _mm512_set1_epi32(0x40));
   return bitcast<vu16>(_mm512_cvtepi32_epi16(r));
 #else
   const vu32 u = bitcast<vu32>(f);
