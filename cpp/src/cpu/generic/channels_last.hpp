@@ -293,10 +293,11 @@ template <class T, bool SKIP, bool SILU> void cl_apply(const Tile& t) {
       }
       if (j < w) part(j, w - j);
     }
-  } else if (st == w) {
-    // one flat run (the rows as one contiguous stream, which the hardware
-    // prefetchers follow; a four-row walk, one load of the channel parameters
-    // per four rows, measured 3-10% slower on a quiet machine)
+  } else if (st == w && (w < 8 * L || reinterpret_cast<std::uintptr_t>(yb) % (sizeof(T) * L) != 0)) {
+    // rows of a few vectors, or an output off the vector boundary: one flat
+    // run (wide aligned rows go row by row, below: measured 8-10% faster
+    // than the flat run in float16, and a four-row walk, one load of the
+    // channel parameters per four rows, 3-10% slower than both)
     A* ring = static_cast<A*>(t.scratch);
     const A* rm = cl_ring(mean, w, L, ring);
     const A* rs = cl_ring(scale, w, L, ring + (w + L));
@@ -402,7 +403,7 @@ template <class T, bool SILU> void cl_backward_apply(const Tile& t) {
     write_row<T>(dxb + o, w, t.stream, full, part);
   };
   std::int64_t r = 0;
-  if (st == w) {  // one flat run, as cl_apply's
+  if (st == w && (w < 8 * L || reinterpret_cast<std::uintptr_t>(dxb) % (sizeof(T) * L) != 0)) {  // as cl_apply
     A* ring = static_cast<A*>(t.scratch);  // the sums' scratch: they are done
     const A* rm = cl_ring(mean, w, L, ring);
     const A* rs = cl_ring(scale, w, L, ring + (w + L));
