@@ -51,8 +51,8 @@ def cuda_calls(monkeypatch):
     calls = []
 
     def record(name):
-        def f(*args):
-            calls.append((name, args))
+        def f(**kwargs):  # the binding is called with keyword arguments only
+            calls.append((name, kwargs))
         return f
 
     monkeypatch.setattr(_core, "HAS_CUDA", True)
@@ -149,12 +149,13 @@ def test_gpu_valid_arguments_reach_the_core(cuda_calls):
     assert gn.group_norm(x, 2, w, b, out=y) is y
     (name, args), = cuda_calls
     assert name == "forward_cuda"
-    assert args[:7] == (0x7F0000001000, 2, 8, 12, 2, 0x7F0000003000, 0x7F0000004000)
-    assert args[12] == 0x7F0000002000 and args[-1] == 7  # y, and x's stream
+    assert {k: args[k] for k in ("x", "n", "c", "s", "groups", "weight", "bias")} == dict(
+        x=0x7F0000001000, n=2, c=8, s=12, groups=2, weight=0x7F0000003000, bias=0x7F0000004000)
+    assert args["y"] == 0x7F0000002000 and args["stream"] == 7  # y, and x's stream
     cuda_calls.clear()
     gn.group_norm(F((2, 3, 4, 8)), 4, channels_last=True, return_stats=True)
     assert [c[0] for c in cuda_calls] == ["alloc", "alloc", "alloc", "forward_cuda"]
-    assert cuda_calls[-1][1][1:4] == (2, 8, 12)
+    assert tuple(cuda_calls[-1][1][k] for k in "ncs") == (2, 8, 12)
     cuda_calls.clear()
     m, r = _stats()
     gn.group_norm_backward(F(SHAPE), F(SHAPE), m, r, 2, w, b, out=F(SHAPE))

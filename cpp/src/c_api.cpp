@@ -97,6 +97,38 @@ gn::Problem to_cpp(const groupnorm_problem& p) {
   return q;
 }
 
+// The argument structs: the C and C++ layouts are the same field for field
+// (asserted below), so each converts in one place.
+#define GN_SAME_FIELD(CT, CPPT, field) \
+  static_assert(offsetof(CT, field) == offsetof(CPPT, field), #CT "." #field " layout");
+#define GN_FORWARD_FIELDS(X) X(x) X(weight) X(bias) X(skip) X(skip_bias) X(y) X(sum_out) X(mean) X(rstd)
+#define GN_BACKWARD_FIELDS(X) X(grad_y) X(x) X(mean) X(rstd) X(weight) X(bias) X(grad_x) X(grad_weight) X(grad_bias)
+#define GN_F(f) GN_SAME_FIELD(groupnorm_forward_args, gn::ForwardArgs, f)
+#define GN_B(f) GN_SAME_FIELD(groupnorm_backward_args, gn::BackwardArgs, f)
+GN_FORWARD_FIELDS(GN_F)
+GN_BACKWARD_FIELDS(GN_B)
+#undef GN_F
+#undef GN_B
+static_assert(sizeof(gn::ForwardArgs) == sizeof(groupnorm_forward_args), "ForwardArgs layout");
+static_assert(sizeof(gn::BackwardArgs) == sizeof(groupnorm_backward_args), "BackwardArgs layout");
+
+gn::ForwardArgs to_cpp(const groupnorm_forward_args& c) {
+  gn::ForwardArgs a;
+#define GN_COPY(field) a.field = c.field;
+  GN_FORWARD_FIELDS(GN_COPY)
+  return a;
+}
+
+gn::BackwardArgs to_cpp(const groupnorm_backward_args& c) {
+  gn::BackwardArgs a;
+  GN_BACKWARD_FIELDS(GN_COPY)
+#undef GN_COPY
+  return a;
+}
+#undef GN_FORWARD_FIELDS
+#undef GN_BACKWARD_FIELDS
+#undef GN_SAME_FIELD
+
 // The engine's parallel-for is a C function taking a C task; the core hands a
 // C++ task. Two stack-allocated trampolines bridge the linkages.
 struct EngineBridge {
@@ -181,18 +213,8 @@ groupnorm_status groupnorm_forward(const groupnorm_problem* problem, const group
   try {
     if (!problem) return record(GROUPNORM_NULL_POINTER, "problem is null");
     if (!args) return record(GROUPNORM_NULL_POINTER, "args is null");
-    gn::ForwardArgs a;
-    a.x = args->x;
-    a.weight = args->weight;
-    a.bias = args->bias;
-    a.skip = args->skip;
-    a.skip_bias = args->skip_bias;
-    a.y = args->y;
-    a.sum_out = args->sum_out;
-    a.mean = args->mean;
-    a.rstd = args->rstd;
     EngineBridge bridge{};
-    return record(gn::forward(to_cpp(*problem), a, to_cpp(exec, &bridge)));
+    return record(gn::forward(to_cpp(*problem), to_cpp(*args), to_cpp(exec, &bridge)));
   } catch (...) {
     return record_exception();
   }
@@ -203,18 +225,8 @@ groupnorm_status groupnorm_backward(const groupnorm_problem* problem, const grou
   try {
     if (!problem) return record(GROUPNORM_NULL_POINTER, "problem is null");
     if (!args) return record(GROUPNORM_NULL_POINTER, "args is null");
-    gn::BackwardArgs a;
-    a.grad_y = args->grad_y;
-    a.x = args->x;
-    a.mean = args->mean;
-    a.rstd = args->rstd;
-    a.weight = args->weight;
-    a.bias = args->bias;
-    a.grad_x = args->grad_x;
-    a.grad_weight = args->grad_weight;
-    a.grad_bias = args->grad_bias;
     EngineBridge bridge{};
-    return record(gn::backward(to_cpp(*problem), a, to_cpp(exec, &bridge)));
+    return record(gn::backward(to_cpp(*problem), to_cpp(*args), to_cpp(exec, &bridge)));
   } catch (...) {
     return record_exception();
   }
@@ -255,23 +267,6 @@ const char* groupnorm_version(void) { return GROUPNORM_VERSION; }
 }  // extern "C"
 
 // ------------------------------------------------------------ split phase
-namespace {
-
-gn::ForwardArgs forward_args(const groupnorm_forward_args& f) {
-  gn::ForwardArgs a;
-  a.x = f.x; a.weight = f.weight; a.bias = f.bias; a.skip = f.skip; a.skip_bias = f.skip_bias;
-  a.y = f.y; a.sum_out = f.sum_out; a.mean = f.mean; a.rstd = f.rstd;
-  return a;
-}
-
-gn::BackwardArgs backward_args(const groupnorm_backward_args& b) {
-  gn::BackwardArgs a;
-  a.grad_y = b.grad_y; a.x = b.x; a.mean = b.mean; a.rstd = b.rstd; a.weight = b.weight; a.bias = b.bias;
-  a.grad_x = b.grad_x; a.grad_weight = b.grad_weight; a.grad_bias = b.grad_bias;
-  return a;
-}
-
-}  // namespace
 
 extern "C" {
 
@@ -319,7 +314,7 @@ groupnorm_status groupnorm_forward_with_moments(const groupnorm_problem* problem
     g.count = count; g.mean = mean; g.m2 = m2;
     if (!count && !mean && !m2 && problem->batch > 0) return record(GROUPNORM_NULL_POINTER, "moments are null");
     EngineBridge bridge{};
-    return record(gn::forward(to_cpp(*problem), forward_args(*args), g, to_cpp(exec, &bridge)));
+    return record(gn::forward(to_cpp(*problem), to_cpp(*args), g, to_cpp(exec, &bridge)));
   } catch (...) {
     return record_exception();
   }
@@ -334,7 +329,7 @@ groupnorm_status groupnorm_forward_with_stats(const groupnorm_problem* problem, 
     g.stats_mean = mean; g.stats_rstd = rstd;
     if (!mean && !rstd && problem->batch > 0) return record(GROUPNORM_NULL_POINTER, "mean and rstd are null");
     EngineBridge bridge{};
-    return record(gn::forward(to_cpp(*problem), forward_args(*args), g, to_cpp(exec, &bridge)));
+    return record(gn::forward(to_cpp(*problem), to_cpp(*args), g, to_cpp(exec, &bridge)));
   } catch (...) {
     return record_exception();
   }
@@ -346,7 +341,7 @@ groupnorm_status groupnorm_backward_sums(const groupnorm_problem* problem, const
     if (!problem) return record(GROUPNORM_NULL_POINTER, "problem is null");
     if (!args) return record(GROUPNORM_NULL_POINTER, "args is null");
     EngineBridge bridge{};
-    return record(gn::backward_sums(to_cpp(*problem), backward_args(*args), sum_dz, sum_dz_xc,
+    return record(gn::backward_sums(to_cpp(*problem), to_cpp(*args), sum_dz, sum_dz_xc,
                                     to_cpp(exec, &bridge)));
   } catch (...) {
     return record_exception();
@@ -371,7 +366,7 @@ groupnorm_status groupnorm_backward_with_sums(const groupnorm_problem* problem,
     if (!problem) return record(GROUPNORM_NULL_POINTER, "problem is null");
     if (!args) return record(GROUPNORM_NULL_POINTER, "args is null");
     EngineBridge bridge{};
-    return record(gn::backward(to_cpp(*problem), backward_args(*args), sum_dz, sum_dz_xc, total_spatial,
+    return record(gn::backward(to_cpp(*problem), to_cpp(*args), sum_dz, sum_dz_xc, total_spatial,
                                to_cpp(exec, &bridge)));
   } catch (...) {
     return record_exception();

@@ -166,7 +166,7 @@ def group_norm(x, num_groups, weight, bias, eps, channels_last, act, out, return
     _require_cuda("x")
     xd = _Dev(x, "x")
     n, c, s = _geometry(xd, channels_last)
-    _core.check(c, num_groups, eps, None)
+    _core.check(channels=c, groups=num_groups, eps=eps)
     p, pdtype = _params(xd, c, weight=weight, bias=bias, skip_bias=skip_bias)
     if skip is None and (skip_bias is not None or sum_out is not None):
         raise ValueError("skip_bias and sum_out need skip")
@@ -182,10 +182,12 @@ def group_norm(x, num_groups, weight, bias, eps, channels_last, act, out, return
     if return_stats:
         sd = stats_dtype(xd.dtype)
         mean, rstd = _empty((n, num_groups), sd, xd), _empty((n, num_groups), sd, xd)
-    _core.forward_cuda(xd.ptr, n, c, s, num_groups, _ptr(p["weight"]), _ptr(p["bias"]), eps, channels_last, act,
-                       DTYPE_CODES[xd.dtype], DTYPE_CODES[pdtype], yd.ptr,
-                       0 if mean is None else _Dev(mean, "mean").ptr, 0 if rstd is None else _Dev(rstd, "rstd").ptr,
-                       _ptr(skd), _ptr(p["skip_bias"]), _ptr(sod), xd.stream)
+    _core.forward_cuda(x=xd.ptr, n=n, c=c, s=s, groups=num_groups, weight=_ptr(p["weight"]), bias=_ptr(p["bias"]),
+                       eps=eps, channels_last=channels_last, activation=act, dtype=DTYPE_CODES[xd.dtype],
+                       param_dtype=DTYPE_CODES[pdtype], y=yd.ptr,
+                       mean=0 if mean is None else _Dev(mean, "mean").ptr,
+                       rstd=0 if rstd is None else _Dev(rstd, "rstd").ptr,
+                       skip=_ptr(skd), skip_bias=_ptr(p["skip_bias"]), sum_out=_ptr(sod), stream=xd.stream)
     return (out, mean, rstd) if return_stats else out
 
 
@@ -193,7 +195,7 @@ def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight, bias, channel
     _require_cuda("x")
     xd = _Dev(x, "x")
     n, c, s = _geometry(xd, channels_last)
-    _core.check(c, num_groups, 0.0, None)
+    _core.check(channels=c, groups=num_groups, eps=0.0)
     gd = _Dev(grad_y, "grad_y").like(xd)
     sd = stats_dtype(xd.dtype)
     stats = []
@@ -213,8 +215,9 @@ def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight, bias, channel
         gxd = _Dev(out, "out")
     gw = None if weight is None else _empty((c,), pdtype, xd)
     gb = None if bias is None else _empty((c,), pdtype, xd)
-    _core.backward_cuda(gd.ptr, xd.ptr, stats[0].ptr, stats[1].ptr, n, c, s, num_groups, _ptr(p["weight"]),
-                        _ptr(p["bias"]), channels_last, act, DTYPE_CODES[xd.dtype], DTYPE_CODES[pdtype], gxd.ptr,
-                        0 if gw is None else _Dev(gw, "grad_weight").ptr,
-                        0 if gb is None else _Dev(gb, "grad_bias").ptr, xd.stream)
+    _core.backward_cuda(grad_y=gd.ptr, x=xd.ptr, mean=stats[0].ptr, rstd=stats[1].ptr, n=n, c=c, s=s,
+                        groups=num_groups, weight=_ptr(p["weight"]), bias=_ptr(p["bias"]), channels_last=channels_last,
+                        activation=act, dtype=DTYPE_CODES[xd.dtype], param_dtype=DTYPE_CODES[pdtype], grad_x=gxd.ptr,
+                        grad_weight=0 if gw is None else _Dev(gw, "grad_weight").ptr,
+                        grad_bias=0 if gb is None else _Dev(gb, "grad_bias").ptr, stream=xd.stream)
     return out, gw, gb

@@ -67,6 +67,8 @@ def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Opti
             and type(num_groups) is int and 0 < num_groups < _INT62 and type(eps) is float
             and type(channels_last) is bool and (activation is None or activation == "silu")
             and (num_threads is None or (type(num_threads) is int and 0 < num_threads <= _MAX_THREADS))):
+        # positional on purpose: pybind11's keyword matching costs ~1.5 us here, a third of a small call
+        # (order: x, groups, weight, bias, eps, channels_last, activation, out, num_threads)
         y = _core.forward_fast(x, num_groups, weight, bias, eps, channels_last, 0 if activation is None else 1,
                                out, num_threads or 0)
         if y is not None:
@@ -85,7 +87,7 @@ def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Opti
                                 sum_out)
     x = C.as_input(x)
     channels = C.channels_of(x, channels_last)
-    _core.check(channels, groups, e, None)  # the core's rules, before any allocation
+    _core.check(channels=channels, groups=groups, eps=e)  # the core's rules, before any allocation
     dcode = C.DTYPE_CODES[x.dtype]
     if skip is not None:
         skip = C.same_as_x(C.as_input(skip, "skip"), x, "skip")
@@ -104,13 +106,13 @@ def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Opti
         n = x.shape[0]
         mean = np.empty((n, groups), sd)
         rstd = np.empty((n, groups), sd)
+    call = dict(x=x, groups=groups, weight=weight, bias=bias, eps=e, channels_last=channels_last, activation=act,
+                dtype=dcode, param_dtype=pcode, y=y, mean=mean, rstd=rstd, skip=skip, skip_bias=skip_bias,
+                sum_out=sum_out, num_threads=nthreads)
     if stats is None:
-        _core.forward(x, groups, weight, bias, e, channels_last, act, dcode, pcode, y, mean, rstd,
-                      skip, skip_bias, sum_out, nthreads)
+        _core.forward(**call)
     else:
-        given = split.given_stats(stats, x.shape[0], groups, x.dtype)
-        _core.forward_given(x, groups, weight, bias, e, channels_last, act, dcode, pcode, y, mean, rstd,
-                            skip, skip_bias, sum_out, *given, nthreads)
+        _core.forward_given(**call, **split.given_stats(stats, x.shape[0], groups, x.dtype))
     if return_stats:
         return y, mean, rstd
     return y
@@ -153,7 +155,7 @@ def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: i
         return _cuda.group_norm_backward(grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, out)
     x = C.as_input(x)
     channels = C.channels_of(x, channels_last)
-    _core.check(channels, groups, 0.0, None)
+    _core.check(channels=channels, groups=groups, eps=0.0)
     grad_y = C.same_as_x(C.as_input(grad_y, "grad_y"), x, "grad_y")
     sd = C.stats_dtype(x.dtype)
     n = x.shape[0]
@@ -164,13 +166,14 @@ def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: i
     grad_x = C.output(out, x.shape, x.dtype)
     gw = None if weight is None else np.empty(channels, weight.dtype)
     gb = None if bias is None else np.empty(channels, bias.dtype)
+    call = dict(grad_y=grad_y, x=x, mean=stats[0], rstd=stats[1], groups=groups, weight=weight, bias=bias,
+                channels_last=channels_last, activation=act, dtype=dcode, param_dtype=pcode, grad_x=grad_x,
+                grad_weight=gw, grad_bias=gb, num_threads=nthreads)
     if sums is None:
-        _core.backward(grad_y, x, stats[0], stats[1], groups, weight, bias, channels_last, act, dcode, pcode,
-                       grad_x, gw, gb, nthreads)
+        _core.backward(**call)
     else:
         sums = split.given_sums(sums, n, channels, split._spatial(x, channels_last))
-        _core.backward_given(grad_y, x, stats[0], stats[1], groups, weight, bias, channels_last, act, dcode, pcode,
-                             grad_x, gw, gb, sums.sum_dz, sums.sum_dz_xc, sums.spatial, nthreads)
+        _core.backward_given(**call, sum_dz=sums.sum_dz, sum_dz_xc=sums.sum_dz_xc, total_spatial=sums.spatial)
     # each gradient in its own parameter's dtype
     if gw is not None and gw.dtype != np.asarray(weight_in).dtype:
         gw = gw.astype(np.asarray(weight_in).dtype)

@@ -41,7 +41,7 @@ class GroupNorm:
         num_channels = C.integer(num_channels, "num_channels")
         eps = C.eps_value(eps)
         C.activation(activation)
-        _core.check(num_channels, num_groups, eps, None)
+        _core.check(channels=num_channels, groups=num_groups, eps=eps)
         self.num_groups = num_groups
         self.num_channels = num_channels
         self.eps = eps

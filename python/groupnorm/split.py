@@ -114,8 +114,8 @@ class Moments:
         """
         mean = np.empty(self.shape, self.stats_dtype)
         rstd = np.empty(self.shape, self.stats_dtype)
-        _core.mean_rstd(self.count, self.mean, self.m2, C.eps_value(eps), C.DTYPE_CODES[self.stats_dtype],
-                        mean, rstd)
+        _core.mean_rstd(count=self.count, mean=self.mean, m2=self.m2, eps=C.eps_value(eps),
+                        dtype=C.DTYPE_CODES[self.stats_dtype], mean_out=mean, rstd_out=rstd)
         return mean, rstd
 
     def __repr__(self):
@@ -186,7 +186,7 @@ def moments(x_tile, num_groups, *, channels_last=False, skip=None, skip_bias=Non
     x = _cpu_input(x_tile, "x_tile")
     channels = C.channels_of(x, channels_last)
     groups = C.groups_of(num_groups)
-    _core.check(channels, groups, 0.0, None)
+    _core.check(channels=channels, groups=groups, eps=0.0)
     if skip is not None:
         skip = C.same_as_x(_cpu_input(skip, "skip"), x, "skip")
         p, pcode = C.params(x.dtype, channels, skip_bias=skip_bias)
@@ -199,8 +199,8 @@ def moments(x_tile, num_groups, *, channels_last=False, skip=None, skip_bias=Non
     count = np.empty((n, groups), _I64)
     mean = np.empty((n, groups), _F64)
     m2 = np.empty((n, groups), _F64)
-    _core.moments(x, groups, bool(channels_last), C.DTYPE_CODES[x.dtype], pcode, skip, skip_bias, count, mean, m2,
-                  0 if num_threads is None else C.threads(num_threads))
+    _core.moments(x=x, groups=groups, channels_last=channels_last, dtype=C.DTYPE_CODES[x.dtype], param_dtype=pcode,
+                  skip=skip, skip_bias=skip_bias, count=count, mean=mean, m2=m2, num_threads=C.threads(num_threads))
     return Moments(count, mean, m2, C.stats_dtype(x.dtype))
 
 
@@ -231,21 +231,21 @@ def merge_moments(parts):
     count = np.empty(shape, _I64)
     mean = np.empty(shape, _F64)
     m2 = np.empty(shape, _F64)
-    _core.merge_moments([(p.count, p.mean, p.m2) for p in parts], count, mean, m2)
+    _core.merge_moments(parts=[(p.count, p.mean, p.m2) for p in parts], count=count, mean=mean, m2=m2)
     sd = _F64 if any(p.stats_dtype == _F64 for p in parts) else np.dtype(np.float32)
     return Moments(count, mean, m2, sd)
 
 
 def given_stats(stats, n, groups, x_dtype):
-    """group_norm's ``stats=`` as the core's arrays: (count, mean, m2, None, None)
-    for Moments, (None, None, None, mean, rstd) for a (mean, rstd) pair."""
+    """group_norm's ``stats=`` as the core's keyword arguments: count, gmean,
+    gm2 for Moments, smean, srstd for a (mean, rstd) pair."""
     if isinstance(stats, Moments):
         if stats.shape != (n, groups):
             raise ValueError(f"stats has shape {stats.shape}, but x has (N, num_groups) = {(n, groups)}")
-        return stats.count, stats.mean, stats.m2, None, None
+        return dict(count=stats.count, gmean=stats.mean, gm2=stats.m2)
     if isinstance(stats, (tuple, list)) and len(stats) == 2:
         mean, rstd = C.stats_arrays(stats[0], stats[1], n, groups, C.stats_dtype(x_dtype))
-        return None, None, None, mean, rstd
+        return dict(smean=mean, srstd=rstd)
     raise TypeError(f"stats must be a groupnorm.Moments or a (mean, rstd) pair, got {type(stats).__name__}")
 
 
@@ -269,16 +269,16 @@ def backward_sums(grad_y_tile, x_tile, mean, rstd, num_groups, weight=None, bias
     channels = C.channels_of(x, channels_last)
     groups = C.groups_of(num_groups)
     act = C.activation(activation)
-    _core.check(channels, groups, 0.0, None)
+    _core.check(channels=channels, groups=groups, eps=0.0)
     grad_y = C.same_as_x(_cpu_input(grad_y_tile, "grad_y_tile"), x, "grad_y_tile")
     n = x.shape[0]
     mean, rstd = C.stats_arrays(mean, rstd, n, groups, C.stats_dtype(x.dtype))
     weight, bias, pcode = C.weight_bias(weight, bias, x.dtype, channels)
     sum_dz = np.empty((n, channels), _F64)
     sum_dz_xc = np.empty((n, channels), _F64)
-    _core.backward_sums(grad_y, x, mean, rstd, groups, weight, bias, bool(channels_last), act,
-                        C.DTYPE_CODES[x.dtype], pcode, sum_dz, sum_dz_xc,
-                        0 if num_threads is None else C.threads(num_threads))
+    _core.backward_sums(grad_y=grad_y, x=x, mean=mean, rstd=rstd, groups=groups, weight=weight, bias=bias,
+                        channels_last=channels_last, activation=act, dtype=C.DTYPE_CODES[x.dtype], param_dtype=pcode,
+                        sum_dz=sum_dz, sum_dz_xc=sum_dz_xc, num_threads=C.threads(num_threads))
     return BackwardSums(sum_dz, sum_dz_xc, _spatial(x, channels_last))
 
 
@@ -288,7 +288,7 @@ def merge_backward_sums(parts):
     shape = parts[0].shape
     d = np.empty(shape, _F64)
     q = np.empty(shape, _F64)
-    _core.merge_backward_sums([(p.sum_dz, p.sum_dz_xc) for p in parts], d, q)
+    _core.merge_backward_sums(parts=[(p.sum_dz, p.sum_dz_xc) for p in parts], sum_dz=d, sum_dz_xc=q)
     spatial = sum(p.spatial for p in parts)
     if spatial > _I64_MAX:
         raise ValueError(f"merge_backward_sums: the merged spatial count {spatial} does not fit in int64")

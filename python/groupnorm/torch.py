@@ -290,9 +290,10 @@ def _forward_cuda(x, num_groups, weight, bias, eps, activation, skip, cl, y, mea
     bias = None if bias is None else bias.contiguous()
     stream = torch.cuda.current_stream(x.device).cuda_stream
     with torch.cuda.device(x.device):
-        _core.forward_cuda(x.data_ptr(), n, c, sp, num_groups, _ptr(weight), _ptr(bias), eps, cl,
-                           C.activation(_act(activation)), dcode, pcode, y.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
-                           _ptr(skip), 0, _ptr(s) if skip is not None else 0, stream)
+        _core.forward_cuda(x=x.data_ptr(), n=n, c=c, s=sp, groups=num_groups, weight=_ptr(weight), bias=_ptr(bias),
+                           eps=eps, channels_last=cl, activation=C.activation(_act(activation)), dtype=dcode,
+                           param_dtype=pcode, y=y.data_ptr(), mean=mean.data_ptr(), rstd=rstd.data_ptr(),
+                           skip=_ptr(skip), skip_bias=0, sum_out=_ptr(s) if skip is not None else 0, stream=stream)
 
 
 def _backward_cuda(grad_y, x, mean, rstd, num_groups, weight, bias, activation, cl, gx):
@@ -307,9 +308,10 @@ def _backward_cuda(grad_y, x, mean, rstd, num_groups, weight, bias, activation, 
     gb = torch.empty_like(bias) if bias is not None else x.new_empty(_EMPTY)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     with torch.cuda.device(x.device):
-        _core.backward_cuda(grad_y.data_ptr(), x.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
-                            n, c, sp, num_groups, _ptr(weight), _ptr(bias), cl, C.activation(_act(activation)), dcode,
-                            pcode, gx.data_ptr(), _ptr(gw), _ptr(gb), stream)
+        _core.backward_cuda(grad_y=grad_y.data_ptr(), x=x.data_ptr(), mean=mean.data_ptr(), rstd=rstd.data_ptr(),
+                            n=n, c=c, s=sp, groups=num_groups, weight=_ptr(weight), bias=_ptr(bias), channels_last=cl,
+                            activation=C.activation(_act(activation)), dtype=dcode, param_dtype=pcode,
+                            grad_x=gx.data_ptr(), grad_weight=_ptr(gw), grad_bias=_ptr(gb), stream=stream)
     return gw, gb
 
 
@@ -336,7 +338,7 @@ def _check(x, num_groups, weight, bias, eps, activation, skip):
         # the core's rules and messages; under torch.compile the operator itself
         # checks them when it runs (dynamo cannot trace into the extension)
         C.activation(activation)
-        _core.check(channels, groups, eps, None)
+        _core.check(channels=channels, groups=groups, eps=eps)
     elif activation not in (None, "silu"):
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
     for p, name in ((weight, "weight"), (bias, "bias")):
