@@ -73,7 +73,7 @@ def _lock_scopes(text):
 
 
 def test_no_library_lock_is_held_across_python():
-    """The rule in python/src/bindings.cpp ("Locks"): while a library lock is held,
+    """The rule in python/src/buffer_cache.cpp ("Locks"): while a library lock is held,
     no Python object is created and no Python API or callback is called."""
     sources = sorted((ROOT / "python" / "src").glob("*.cpp")) + sorted((ROOT / "cpp" / "src").rglob("*.cpp"))
     assert sources, "no C++ sources found next to the tests"

@@ -37,6 +37,13 @@ def stats_dtype(dtype):
     return _STATS_DTYPES[np.dtype(dtype)]
 
 
+def param_code(x_dtype, param_dtypes):
+    """The core's dtype code for the per-channel parameters, given x's dtype and those the caller's
+    parameters have (groupnorm::param_dtype_for; stats_dtype's when there are none)."""
+    return _core.param_dtype(dtype=DTYPE_CODES[np.dtype(x_dtype)],
+                             present=[DTYPE_CODES[np.dtype(d)] for d in param_dtypes])
+
+
 def as_input(x, name="x"):
     """x as an ndarray of a supported float dtype, C-contiguous (copied only if needed)."""
     if not isinstance(x, np.ndarray):
@@ -70,10 +77,23 @@ def from_dlpack(x, name="x"):
         raise TypeError(f"{name} could not be read through DLPack: {e}") from None
 
 
+def geometry(shape, channels_last, name="x"):
+    """(N, C, S) of a shape (N, C, *spatial), or (N, *spatial, C) when channels_last: the
+    one rule in Python (the binding's geometry() is the same for NumPy arrays)."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        raise ValueError(f"{name} must have at least 2 dims (N, C, *spatial), got shape {shape}")
+    cdim = len(shape) - 1 if channels_last else 1
+    s = 1
+    for i in range(1, len(shape)):
+        if i != cdim:
+            s *= shape[i]
+    return shape[0], shape[cdim], s
+
+
 def channels_of(x, channels_last):
-    if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, *spatial), got shape {x.shape}")
-    return x.shape[-1] if channels_last else x.shape[1]
+    """C of an array x (its geometry's)."""
+    return geometry(x.shape, channels_last)[1]
 
 
 # the core's sizes are int64; a larger Python int names the argument here
@@ -134,9 +154,7 @@ def params(x_dtype, channels, **arrays):
         if p.shape != (channels,):
             raise ValueError(f"{name} must have shape ({channels},), got {p.shape}")
         out[name] = p
-    # the core's rule (groupnorm::param_dtype_for)
-    pdtype = _CODE_DTYPES[_core.param_dtype(DTYPE_CODES[np.dtype(x_dtype)],
-                                            [DTYPE_CODES[p.dtype] for p in out.values() if p is not None])]
+    pdtype = _CODE_DTYPES[param_code(x_dtype, [p.dtype for p in out.values() if p is not None])]
     for name, p in out.items():
         if p is not None and (p.dtype != pdtype or not p.flags.c_contiguous):
             out[name] = np.ascontiguousarray(p, dtype=pdtype)

@@ -13,10 +13,11 @@ then checks the problem again and runs on the device that holds the arrays.
 import numpy as np
 
 from . import _core
-from . import _checks as C
+from . import _checks as checks
 from ._checks import DTYPE_CODES, stats_dtype
 
 _F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+_CODE_DTYPES = {code: d for d, code in DTYPE_CODES.items()}
 _TYPESTRS = {"<f4": _F32, "<f8": _F64, "<f2": _F16}
 
 
@@ -57,11 +58,11 @@ class _Dev:
         except (KeyError, TypeError, ValueError):
             raise TypeError(f"{name}.__cuda_array_interface__ lacks shape, typestr or data") from None
         if not all(type(d) is int and d >= 0 for d in shape):
-            raise ValueError(f"{name} has an invalid shape {C.short(shape)}")
+            raise ValueError(f"{name} has an invalid shape {checks.short(shape)}")
         self.shape = shape
         self.name = name
         if typestr not in _TYPESTRS:
-            raise TypeError(f"{name} must be float64, float32 or float16 on the GPU, got typestr {C.short(typestr)}")
+            raise TypeError(f"{name} must be float64, float32 or float16 on the GPU, got typestr {checks.short(typestr)}")
         self.dtype = _TYPESTRS[typestr]
         self.size = int(np.prod(shape, dtype=object))
         strides = iface.get("strides")
@@ -75,13 +76,13 @@ class _Dev:
         if iface.get("mask") is not None:
             raise ValueError(f"{name}: masked GPU arrays are not supported")
         if type(ptr) is not int or not 0 <= ptr < 2**64 or (ptr == 0 and self.size > 0):
-            raise ValueError(f"{name} has no valid data pointer ({C.short(ptr)})")
+            raise ValueError(f"{name} has no valid data pointer ({checks.short(ptr)})")
         if writable and readonly:
             raise ValueError(f"{name} is read-only")
         self.ptr = ptr
         stream = iface.get("stream")
         if stream is not None and (type(stream) is not int or not 0 < stream < 2**64):
-            raise ValueError(f"{name}'s stream must be None or a positive int, got {C.short(stream)}")
+            raise ValueError(f"{name}'s stream must be None or a positive int, got {checks.short(stream)}")
         # CUDA array interface v3: None / 1 = the legacy default stream, 2 = per-thread default
         self.stream = 0 if stream in (None, 1) else stream
         self.device = _device_of(a)
@@ -121,9 +122,10 @@ def _params(x, channels, **arrays):
     dtypes = {d.dtype for d in out.values() if d is not None}
     if len(dtypes) > 1:
         raise TypeError(f"{', '.join(out)} must share one dtype on the GPU, got {sorted(map(str, dtypes))}")
-    pdtype = dtypes.pop() if dtypes else stats_dtype(x.dtype)
-    if pdtype not in (_F32, x.dtype):
-        raise TypeError(f"{', '.join(out)} must be float32 or x's dtype {x.dtype} on the GPU, got {pdtype}")
+    # the core's rule; nothing is converted on the GPU, so the parameters must already be in that dtype
+    pdtype = _CODE_DTYPES[checks.param_code(x.dtype, dtypes)]
+    if dtypes and dtypes != {pdtype}:
+        raise TypeError(f"{', '.join(out)} must be float32 or x's dtype {x.dtype} on the GPU, got {dtypes.pop()}")
     return out, pdtype
 
 
@@ -145,18 +147,6 @@ def _empty(shape, dtype, like):
             return cupy.empty(shape, dtype=dtype)
 
 
-def _geometry(xd, channels_last):
-    """(N, C, spatial size) of x."""
-    if len(xd.shape) < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, *spatial), got shape {xd.shape}")
-    cdim = len(xd.shape) - 1 if channels_last else 1
-    s = 1
-    for i, d in enumerate(xd.shape):
-        if i != 0 and i != cdim:
-            s *= d
-    return xd.shape[0], xd.shape[cdim], s
-
-
 def _ptr(d):
     return 0 if d is None else d.ptr
 
@@ -165,7 +155,7 @@ def group_norm(x, num_groups, weight, bias, eps, channels_last, act, out, return
                sum_out):
     _require_cuda("x")
     xd = _Dev(x, "x")
-    n, c, s = _geometry(xd, channels_last)
+    n, c, s = checks.geometry(xd.shape, channels_last)
     _core.check(channels=c, groups=num_groups, eps=eps)
     p, pdtype = _params(xd, c, weight=weight, bias=bias, skip_bias=skip_bias)
     if skip is None and (skip_bias is not None or sum_out is not None):
@@ -194,7 +184,7 @@ def group_norm(x, num_groups, weight, bias, eps, channels_last, act, out, return
 def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight, bias, channels_last, act, out):
     _require_cuda("x")
     xd = _Dev(x, "x")
-    n, c, s = _geometry(xd, channels_last)
+    n, c, s = checks.geometry(xd.shape, channels_last)
     _core.check(channels=c, groups=num_groups, eps=0.0)
     gd = _Dev(grad_y, "grad_y").like(xd)
     sd = stats_dtype(xd.dtype)

@@ -6,7 +6,7 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from . import _core
-from . import _checks as C
+from . import _checks as checks
 from . import _cuda
 from . import split
 
@@ -74,41 +74,50 @@ def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Opti
         if y is not None:
             return y
     # the scalar arguments, checked before anything is allocated or written
-    groups = C.groups_of(num_groups)
-    e = C.eps_value(eps)
-    channels_last = C.flag(channels_last, "channels_last")
-    return_stats = C.flag(return_stats, "return_stats")
-    act = C.activation(activation)
-    nthreads = C.threads(num_threads)
+    groups = checks.groups_of(num_groups)
+    e = checks.eps_value(eps)
+    channels_last = checks.flag(channels_last, "channels_last")
+    return_stats = checks.flag(return_stats, "return_stats")
+    act = checks.activation(activation)
+    nthreads = checks.threads(num_threads)
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
         if stats is not None:
             raise TypeError("stats= is supported for CPU (NumPy) arrays only")
         return _cuda.group_norm(x, groups, weight, bias, e, channels_last, act, out, return_stats, skip, skip_bias,
                                 sum_out)
-    x = C.as_input(x)
-    channels = C.channels_of(x, channels_last)
-    _core.check(channels=channels, groups=groups, eps=e)  # the core's rules, before any allocation
-    dcode = C.DTYPE_CODES[x.dtype]
+    x = checks.as_input(x)
+    _core.check(channels=checks.channels_of(x, channels_last), groups=groups, eps=e)  # before any allocation
+    return forward_checked(x, groups, weight, bias, e, channels_last, act, nthreads, out=out, return_stats=return_stats,
+                           skip=skip, skip_bias=skip_bias, sum_out=sum_out, stats=stats)
+
+
+def forward_checked(x, groups, weight, bias, eps, channels_last, act, num_threads, *, out=None, return_stats=False,
+                    skip=None, skip_bias=None, sum_out=None, stats=None):
+    """group_norm of an ndarray x (as_input's) whose scalar arguments are already checked (groups_of,
+    eps_value, flag, the activation's code, threads): checks and converts the arrays and runs the core,
+    whose validate() has the last word on the problem's rules. groupnorm.torch's operator calls this."""
+    channels = checks.channels_of(x, channels_last)
+    dtype_code = checks.DTYPE_CODES[x.dtype]
     if skip is not None:
-        skip = C.same_as_x(C.as_input(skip, "skip"), x, "skip")
-        p, pcode = C.params(x.dtype, channels, weight=weight, bias=bias, skip_bias=skip_bias)
+        skip = checks.same_as_x(checks.as_input(skip, "skip"), x, "skip")
+        p, param_code = checks.params(x.dtype, channels, weight=weight, bias=bias, skip_bias=skip_bias)
         weight, bias, skip_bias = p["weight"], p["bias"], p["skip_bias"]
         if sum_out is not None:
-            sum_out = C.output(sum_out, x.shape, x.dtype, "sum_out")
+            sum_out = checks.output(sum_out, x.shape, x.dtype, "sum_out")
     elif skip_bias is not None or sum_out is not None:
         raise ValueError("skip_bias and sum_out need skip")
     else:
-        weight, bias, pcode = C.weight_bias(weight, bias, x.dtype, channels)
-    y = C.output(out, x.shape, x.dtype)
+        weight, bias, param_code = checks.weight_bias(weight, bias, x.dtype, channels)
+    y = checks.output(out, x.shape, x.dtype)
     mean = rstd = None
     if return_stats:
-        sd = C.stats_dtype(x.dtype)
+        sd = checks.stats_dtype(x.dtype)
         n = x.shape[0]
         mean = np.empty((n, groups), sd)
         rstd = np.empty((n, groups), sd)
-    call = dict(x=x, groups=groups, weight=weight, bias=bias, eps=e, channels_last=channels_last, activation=act,
-                dtype=dcode, param_dtype=pcode, y=y, mean=mean, rstd=rstd, skip=skip, skip_bias=skip_bias,
-                sum_out=sum_out, num_threads=nthreads)
+    call = dict(x=x, groups=groups, weight=weight, bias=bias, eps=eps, channels_last=channels_last, activation=act,
+                dtype=dtype_code, param_dtype=param_code, y=y, mean=mean, rstd=rstd, skip=skip, skip_bias=skip_bias,
+                sum_out=sum_out, num_threads=num_threads)
     if stats is None:
         _core.forward(**call)
     else:
@@ -145,34 +154,42 @@ def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: i
         (grad_x, grad_weight, grad_bias): grad_x like x; grad_weight/grad_bias of
         shape (C,) in weight's/bias's dtype, or None when weight/bias is None.
     """
-    groups = C.groups_of(num_groups)
-    channels_last = C.flag(channels_last, "channels_last")
-    act = C.activation(activation)
-    nthreads = C.threads(num_threads)
+    groups = checks.groups_of(num_groups)
+    channels_last = checks.flag(channels_last, "channels_last")
+    act = checks.activation(activation)
+    nthreads = checks.threads(num_threads)
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
         if sums is not None:
             raise TypeError("sums= is supported for CPU (NumPy) arrays only")
         return _cuda.group_norm_backward(grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, out)
-    x = C.as_input(x)
-    channels = C.channels_of(x, channels_last)
-    _core.check(channels=channels, groups=groups, eps=0.0)
-    grad_y = C.same_as_x(C.as_input(grad_y, "grad_y"), x, "grad_y")
-    sd = C.stats_dtype(x.dtype)
+    x = checks.as_input(x)
+    _core.check(channels=checks.channels_of(x, channels_last), groups=groups, eps=0.0)
+    return backward_checked(grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, nthreads, out=out,
+                            sums=sums)
+
+
+def backward_checked(grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, num_threads, *, out=None,
+                     sums=None):
+    """group_norm_backward of an ndarray x (as_input's) whose scalar arguments are already checked (see
+    forward_checked). groupnorm.torch's operator calls this."""
+    channels = checks.channels_of(x, channels_last)
+    grad_y = checks.same_as_x(checks.as_input(grad_y, "grad_y"), x, "grad_y")
+    sd = checks.stats_dtype(x.dtype)
     n = x.shape[0]
-    stats = C.stats_arrays(mean, rstd, n, groups, sd)
+    stats = checks.stats_arrays(mean, rstd, n, groups, sd)
     weight_in, bias_in = weight, bias
-    weight, bias, pcode = C.weight_bias(weight, bias, x.dtype, channels)
-    dcode = C.DTYPE_CODES[x.dtype]
-    grad_x = C.output(out, x.shape, x.dtype)
+    weight, bias, param_code = checks.weight_bias(weight, bias, x.dtype, channels)
+    dtype_code = checks.DTYPE_CODES[x.dtype]
+    grad_x = checks.output(out, x.shape, x.dtype)
     gw = None if weight is None else np.empty(channels, weight.dtype)
     gb = None if bias is None else np.empty(channels, bias.dtype)
     call = dict(grad_y=grad_y, x=x, mean=stats[0], rstd=stats[1], groups=groups, weight=weight, bias=bias,
-                channels_last=channels_last, activation=act, dtype=dcode, param_dtype=pcode, grad_x=grad_x,
-                grad_weight=gw, grad_bias=gb, num_threads=nthreads)
+                channels_last=channels_last, activation=act, dtype=dtype_code, param_dtype=param_code, grad_x=grad_x,
+                grad_weight=gw, grad_bias=gb, num_threads=num_threads)
     if sums is None:
         _core.backward(**call)
     else:
-        sums = split.given_sums(sums, n, channels, split._spatial(x, channels_last))
+        sums = split.given_sums(sums, n, channels, checks.geometry(x.shape, channels_last)[2])
         _core.backward_given(**call, sum_dz=sums.sum_dz, sum_dz_xc=sums.sum_dz_xc, total_spatial=sums.spatial)
     # each gradient in its own parameter's dtype
     if gw is not None and gw.dtype != np.asarray(weight_in).dtype:

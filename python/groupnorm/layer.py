@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from . import _core
-from . import _checks as C
+from . import _checks as checks
 from .functional import group_norm, group_norm_backward
 
 
@@ -37,22 +37,22 @@ class GroupNorm:
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
                  channels_last: bool = False, activation: Optional[str] = None, dtype: Any = np.float32) -> None:
-        num_groups = C.groups_of(num_groups)
-        num_channels = C.integer(num_channels, "num_channels")
-        eps = C.eps_value(eps)
-        C.activation(activation)
+        num_groups = checks.groups_of(num_groups)
+        num_channels = checks.integer(num_channels, "num_channels")
+        eps = checks.eps_value(eps)
+        checks.activation(activation)
         _core.check(channels=num_channels, groups=num_groups, eps=eps)
         self.num_groups = num_groups
         self.num_channels = num_channels
         self.eps = eps
-        self.affine = C.flag(affine, "affine")
-        self.channels_last = C.flag(channels_last, "channels_last")
+        self.affine = checks.flag(affine, "affine")
+        self.channels_last = checks.flag(channels_last, "channels_last")
         self.activation = activation
         try:
             dtype = np.dtype(dtype)
         except TypeError:
             raise TypeError(f"dtype must be float64, float32, float16 or bfloat16, got {dtype!r}") from None
-        if dtype not in C.DTYPE_CODES:
+        if dtype not in checks.DTYPE_CODES:
             raise TypeError(f"dtype must be float64, float32, float16 or bfloat16, got {dtype}")
         self.dtype = dtype
         if self.affine:
@@ -73,7 +73,7 @@ class GroupNorm:
 
     def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         """y = group_norm(x); x of shape (N, C, *spatial) or (N, *spatial, C)."""
-        x = C.as_input(x)
+        x = checks.as_input(x)
         if x.ndim >= 2:
             dim = x.ndim - 1 if self.channels_last else 1
             if x.shape[dim] != self.num_channels:

@@ -27,7 +27,7 @@ import numbers
 import numpy as np
 
 from . import _core
-from . import _checks as C
+from . import _checks as checks
 from . import _cuda
 
 __all__ = ["Moments", "BackwardSums", "moments", "merge_moments", "backward_sums", "merge_backward_sums"]
@@ -114,8 +114,8 @@ class Moments:
         """
         mean = np.empty(self.shape, self.stats_dtype)
         rstd = np.empty(self.shape, self.stats_dtype)
-        _core.mean_rstd(count=self.count, mean=self.mean, m2=self.m2, eps=C.eps_value(eps),
-                        dtype=C.DTYPE_CODES[self.stats_dtype], mean_out=mean, rstd_out=rstd)
+        _core.mean_rstd(count=self.count, mean=self.mean, m2=self.m2, eps=checks.eps_value(eps),
+                        dtype=checks.DTYPE_CODES[self.stats_dtype], mean_out=mean, rstd_out=rstd)
         return mean, rstd
 
     def __repr__(self):
@@ -158,12 +158,7 @@ class BackwardSums:
 def _cpu_input(x, name):
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
         raise TypeError(f"{name} is a GPU array: the split-phase API runs on CPU (NumPy) arrays")
-    return C.as_input(x, name)
-
-
-def _spatial(x, channels_last):
-    shape = x.shape[1:-1] if channels_last else x.shape[2:]
-    return int(np.prod(shape, dtype=np.int64))
+    return checks.as_input(x, name)
 
 
 def moments(x_tile, num_groups, *, channels_last=False, skip=None, skip_bias=None, num_threads=None):
@@ -182,26 +177,24 @@ def moments(x_tile, num_groups, *, channels_last=False, skip=None, skip_bias=Non
     Returns:
         a :class:`Moments` with count, mean, m2 of shape (N, G).
     """
-    channels_last = C.flag(channels_last, "channels_last")
+    channels_last = checks.flag(channels_last, "channels_last")
     x = _cpu_input(x_tile, "x_tile")
-    channels = C.channels_of(x, channels_last)
-    groups = C.groups_of(num_groups)
+    channels = checks.channels_of(x, channels_last)
+    groups = checks.groups_of(num_groups)
     _core.check(channels=channels, groups=groups, eps=0.0)
     if skip is not None:
-        skip = C.same_as_x(_cpu_input(skip, "skip"), x, "skip")
-        p, pcode = C.params(x.dtype, channels, skip_bias=skip_bias)
-        skip_bias = p["skip_bias"]
+        skip = checks.same_as_x(_cpu_input(skip, "skip"), x, "skip")
     elif skip_bias is not None:
         raise ValueError("skip_bias needs skip")
-    else:
-        pcode = C.DTYPE_CODES[C.stats_dtype(x.dtype)]
+    p, param_code = checks.params(x.dtype, channels, skip_bias=skip_bias)
+    skip_bias = p["skip_bias"]
     n = x.shape[0]
     count = np.empty((n, groups), _I64)
     mean = np.empty((n, groups), _F64)
     m2 = np.empty((n, groups), _F64)
-    _core.moments(x=x, groups=groups, channels_last=channels_last, dtype=C.DTYPE_CODES[x.dtype], param_dtype=pcode,
-                  skip=skip, skip_bias=skip_bias, count=count, mean=mean, m2=m2, num_threads=C.threads(num_threads))
-    return Moments(count, mean, m2, C.stats_dtype(x.dtype))
+    _core.moments(x=x, groups=groups, channels_last=channels_last, dtype=checks.DTYPE_CODES[x.dtype], param_dtype=param_code,
+                  skip=skip, skip_bias=skip_bias, count=count, mean=mean, m2=m2, num_threads=checks.threads(num_threads))
+    return Moments(count, mean, m2, checks.stats_dtype(x.dtype))
 
 
 def _check_parts(parts, kind, what):
@@ -244,7 +237,7 @@ def given_stats(stats, n, groups, x_dtype):
             raise ValueError(f"stats has shape {stats.shape}, but x has (N, num_groups) = {(n, groups)}")
         return dict(count=stats.count, gmean=stats.mean, gm2=stats.m2)
     if isinstance(stats, (tuple, list)) and len(stats) == 2:
-        mean, rstd = C.stats_arrays(stats[0], stats[1], n, groups, C.stats_dtype(x_dtype))
+        mean, rstd = checks.stats_arrays(stats[0], stats[1], n, groups, checks.stats_dtype(x_dtype))
         return dict(smean=mean, srstd=rstd)
     raise TypeError(f"stats must be a groupnorm.Moments or a (mean, rstd) pair, got {type(stats).__name__}")
 
@@ -264,22 +257,22 @@ def backward_sums(grad_y_tile, x_tile, mean, rstd, num_groups, weight=None, bias
     Returns:
         a :class:`BackwardSums` (sum_dz, sum_dz_xc of shape (N, C), float64).
     """
-    channels_last = C.flag(channels_last, "channels_last")
+    channels_last = checks.flag(channels_last, "channels_last")
     x = _cpu_input(x_tile, "x_tile")
-    channels = C.channels_of(x, channels_last)
-    groups = C.groups_of(num_groups)
-    act = C.activation(activation)
+    channels = checks.channels_of(x, channels_last)
+    groups = checks.groups_of(num_groups)
+    act = checks.activation(activation)
     _core.check(channels=channels, groups=groups, eps=0.0)
-    grad_y = C.same_as_x(_cpu_input(grad_y_tile, "grad_y_tile"), x, "grad_y_tile")
+    grad_y = checks.same_as_x(_cpu_input(grad_y_tile, "grad_y_tile"), x, "grad_y_tile")
     n = x.shape[0]
-    mean, rstd = C.stats_arrays(mean, rstd, n, groups, C.stats_dtype(x.dtype))
-    weight, bias, pcode = C.weight_bias(weight, bias, x.dtype, channels)
+    mean, rstd = checks.stats_arrays(mean, rstd, n, groups, checks.stats_dtype(x.dtype))
+    weight, bias, param_code = checks.weight_bias(weight, bias, x.dtype, channels)
     sum_dz = np.empty((n, channels), _F64)
     sum_dz_xc = np.empty((n, channels), _F64)
     _core.backward_sums(grad_y=grad_y, x=x, mean=mean, rstd=rstd, groups=groups, weight=weight, bias=bias,
-                        channels_last=channels_last, activation=act, dtype=C.DTYPE_CODES[x.dtype], param_dtype=pcode,
-                        sum_dz=sum_dz, sum_dz_xc=sum_dz_xc, num_threads=C.threads(num_threads))
-    return BackwardSums(sum_dz, sum_dz_xc, _spatial(x, channels_last))
+                        channels_last=channels_last, activation=act, dtype=checks.DTYPE_CODES[x.dtype], param_dtype=param_code,
+                        sum_dz=sum_dz, sum_dz_xc=sum_dz_xc, num_threads=checks.threads(num_threads))
+    return BackwardSums(sum_dz, sum_dz_xc, checks.geometry(x.shape, channels_last)[2])
 
 
 def merge_backward_sums(parts):

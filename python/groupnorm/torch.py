@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from . import _core
-from . import _checks as C
+from . import _checks as checks
 from . import functional, split
 
 __all__ = ["group_norm", "GroupNorm", "replace_group_norm", "SyncGroupNorm", "openmp_runtimes"]
@@ -64,8 +64,9 @@ _NP_DTYPES = {
     torch.float32: np.dtype(np.float32),
     torch.float64: np.dtype(np.float64),
     torch.float16: np.dtype(np.float16),
-    torch.bfloat16: C.bfloat16,
+    torch.bfloat16: checks.bfloat16,
 }
+_TORCH_DTYPES = {d: t for t, d in _NP_DTYPES.items()}
 _EMPTY = (0,)
 
 
@@ -101,7 +102,7 @@ def _array(t, channels_last=False):
         t = t.movedim(1, -1)
     t = t.detach()
     if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(C.bfloat16)
+        return t.view(torch.int16).numpy().view(checks.bfloat16)
     return t.numpy()
 
 
@@ -124,12 +125,19 @@ def _new_output(x):
         return _empty_like_layout(x)
     cl = _channels_last(x)
     shape = tuple(x.movedim(1, -1).shape) if cl else tuple(x.shape)
-    a = C.empty_aligned(shape, _NP_DTYPES[x.dtype])
+    a = checks.empty_aligned(shape, _NP_DTYPES[x.dtype])
     if x.dtype == torch.bfloat16:
         t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     else:
         t = torch.from_numpy(a)
     return t.movedim(-1, 1) if cl else t
+
+
+def _stats_dtype(x):
+    """The torch dtype of mean/rstd for x (the core's rule, through checks.stats_dtype)."""
+    if x.dtype not in _NP_DTYPES:
+        raise TypeError(f"x must be float64, float32, float16 or bfloat16, got {x.dtype}")
+    return _TORCH_DTYPES[checks.stats_dtype(_NP_DTYPES[x.dtype])]
 
 
 def _param_array(p):
@@ -153,7 +161,7 @@ def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
     cl = _channels_last(x)
     x = _canonical(x, cl)
     y = _new_output(x)
-    sd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    sd = _stats_dtype(x)
     mean = x.new_empty((x.shape[0], num_groups), dtype=sd)
     rstd = x.new_empty((x.shape[0], num_groups), dtype=sd)
     s = _new_output(x) if skip is not None else x.new_empty(_EMPTY)
@@ -162,11 +170,12 @@ def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
     if x.is_cuda:
         _forward_cuda(x, num_groups, weight, bias, eps, activation, skip, cl, y, mean, rstd, s)
         return y, mean, rstd, s
-    _, m, r = functional.group_norm(_array(x, cl), num_groups, _param_array(weight), _param_array(bias), eps,
-                                    channels_last=cl, activation=_act(activation), out=_array(y, cl),
-                                    return_stats=True, num_threads=torch.get_num_threads(),
-                                    skip=None if skip is None else _array(skip, cl),
-                                    sum_out=None if skip is None else _array(s, cl))
+    # the scalars were checked by group_norm (_check); the core checks the problem again when it runs
+    _, m, r = functional.forward_checked(_array(x, cl), num_groups, _param_array(weight), _param_array(bias), eps,
+                                         cl, checks.activation(_act(activation)), checks.threads(torch.get_num_threads()),
+                                         out=_array(y, cl), return_stats=True,
+                                         skip=None if skip is None else _array(skip, cl),
+                                         sum_out=None if skip is None else _array(s, cl))
     mean.numpy()[...] = m
     rstd.numpy()[...] = r
     return y, mean, rstd, s
@@ -175,7 +184,7 @@ def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
 @_group_norm_op.register_fake
 def _(x, num_groups, weight, bias, eps, activation, skip):
     y = _empty_like_layout(_canonical(x, _channels_last(x)))
-    sd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    sd = _stats_dtype(x)
     mean = x.new_empty((x.shape[0], num_groups), dtype=sd)
     rstd = x.new_empty((x.shape[0], num_groups), dtype=sd)
     s = torch.empty_like(y) if skip is not None else x.new_empty(_EMPTY)
@@ -194,10 +203,10 @@ def _group_norm_backward_op(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.T
     if x.is_cuda:
         gw, gb = _backward_cuda(grad_y, x, mean, rstd, num_groups, weight, bias, activation, cl, gx)
         return gx, gw, gb
-    _, gw, gb = functional.group_norm_backward(_array(grad_y, cl), _array(x, cl), _array(mean.contiguous()),
-                                               _array(rstd.contiguous()), num_groups, _param_array(weight),
-                                               _param_array(bias), channels_last=cl, activation=_act(activation),
-                                               num_threads=torch.get_num_threads(), out=_array(gx, cl))
+    _, gw, gb = functional.backward_checked(_array(grad_y, cl), _array(x, cl), _array(mean.contiguous()),
+                                            _array(rstd.contiguous()), num_groups, _param_array(weight),
+                                            _param_array(bias), cl, checks.activation(_act(activation)),
+                                            checks.threads(torch.get_num_threads()), out=_array(gx, cl))
     return gx, _param_grad(gw, weight, x), _param_grad(gb, bias, x)
 
 
@@ -263,44 +272,33 @@ def _require_cuda_build():
 
 
 def _codes(x, *params):
-    pdt = {p.dtype for p in params if p is not None}
-    if not pdt:
-        pdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    else:
-        pdt = pdt.pop()
-    return C.DTYPE_CODES[_NP_DTYPES[x.dtype]], C.DTYPE_CODES[_NP_DTYPES[pdt]]
+    """The core's dtype codes of x and of the parameters (checks.param_code: the core's rule)."""
+    dtype = _NP_DTYPES[x.dtype]
+    return checks.DTYPE_CODES[dtype], checks.param_code(dtype, [_NP_DTYPES[p.dtype] for p in params if p is not None])
 
 
 def _ptr(t):
     return 0 if t is None or t.numel() == 0 else t.data_ptr()
 
 
-def _nsc(x, cl):
-    n = x.shape[0]
-    c = x.shape[-1] if cl else x.shape[1]
-    return n, c, (x.numel() // (n * c) if n * c else 0)
-
-
 def _forward_cuda(x, num_groups, weight, bias, eps, activation, skip, cl, y, mean, rstd, s):
     _require_cuda_build()
-    xv = x.movedim(1, -1) if cl else x
-    n, c, sp = _nsc(xv, cl)
-    dcode, pcode = _codes(x, weight, bias)
+    n, c, sp = checks.geometry(x.shape, False)  # x's logical shape (N, C, *spatial) in either layout
+    dtype_code, param_code = _codes(x, weight, bias)
     weight = None if weight is None else weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     stream = torch.cuda.current_stream(x.device).cuda_stream
     with torch.cuda.device(x.device):
         _core.forward_cuda(x=x.data_ptr(), n=n, c=c, s=sp, groups=num_groups, weight=_ptr(weight), bias=_ptr(bias),
-                           eps=eps, channels_last=cl, activation=C.activation(_act(activation)), dtype=dcode,
-                           param_dtype=pcode, y=y.data_ptr(), mean=mean.data_ptr(), rstd=rstd.data_ptr(),
+                           eps=eps, channels_last=cl, activation=checks.activation(_act(activation)), dtype=dtype_code,
+                           param_dtype=param_code, y=y.data_ptr(), mean=mean.data_ptr(), rstd=rstd.data_ptr(),
                            skip=_ptr(skip), skip_bias=0, sum_out=_ptr(s) if skip is not None else 0, stream=stream)
 
 
 def _backward_cuda(grad_y, x, mean, rstd, num_groups, weight, bias, activation, cl, gx):
     _require_cuda_build()
-    xv = x.movedim(1, -1) if cl else x
-    n, c, sp = _nsc(xv, cl)
-    dcode, pcode = _codes(x, weight, bias)
+    n, c, sp = checks.geometry(x.shape, False)  # x's logical shape (N, C, *spatial) in either layout
+    dtype_code, param_code = _codes(x, weight, bias)
     weight = None if weight is None else weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     mean, rstd = mean.contiguous(), rstd.contiguous()
@@ -310,7 +308,7 @@ def _backward_cuda(grad_y, x, mean, rstd, num_groups, weight, bias, activation, 
     with torch.cuda.device(x.device):
         _core.backward_cuda(grad_y=grad_y.data_ptr(), x=x.data_ptr(), mean=mean.data_ptr(), rstd=rstd.data_ptr(),
                             n=n, c=c, s=sp, groups=num_groups, weight=_ptr(weight), bias=_ptr(bias), channels_last=cl,
-                            activation=C.activation(_act(activation)), dtype=dcode, param_dtype=pcode,
+                            activation=checks.activation(_act(activation)), dtype=dtype_code, param_dtype=param_code,
                             grad_x=gx.data_ptr(), grad_weight=_ptr(gw), grad_bias=_ptr(gb), stream=stream)
     return gw, gb
 
@@ -331,13 +329,13 @@ def _check(x, num_groups, weight, bias, eps, activation, skip):
                          + (" and cuda" if _core.HAS_CUDA else ""))
     if x.dim() < 2:
         raise ValueError(f"x must have at least 2 dims (N, C, *spatial), got shape {tuple(x.shape)}")
-    groups = C.groups_of(num_groups)
-    eps = C.eps_value(eps)
+    groups = checks.groups_of(num_groups)
+    eps = checks.eps_value(eps)
     channels = x.shape[1]
     if not torch.compiler.is_compiling():
         # the core's rules and messages; under torch.compile the operator itself
         # checks them when it runs (dynamo cannot trace into the extension)
-        C.activation(activation)
+        checks.activation(activation)
         _core.check(channels=channels, groups=groups, eps=eps)
     elif activation not in (None, "silu"):
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
@@ -401,7 +399,7 @@ class GroupNorm(torch.nn.GroupNorm):
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *,
                  activation=None):
-        C.activation(activation)
+        checks.activation(activation)
         super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
         self.activation = activation
 
