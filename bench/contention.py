@@ -30,7 +30,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import SHAPES  # noqa: E402
+from harness import SHAPES, batch_ns  # noqa: E402
 
 
 def spin(stop, cpu):
@@ -46,10 +46,7 @@ def spin(stop, cpu):
 
 
 def per_call_us(fn, k):
-    t0 = time.perf_counter_ns()
-    for _ in range(k):
-        fn()
-    return (time.perf_counter_ns() - t0) / k / 1e3
+    return batch_ns(fn, k) / k / 1e3  # the harness's timing loop
 
 
 def measure(args):

@@ -25,14 +25,15 @@ import glob
 import importlib.machinery
 import importlib.util
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
 import groupnorm
 from groupnorm import _core
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import measure  # noqa: E402
 
 SHAPES = {
     "vae_512": ((1, 512, 128, 128), 32),
@@ -55,27 +56,12 @@ def load_baseline_core(path):
 
 
 def time_rounds(cands, rounds, target):
-    """Median seconds per call of each candidate, interleaved rounds of batched calls."""
-    reps = {}
-    for name, fn in cands.items():
-        fn()
-        t0 = time.perf_counter()
-        k = 0
-        while time.perf_counter() - t0 < 0.05 or k < 2:
-            fn()
-            k += 1
-        per = (time.perf_counter() - t0) / k
-        reps[name] = max(1, int(target / rounds / per))
-    samples = {n: [] for n in cands}
-    for r in range(rounds):
-        order = list(cands) if r % 2 == 0 else list(reversed(cands))  # alternate A/B order
-        for name in order:
-            fn, k = cands[name], reps[name]
-            t0 = time.perf_counter()
-            for _ in range(k):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / k)
-    return {n: (statistics.median(s), (max(s) - min(s)) / statistics.median(s)) for n, s in samples.items()}
+    """Median seconds per call and relative spread (interquartile range / median) of each candidate:
+    the harness's one timing loop (calibrated batches, candidates interleaved round by round)."""
+    stats, errors = measure(cands, repeat=rounds, target_s=target, warmup_s=0.05)
+    if errors:
+        raise RuntimeError(f"failed: {errors}")
+    return {n: (st["us"] / 1e6, st["spread_pct"] / 100) for n, st in stats.items()}
 
 
 def main():
