@@ -78,8 +78,12 @@ def _calibrate(fn, warmup_s):
         k *= 4
 
 
-def measure(cands, repeat, target_s, warmup_s, gap_s=0.0):
-    """Time the candidates {name: fn} interleaved. Returns ({name: stats}, {name: error})."""
+def measure(cands, repeat, target_s, warmup_s, gap_s=0.0, calls_per_sample=None):
+    """Time the candidates {name: fn} interleaved. Returns ({name: stats}, {name: error}).
+
+    Each candidate gets about target_s seconds in `repeat` samples of a batch of calls
+    (fewer samples for a slow call); calls_per_sample fixes the batch and takes exactly
+    `repeat` samples instead."""
     errors, plan = {}, {}
     for name, fn in cands.items():
         try:
@@ -92,6 +96,8 @@ def measure(cands, repeat, target_s, warmup_s, gap_s=0.0):
         samples = repeat
         if inner == 1:  # slow call: fewer samples (each also has an untimed priming call), >= min(repeat, 3)
             samples = max(min(repeat, 3), min(repeat, int(math.ceil(total / (2 * per_call)))))
+        if calls_per_sample:
+            inner, samples = calls_per_sample, repeat
         plan[name] = (fn, inner, samples)
     times = {name: [] for name in plan}
     names = list(plan)

@@ -80,26 +80,30 @@ def timed_decode(vae, z, op_names):
 
 
 def standalone(calls, fns, repeats):
-    """For each of fns: median over repeats of the time of all the calls back to back (fns alternate)."""
+    """For each of fns: median over repeats of the time of all the calls back to back
+    (the harness's timing loop: the fns interleaved, each sample one pass over the calls)."""
     import torch
+
+    from harness import measure
 
     inputs = []
     for shape, stride, g, eps, w, b in calls:
         x = torch.empty_strided(shape, stride)
         x.normal_()
         inputs.append((x, g, w, b, eps))
-    times = [[] for _ in fns]
-    with torch.no_grad():
-        for fn in fns:  # warm up
+
+    def all_calls(fn):
+        def run():
             for x, g, w, b, eps in inputs:
                 fn(x, g, w, b, eps)
-        for r in range(repeats):
-            for k in (range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))):
-                t = time.perf_counter()
-                for x, g, w, b, eps in inputs:
-                    fns[k](x, g, w, b, eps)
-                times[k].append(time.perf_counter() - t)
-    return [statistics.median(t) for t in times]
+        return run
+
+    with torch.no_grad():
+        stats, errors = measure({k: all_calls(fn) for k, fn in enumerate(fns)}, repeat=repeats, target_s=0,
+                                warmup_s=0, calls_per_sample=1)
+    if errors:
+        raise RuntimeError(f"failed: {errors}")
+    return [stats[k]["us"] / 1e6 for k in range(len(fns))]
 
 
 def run_config(size, channels_last, repeats, threads):
