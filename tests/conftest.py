@@ -243,10 +243,13 @@ def torch():
     return torch
 
 
-# A skip for any reason other than "no GPU ..." fails the run: a missing
-# dependency or a broken oracle must not silently drop tests
+# A skip for any reason other than the host's ("no GPU ...", "host: ..." such
+# as an instruction set the CPU lacks) fails the run: a missing dependency or a
+# broken oracle must not silently drop tests
 # (GROUPNORM_TEST_STRICT_SKIPS=0 turns this off, for a partial environment).
 GPU_SKIP_PREFIX = "no GPU"
+HOST_SKIP_PREFIX = "host: "
+ALLOWED_SKIP_PREFIXES = (GPU_SKIP_PREFIX, HOST_SKIP_PREFIX)
 
 
 def _skip_reason(report):
@@ -261,12 +264,13 @@ def pytest_sessionfinish(session, exitstatus):
         return
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = tr.stats.get("skipped", []) if tr is not None else []
-    bad = [r for r in skipped if not _skip_reason(r).startswith(GPU_SKIP_PREFIX)]
+    bad = [r for r in skipped if not _skip_reason(r).startswith(ALLOWED_SKIP_PREFIXES)]
     if bad:
         tr.ensure_newline()
         for r in bad:
             tr.write_line(f"FORBIDDEN SKIP {r.nodeid}: {_skip_reason(r)}", red=True)
-        tr.write_line(f"{len(bad)} tests skipped for a reason other than '{GPU_SKIP_PREFIX}' "
+        tr.write_line(f"{len(bad)} tests skipped for a reason other than the host's "
+                      f"({' or '.join(repr(p) for p in ALLOWED_SKIP_PREFIXES)}) "
                       "(GROUPNORM_TEST_STRICT_SKIPS=0 allows them)", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -288,9 +292,32 @@ def torch_to_numpy(t):
     return t.numpy()
 
 
+def _worker_pool_at_start():
+    try:
+        import groupnorm
+    except ImportError:
+        return None
+    return groupnorm.worker_pool()
+
+
+# The worker pool's state before any test module is imported. Importing
+# groupnorm.torch (test_torch.py does at collection) turns the pool off for the
+# process; each test runs with the state its own module chose instead: off in
+# modules that use groupnorm.torch, as a torch user's process has it, the
+# default everywhere else.
+_POOL_AT_START = _worker_pool_at_start()
+
+
+def _uses_torch_integration(module):
+    import sys
+    gnt = sys.modules.get("groupnorm.torch")
+    return gnt is not None and module is not None and any(
+        v is gnt or getattr(v, "__module__", None) == "groupnorm.torch" for v in vars(module).values())
+
+
 @pytest.fixture(autouse=True)
-def _restore_global_state():
-    """Tests that change the ISA or default thread count must not leak into others."""
+def _restore_global_state(request):
+    """Tests that change the ISA, default thread count or worker pool must not leak into others."""
     try:
         import groupnorm
     except ImportError:
@@ -298,6 +325,10 @@ def _restore_global_state():
         return
     isa = groupnorm.active_isa()
     nt = groupnorm.get_num_threads()
+    if _POOL_AT_START is not None:
+        pool = False if _uses_torch_integration(getattr(request, "module", None)) else _POOL_AT_START
+        if groupnorm.worker_pool() != pool:
+            groupnorm.set_worker_pool(pool)
     yield
     if groupnorm.active_isa() != isa:
         groupnorm.set_isa(isa)

@@ -1,8 +1,9 @@
-"""Bitwise determinism: batch size, thread count, instruction set.
+"""Bitwise determinism: batch size, thread count, instruction set, schedule.
 
 These are the only tests that compare groupnorm with itself; each also checks one
 result against the reference so that a consistently wrong answer cannot pass.
 """
+import json
 import os
 import pickle
 import subprocess
@@ -11,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import (BF16, F16, F32, F64, assert_bitwise_equal, assert_close, dtype_id, make_shape,
-                      ref_backward, ref_forward)
+from conftest import (ALL_DTYPES, BF16, F16, F32, F64, assert_bitwise_equal, assert_close, dtype_id, make_shape,
+                      poison, ref_backward, ref_forward)
 
 # (shape, G, channels_last): big ones are split over threads / chunks, small ones are not
 BIG = [((1, 64, 128, 128), 4, False), ((2, 64, 64, 96), 8, True)]
@@ -162,7 +163,7 @@ def test_thread_count_independence_backward(gn, rng, case, activation):
 def _isas(gn):
     isas = gn.available_isas()
     if len(isas) < 2:
-        pytest.skip(f"only one instruction set available: {isas}")
+        pytest.skip(f"host: only one instruction set available: {isas}")
     return isas
 
 
@@ -233,7 +234,7 @@ def test_set_isa_each(gn):
 @pytest.mark.parametrize("cap", ["portable", "avx2"])
 def test_env_var_caps_isa(gn, cap, tmp_path):
     if cap not in gn.available_isas():
-        pytest.skip(f"{cap} not available")
+        pytest.skip(f"host: the CPU has no {cap}")
     code = ("import groupnorm, numpy as np;"
             "print(groupnorm.active_isa());"
             "x = (np.arange(2*8*9, dtype=np.float32).reshape(2, 8, 9) % 7) - 3;"
@@ -314,3 +315,138 @@ def test_pipelined_walk_matches_phases(gn, rng, dtype, tmp_path):
         assert_close(grads[0], gx_ref, rtol=tol, atol=tol * max(1.0, float(np.abs(gx_ref).max())))
         ref_x = x if sk is None else (x.astype(np.float64) + sk.astype(np.float64)).astype(dtype)
         _assert_ref(y, ref_x, G, w, b, False, activation=act)
+
+
+# ----------------------------------------------------------------- schedule
+# How a call is scheduled (cache budget: per-thread sets or cooperative steps;
+# streaming stores; the worker pool or OpenMP regions; threads descheduled and
+# their tiles stolen) must not change a bit.
+SCHEDULE_CASES = [
+    # (shape, groups, channels_last)
+    ((2, 32, 40, 33), 8, False),
+    ((1, 16, 9000), 4, False),       # long channels: split into pieces
+    ((3, 17, 19, 24), 6, True),
+    ((1, 50, 40, 32), 4, True),      # many rows, few groups
+    ((5, 48), 12, False),            # no spatial dims
+]
+
+_SCHEDULE_CODE = r"""
+import json, sys
+import numpy as np
+import groupnorm as gn
+import ml_dtypes
+cases = json.loads(sys.argv[1])
+out = {}
+for i, (shape, groups, cl, dtype, act, threads) in enumerate(cases):
+    rng = np.random.default_rng(1000 + i)
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bf16" else np.dtype({"f16": "float16", "f32": "float32", "f64": "float64"}[dtype])
+    c = shape[-1] if cl else shape[1]
+    x = (rng.standard_normal(shape) * 3 + 5).astype(dt)
+    w = rng.standard_normal(c).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    gy = rng.standard_normal(shape).astype(dt)
+    y, m, r = gn.group_norm(x, groups, w, b, channels_last=cl, activation=act, return_stats=True, num_threads=threads)
+    gx, gw, gb = gn.group_norm_backward(gy, x, m, r, groups, w, b, channels_last=cl, activation=act, num_threads=threads)
+    out[str(i)] = [a.view(np.uint8).tobytes().hex() for a in (y, m, r, gx, gw, gb)]
+np.save(sys.argv[2], np.array(json.dumps(out)))
+"""
+
+
+def _schedule_cases():
+    cases = []
+    for shape, groups, cl in SCHEDULE_CASES:
+        for dtype in ALL_DTYPES:
+            for act in (None, "silu"):
+                cases.append((list(shape), groups, cl, dtype_id(dtype), act, 2))
+    return cases
+
+
+def _run_schedule(env_extra, tmp_path, name):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPNORM_")}
+    env.update(env_extra)
+    path = str(tmp_path / f"{name}.npy")
+    subprocess.run([sys.executable, "-c", _SCHEDULE_CODE, json.dumps(_schedule_cases()), path], env=env, check=True,
+                   cwd=os.path.dirname(__file__))
+    return json.loads(str(np.load(path)))
+
+
+def test_scheduling_does_not_change_results(tmp_path):
+    plain = _run_schedule({}, tmp_path, "plain")
+    # tiny cache: cooperative steps everywhere; streaming stores for every output
+    forced = _run_schedule({"GROUPNORM_CACHE_BYTES": "4096", "GROUPNORM_STREAM_BYTES": "1"}, tmp_path, "forced")
+    assert plain.keys() == forced.keys()
+    # one result against the reference, so that a consistently wrong answer cannot pass
+    i = next(i for i, c in enumerate(_schedule_cases()) if c[3] == dtype_id(F32) and c[4] is None)
+    shape, groups, cl = _schedule_cases()[i][:3]
+    data = np.random.default_rng(1000 + i)  # as the child draws case i
+    x = (data.standard_normal(shape) * 3 + 5).astype(np.float32)
+    w = data.standard_normal(shape[-1] if cl else shape[1]).astype(np.float32)
+    b = data.standard_normal(shape[-1] if cl else shape[1]).astype(np.float32)
+    y = np.frombuffer(bytes.fromhex(plain[str(i)][0]), np.float32).reshape(shape)
+    assert_close(y, ref_forward(x, groups, w, b, channels_last=cl)[0], rtol=3e-5, atol=3e-5)
+    for k in plain:
+        for j, name in enumerate(("y", "mean", "rstd", "grad_x", "grad_weight", "grad_bias")):
+            assert plain[k][j] == forced[k][j], f"case {_schedule_cases()[int(k)]}: {name} differs"
+
+
+@pytest.fixture
+def restore_pool(gn):
+    before = gn.worker_pool()
+    yield
+    gn.set_worker_pool(before)
+
+
+@pytest.mark.parametrize("shape,groups,cl", [
+    ((3, 64, 40, 40), 8, False),      # sets over threads (mode A)
+    ((1, 32, 256, 256), 4, False),    # one big sample: tiles over threads (mode B)
+    ((2, 40, 40, 64), 16, True),
+    ((1, 200, 200, 32), 8, True),
+])
+def test_pool_and_openmp_regions_give_the_same_bits(gn, rng, shape, groups, cl, restore_pool):
+    """(tests/test_worker_pool.py checks that the pool path is the one taken with the pool on)"""
+    rng = rng.rng
+    x = (rng.standard_normal(shape) * 3 + 5).astype(np.float32)
+    c = shape[-1] if cl else shape[1]
+    w = rng.standard_normal(c).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    gy = rng.standard_normal(shape).astype(np.float32)
+    res = {}
+    for on in (True, False):
+        gn.set_worker_pool(on)
+        assert gn.worker_pool() is on
+        y, m, r = gn.group_norm(x, groups, w, b, channels_last=cl, return_stats=True, num_threads=2)
+        gx, gw, gb = gn.group_norm_backward(gy, x, m, r, groups, w, b, channels_last=cl, num_threads=2)
+        res[on] = (y, m, r, gx, gw, gb)
+    for a, b_ in zip(res[True], res[False]):
+        np.testing.assert_array_equal(a, b_)
+    one = gn.group_norm(x, groups, w, b, channels_last=cl, num_threads=1)
+    np.testing.assert_array_equal(one, res[True][0])
+
+
+# shapes for each schedule: many sets (mode A), one big sample (mode B, channels-last),
+# few big groups (mode B, channels-first)
+SCHED_SHAPES = [(8, 32, (24, 24), 8), (1, 64, (96, 96), 4), (1, 8, (256, 288), 2)]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["cf", "cl"])
+@pytest.mark.parametrize("N, C, S, G", SCHED_SHAPES, ids=["many_sets", "one_sample", "big_groups"])
+def test_oversubscribed_threads_steal_work_without_changing_bits(gn, rng, channels_last, N, C, S, G):
+    # 7 threads on a machine with fewer cores: threads are descheduled at random
+    # points and the others take their unclaimed tiles; results must not move
+    shape = make_shape(N, C, S, channels_last)
+    x = rng.x(shape, F32, loc=3.0)
+    gy = rng.x(shape, F32)
+    w, b = rng.params(C, F32)
+    y1, m1, r1 = gn.group_norm(x, G, w, b, channels_last=channels_last, activation="silu", return_stats=True,
+                               num_threads=1)
+    g1 = gn.group_norm_backward(gy, x, m1, r1, G, w, b, channels_last=channels_last, activation="silu",
+                                num_threads=1)
+    assert_close(y1, ref_forward(x, G, w, b, channels_last=channels_last, activation="silu")[0], 1e-4, 1e-4)
+    for _ in range(5):
+        y = gn.group_norm(x, G, w, b, channels_last=channels_last, activation="silu", num_threads=7,
+                          out=poison(shape, F32))
+        assert_bitwise_equal(y, y1, "forward, 7 threads vs 1")
+        g = gn.group_norm_backward(gy, x, m1, r1, G, w, b, channels_last=channels_last, activation="silu",
+                                   num_threads=7, out=poison(shape, F32))
+        for a, b_, name in zip(g, g1, ("grad_x", "grad_weight", "grad_bias")):
+            assert_bitwise_equal(a, b_, f"{name}, 7 threads vs 1")

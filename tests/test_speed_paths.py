@@ -1,6 +1,10 @@
-"""Paths that exist for speed only must not change results: in place on tensors
-large enough for streaming stores, unaligned outputs and inputs, and dynamic
-assignment of tiles to threads."""
+"""Paths that exist for speed only give the right results: in place on tensors
+large enough for streaming stores, unaligned outputs and inputs, streamed
+outputs. (That the schedule does not change bits is tests/test_determinism.py's.)"""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -43,30 +47,21 @@ def test_backward_in_place_large_equals_out_of_place(gn, rng, channels_last):
     assert_bitwise_equal(g2, want, "grad_x in place of grad_y")
 
 
-# shapes for each schedule: many sets (mode A), one big sample (mode B, channels-last),
-# few big groups (mode B, channels-first)
-SCHED_SHAPES = [(8, 32, (24, 24), 8), (1, 64, (96, 96), 4), (1, 8, (256, 288), 2)]
-
-
-@pytest.mark.parametrize("channels_last", [False, True], ids=["cf", "cl"])
-@pytest.mark.parametrize("N, C, S, G", SCHED_SHAPES, ids=["many_sets", "one_sample", "big_groups"])
-def test_oversubscribed_threads_steal_work_without_changing_bits(gn, rng, channels_last, N, C, S, G):
-    # 7 threads on a machine with fewer cores: threads are descheduled at random
-    # points and the others take their unclaimed tiles; results must not move
-    shape = make_shape(N, C, S, channels_last)
-    x = rng.x(shape, F32, loc=3.0)
-    gy = rng.x(shape, F32)
-    w, b = rng.params(C, F32)
-    y1, m1, r1 = gn.group_norm(x, G, w, b, channels_last=channels_last, activation="silu", return_stats=True,
-                               num_threads=1)
-    g1 = gn.group_norm_backward(gy, x, m1, r1, G, w, b, channels_last=channels_last, activation="silu",
-                                num_threads=1)
-    assert_close(y1, ref_forward(x, G, w, b, channels_last=channels_last, activation="silu")[0], 1e-4, 1e-4)
-    for _ in range(5):
-        y = gn.group_norm(x, G, w, b, channels_last=channels_last, activation="silu", num_threads=7,
-                          out=poison(shape, F32))
-        assert_bitwise_equal(y, y1, "forward, 7 threads vs 1")
-        g = gn.group_norm_backward(gy, x, m1, r1, G, w, b, channels_last=channels_last, activation="silu",
-                                   num_threads=7, out=poison(shape, F32))
-        for a, b_, name in zip(g, g1, ("grad_x", "grad_weight", "grad_bias")):
-            assert_bitwise_equal(a, b_, f"{name}, 7 threads vs 1")
+@pytest.mark.parametrize("cl", [False, True], ids=["cf", "cl"])
+def test_streamed_outputs_are_right(tmp_path, cl):
+    """Outputs written with non-temporal stores (forced on) match the float64 reference."""
+    script = r"""
+import sys, numpy as np, groupnorm as gn
+rng = np.random.default_rng(7)
+cl = sys.argv[1] == "1"
+shape = (2, 37, 41, 48) if cl else (2, 48, 37, 41)
+x = rng.standard_normal(shape).astype(np.float32)
+y = gn.group_norm(x, 8, channels_last=cl)
+np.save(sys.argv[2], np.stack([x, y]))
+"""
+    path = str(tmp_path / "s.npy")
+    env = dict(os.environ, GROUPNORM_STREAM_BYTES="1")
+    subprocess.run([sys.executable, "-c", script, "1" if cl else "0", path], env=env, check=True)
+    x, y = np.load(path)
+    ref = ref_forward(x, 8, channels_last=cl)[0]
+    np.testing.assert_allclose(y, ref, atol=2e-5, rtol=0)
