@@ -1,10 +1,13 @@
 """Argument errors: type, message, and that nothing is silently accepted."""
 import re
+import time
 
 import numpy as np
 import pytest
 
 from conftest import BF16
+
+F32 = np.float32
 
 
 @pytest.fixture
@@ -183,31 +186,6 @@ def test_set_isa_unknown(gn):
     assert gn.active_isa() == before
 
 
-@pytest.mark.parametrize("n", [0, -1])
-def test_set_num_threads_not_positive(gn, n):
-    before = gn.get_num_threads()
-    with pytest.raises(ValueError, match="None for the default"):
-        gn.set_num_threads(n)
-    assert gn.get_num_threads() == before
-    with pytest.raises(ValueError, match="num_threads must be positive"):
-        gn.group_norm(np.ones((1, 4, 3), np.float32), 2, num_threads=n)
-
-
-def test_num_threads_above_the_cap_warns_and_runs_capped(gn):
-    from groupnorm import _core
-    cap = _core.max_threads()
-    x = np.random.default_rng(0).standard_normal((8, 16, 40)).astype(np.float32)
-    with pytest.warns(RuntimeWarning, match=f"cap of {cap}"):
-        y = gn.group_norm(x, 4, num_threads=cap + 1)
-    assert np.array_equal(y, gn.group_norm(x, 4, num_threads=1))
-    try:
-        with pytest.warns(RuntimeWarning, match=f"using {cap}"):
-            gn.set_num_threads(1000 + cap)
-        assert gn.get_num_threads() == cap
-    finally:
-        gn.set_num_threads(None)
-
-
 # ----------------------------------------------------------------- backward argument errors
 
 
@@ -381,27 +359,73 @@ def test_numpy_scalars_are_accepted(gn, rng):
     assert_close(y2, ref_forward(x, 4, eps=1.0)[0], 1e-5, 1e-5)
 
 
-@pytest.mark.parametrize("n", [2**31, 2**40, 2**70])
-def test_num_threads_beyond_int32_is_not_a_conversion_error(gn, rng, n):
-    """A request beyond the core's int is passed as its largest value, which the core
-    caps (at 4x the hardware threads); on a problem big enough to use threads too."""
-    from conftest import ref_forward, assert_close
-    x = rng.x((64, 32, 512), np.float32)
-    y = gn.group_norm(x, 8, num_threads=n)
-    assert_close(y, ref_forward(x, 8)[0], 1e-5, 1e-5)
-    gn.set_num_threads(n)
-    assert 1 <= gn.get_num_threads() <= 4 * (__import__("os").cpu_count() or 1)
-    assert_close(gn.group_norm(x, 8), ref_forward(x, 8)[0], 1e-5, 1e-5)
-    gn.set_num_threads(None)
-
-
+# ----------------------------------------------------------------- num_threads
 @pytest.mark.parametrize("value,exc", [(True, TypeError), (False, TypeError), (2.5, TypeError), ("8", TypeError),
-                                       (0, ValueError), (-3, ValueError)])
+                                       (0, ValueError), (-1, ValueError), (-3, ValueError)])
 def test_set_num_threads_bad(gn, value, exc):
     before = gn.get_num_threads()
     with pytest.raises(exc, match="num_threads"):
         gn.set_num_threads(value)
     assert gn.get_num_threads() == before
+    if exc is ValueError:
+        with pytest.raises(ValueError, match="None for the default"):
+            gn.set_num_threads(value)
+        with pytest.raises(ValueError, match="num_threads must be positive"):
+            gn.group_norm(np.ones((1, 4, 3), np.float32), 2, num_threads=value)
+
+
+def _bits(a):
+    return np.ascontiguousarray(a).view(np.uint8)
+
+
+@pytest.mark.parametrize("n", ["cap+1", 30000, 65536, 2**31 - 1, 2**31, 2**40, 2**70])
+def test_num_threads_above_the_cap_warns_and_runs_capped(gn, rng, n):
+    """A request above the core's cap (4x the hardware threads), up to beyond its int
+    (never a conversion error), warns and runs capped: the same bits as one thread,
+    quickly, forward and backward; set_num_threads caps the same way."""
+    from groupnorm import _core
+    from conftest import assert_close, ref_forward
+    cap = _core.max_threads()
+    assert 4 <= cap <= 65536
+    n = cap + 1 if n == "cap+1" else n
+    x = rng.normal((65536, 32), np.float32)
+    y1 = gn.group_norm(x, 8, num_threads=1)
+    assert_close(y1, ref_forward(x, 8)[0], 1e-5, 1e-5)
+    t0 = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match=f"cap of {cap}"):
+        y = gn.group_norm(x, 8, num_threads=n)
+    elapsed = time.perf_counter() - t0
+    assert np.array_equal(_bits(y), _bits(y1))
+    assert elapsed < 2.0, f"num_threads={n} took {elapsed:.2f} s"
+    stats = gn.group_norm(x, 8, return_stats=True)[1:]
+    with pytest.warns(RuntimeWarning, match="cap of"):
+        gx, _, _ = gn.group_norm_backward(x, x, *stats, 8, num_threads=n)
+    gx1, _, _ = gn.group_norm_backward(x, x, *stats, 8, num_threads=1)
+    assert np.array_equal(_bits(gx), _bits(gx1))
+    try:
+        with pytest.warns(RuntimeWarning, match=f"using {cap}"):
+            gn.set_num_threads(n)
+        assert gn.get_num_threads() == cap
+        assert np.array_equal(_bits(gn.group_norm(x, 8)), _bits(y1))
+    finally:
+        gn.set_num_threads(None)
+
+
+def test_core_set_num_threads_is_capped_and_restorable(gn, rng):
+    """The core's own setter (C and C++ callers): capped, and 0 restores the default."""
+    from groupnorm import _core
+    default = gn.get_num_threads()
+    cap = _core.max_threads()
+    assert 1 <= default <= cap
+    x = rng.normal((64, 32, 5), np.float32)
+    y1 = gn.group_norm(x, 8, num_threads=1)
+    try:
+        _core.set_num_threads(65536)
+        assert gn.get_num_threads() == cap
+        assert np.array_equal(_bits(gn.group_norm(x, 8)), _bits(y1))
+    finally:
+        _core.set_num_threads(0)
+    assert gn.get_num_threads() == default
 
 
 def test_set_num_threads_none_restores_default(gn):
@@ -482,3 +506,61 @@ def test_split_phase_channels_last_must_be_bool(gn, rng, value):
     _, m, r = gn.group_norm(x, 2, return_stats=True)
     with pytest.raises(TypeError, match="channels_last"):
         gn.backward_sums(x, x, m, r, 2, channels_last=value)
+
+
+# ----------------------------------------------------------------- overlapping and oversized buffers
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_out_partly_overlapping_x_is_rejected(gn, rng, channels_last):
+    buf = rng.normal((2 * 4 * 8 * 6 + 8,), F32)
+    before = buf.copy()
+    x = buf[:2 * 4 * 8 * 6].reshape(2, 4, 8, 6)
+    out = buf[8:].reshape(2, 4, 8, 6)
+    with pytest.raises(ValueError, match="overlap"):
+        gn.group_norm(x, 2, out=out, channels_last=channels_last)
+    assert np.array_equal(_bits(buf), _bits(before)), "nothing may be written"
+
+
+def test_sum_out_partly_overlapping_skip_is_rejected(gn, rng):
+    buf = rng.normal((2 * 4 * 10 + 4,), F32)
+    before = buf.copy()
+    x = rng.normal((2, 4, 10), F32)
+    skip = buf[:80].reshape(2, 4, 10)
+    sum_out = buf[4:].reshape(2, 4, 10)
+    with pytest.raises(ValueError, match="sum_out.*skip|skip.*sum_out"):
+        gn.group_norm(x, 2, skip=skip, sum_out=sum_out)
+    assert np.array_equal(_bits(buf), _bits(before))
+
+
+def test_backward_out_partly_overlapping_grad_y_is_rejected(gn, rng):
+    buf = rng.normal((2 * 4 * 10 + 1,), F32)
+    x = rng.normal((2, 4, 10), F32)
+    _, m, r = gn.group_norm(x, 2, return_stats=True)
+    before = buf.copy()
+    dy = buf[:80].reshape(2, 4, 10)
+    out = buf[1:].reshape(2, 4, 10)
+    with pytest.raises(ValueError, match="grad_x.*grad_y"):
+        gn.group_norm_backward(dy, x, m, r, 2, out=out)
+    assert np.array_equal(_bits(buf), _bits(before))
+
+
+def test_y_equal_to_sum_out_is_rejected(gn, rng):
+    x = rng.normal((2, 4, 10), F32)
+    skip = rng.normal((2, 4, 10), F32)
+    o = np.full_like(x, np.nan)
+    with pytest.raises(ValueError, match="overlap"):
+        gn.group_norm(x, 2, skip=skip, sum_out=o, out=o)
+    assert np.isnan(o).all()
+
+
+def test_backward_empty_batch_huge_channels_does_not_hang(gn):
+    x = np.zeros((0, 2**40), F32)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="num_channels"):
+        gn.group_norm_backward(x, x, np.zeros((0, 1), F32), np.zeros((0, 1), F32), 1)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_empty_batch_still_checks_sizes(gn):
+    x = np.zeros((0, 2**31), F32)
+    with pytest.raises(ValueError, match="num_channels"):
+        gn.group_norm(x, 1)
