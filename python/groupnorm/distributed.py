@@ -252,7 +252,7 @@ def _check_finite(r, head, p, what, names):
     for name, a in names:
         bad = np.argwhere(~np.isfinite(a))
         if bad.size:
-            raise ValueError(f"allgather returned rank {r}'s {what} with {name} {a[tuple(bad[0])]!r} at "
+            raise ValueError(f"allgather returned rank {r}'s {what} with {name} {float(a[tuple(bad[0])])!r} at "
                              f"{tuple(int(i) for i in bad[0])}, but that rank's were all finite: it must return "
                              "every rank's array unchanged")
 
@@ -279,13 +279,13 @@ def _merge_moments(heads, parts, m):
         wrong = np.argwhere(p[0] != count)
         if wrong.size:
             i = tuple(int(k) for k in wrong[0])
-            raise ValueError(f"allgather returned rank {r}'s moments with count {p[0][i]!r} for (sample, group) "
+            raise ValueError(f"allgather returned rank {r}'s moments with count {float(p[0][i])!r} for (sample, group) "
                              f"{i}, but its tile holds {count} elements per group: it must return every rank's "
                              "array unchanged")
         _check_finite(r, head, p, "moments", (("mean", p[1]), ("M2", p[2])))
         neg = np.argwhere(p[2] < 0)
         if neg.size:
-            raise ValueError(f"allgather returned rank {r}'s moments with a negative M2 {p[2][tuple(neg[0])]!r} "
+            raise ValueError(f"allgather returned rank {r}'s moments with a negative M2 {float(p[2][tuple(neg[0])])!r} "
                              f"at {tuple(int(k) for k in neg[0])}: it must return every rank's array unchanged")
         _check_crc(r, head, p, "moments")
         ms.append(split.Moments(np.full((n, g), count, np.int64), p[1], p[2], m.stats_dtype))
