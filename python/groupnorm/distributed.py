@@ -184,8 +184,9 @@ def _exchange_headers(gather, h, err):
                 bad = "its sizes are not non-negative integers"
             elif f[_SPATIAL] * max(f[4] // max(f[5], 1), 1) > _EXACT:
                 bad = f"its tile's count of {f[_SPATIAL]:.17g} spatial elements per channel is out of range"
-            elif not np.isfinite(f[12]) or f[_NONFINITE] not in (0.0, 1.0):
-                bad = "its eps or flags are not values groupnorm writes"
+            elif (not np.isfinite(f[12]) or f[6] not in _DTYPE_NAMES or f[9] not in _ACTIVATIONS
+                  or not np.isin(f[[7, 10, 11, 13, 14, _NONFINITE]], (0.0, 1.0)).all()):
+                bad = "its dtype, eps, activation or flags are not values groupnorm writes"
         if bad:
             raise ValueError(f"allgather returned for rank {r} a header that groupnorm did not write ({bad}): "
                              "it must return every rank's array unchanged, in rank order")
