@@ -9,11 +9,13 @@ import shutil
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from conftest import F32, F64, assert_bitwise_equal, assert_close, make_shape, ref_backward, ref_forward
+from conftest import BF16, F16, F32, F64, assert_bitwise_equal, assert_close, make_shape, ref_backward, ref_forward
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -388,3 +390,121 @@ def test_nonfinite_data_still_propagates(gn, rng):
     want = gn.group_norm(x, 4)
     assert np.array_equal(np.isnan(y), np.isnan(want))
     assert np.isnan(y[1, 2:4]).all() and not np.isnan(y[0]).any()
+
+
+# --------------------------------------------------------------------------- fuzzing allgather= results
+
+FUZZ_EXAMPLES = int(os.environ.get("GROUPNORM_FUZZ_EXAMPLES", "150"))
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+ODD_VALUES = [np.nan, -np.nan, np.inf, -np.inf, -1.0, 0.0, -0.0, 0.5, 1.0, 2.5, 30.0, 1e19, 2.0**53 + 2, 2.0**63,
+              2.0**64, 1e300, -1e300, 5e-324, 1735289202.0]
+ODD_DTYPES = [np.int64, np.int32, np.uint64, np.float32, np.float16, ">f8", np.complex128, np.bool_, object,
+              np.longdouble]
+
+
+@st.composite
+def gather_mutations(draw):
+    """(which call: 0 header / 1 payload, a function parts -> what allgather returns)."""
+    which = draw(st.sampled_from([0, 1]))
+    kind = draw(st.sampled_from(["value", "value", "value", "dtype", "shape", "list", "container"]))
+    rank = draw(st.sampled_from([0, 1]))
+    if kind == "value":
+        where = draw(st.integers(0, 10**6))
+        value = draw(st.sampled_from(ODD_VALUES) | st.floats(allow_nan=True, allow_infinity=True))
+
+        def f(parts):
+            q = np.array(parts[rank], copy=True)
+            q.reshape(-1)[where % q.size] = value
+            return [q if r == rank else p for r, p in enumerate(parts)]
+    elif kind == "dtype":
+        dtype = draw(st.sampled_from(ODD_DTYPES))
+        both = draw(st.booleans())
+
+        def f(parts):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return [p.astype(dtype) if both or r == rank else p for r, p in enumerate(parts)]
+    elif kind == "shape":
+        how = draw(st.sampled_from(["ravel", "newaxis", "drop_row", "transpose", "empty", "scalar"]))
+
+        def f(parts):
+            q = parts[rank]
+            q = {"ravel": lambda: q.ravel(), "newaxis": lambda: q[None], "drop_row": lambda: q[:-1],
+                 "transpose": lambda: q.T, "empty": lambda: q[:0], "scalar": lambda: q.reshape(-1)[0]}[how]()
+            return [q if r == rank else p for r, p in enumerate(parts)]
+    elif kind == "list":
+        how = draw(st.sampled_from(["drop", "duplicate", "swap", "extra", "tuple", "generator"]))
+
+        def f(parts):
+            return {"drop": lambda: parts[:1], "duplicate": lambda: parts + [parts[rank]],
+                    "swap": lambda: parts[::-1], "extra": lambda: parts + [np.zeros_like(parts[0])],
+                    "tuple": lambda: tuple(parts), "generator": lambda: (p for p in parts)}[how]()
+    else:  # same values in other containers: lists of floats, torch tensors (the result must be right)
+        how = draw(st.sampled_from(["tolist", "torch", "stacked", "none", "dict", "strings"]))
+
+        def f(parts):
+            if how == "torch":
+                import torch
+                return [torch.from_numpy(p) for p in parts]
+            return {"tolist": lambda: [p.tolist() for p in parts], "stacked": lambda: np.stack(parts),
+                    "none": lambda: None, "dict": lambda: dict(enumerate(parts)),
+                    "strings": lambda: [str(p) for p in parts]}[how]()
+    return which, f
+
+
+@st.composite
+def distributed_calls(draw):
+    dtype = draw(st.sampled_from([F32, F64, F16, BF16]))
+    n = draw(st.sampled_from([1, 2]))
+    g = draw(st.sampled_from([1, 2, 4]))
+    c = g * draw(st.sampled_from([1, 2]))
+    cl = draw(st.booleans())
+    rows = draw(st.integers(1, 6))
+    cut = draw(st.integers(0, rows))  # rank 0 holds rows [0, cut), rank 1 the rest (either may be empty)
+    cols = draw(st.sampled_from([1, 3]))
+    backward = draw(st.booleans())
+    seed = draw(st.integers(0, 2**32 - 1))
+    return dtype, n, g, c, cl, rows, cut, cols, backward, seed
+
+
+@FUZZ
+@given(distributed_calls(), gather_mutations())
+def test_fuzz_allgather_results(call, mutation):
+    """Any allgather= result gives the right answer (bitwise the untouched exchange's) or a clear error."""
+    import groupnorm
+
+    dtype, n, g, c, cl, rows, cut, cols, backward, seed = call
+    which, mutate = mutation
+    rng = np.random.default_rng(seed)
+    shape = make_shape(n, c, (rows, cols), cl)
+    x = rng.normal(2.0, 3.0, shape).astype(dtype)
+    dy = rng.normal(0.0, 1.0, shape).astype(dtype)
+    w = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    ax = 1 if cl else 2
+    t0, t1 = (tuple(slice(lo, hi) if i == ax else slice(None) for i in range(4)) for lo, hi in ((0, cut), (cut, rows)))
+    mean, rstd = groupnorm.moments(x, g, channels_last=cl).mean_rstd()
+    out = np.full(x[t0].shape, np.nan, dtype)
+
+    def fn(t, ag):
+        o = out if t == t0 else None
+        if backward:
+            return groupnorm.distributed.group_norm_backward(dy[t], x[t], mean, rstd, g, w, allgather=ag,
+                                                             channels_last=cl, out=o)[0]
+        return groupnorm.distributed.group_norm(x[t], g, w, allgather=ag, channels_last=cl, out=o)
+
+    want = np.array(_two_rank_world(t0, t1, fn, groupnorm), copy=True)
+    out[...] = np.nan
+    try:
+        got = _two_rank_world(t0, t1, fn, groupnorm, lambda i, p: mutate(p) if i == which else p)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        event(f"{type(e).__name__}: {re.sub(r'[-0-9.e+]+|nan|inf', '#', msg)[:70]}")
+        assert 20 < len(msg) < 600 and ("allgather" in msg or "rank" in msg), msg
+        assert "(): incompatible" not in msg and "Invoked with" not in msg, msg  # never pybind11's text
+        assert np.isnan(out.astype(np.float32)).all(), f"out was written before the error: {msg}"
+        return
+    event("a result")
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), "a wrong result without an error"

@@ -11,7 +11,11 @@ x^2.
 The collective is an existing engine's: mpi4py's ``comm.allgather`` by default
 (``COMM_WORLD`` unless ``comm=``), or any ``allgather=`` callable for
 torch.distributed, Dask, Ray...: it takes this rank's NumPy array and returns
-the list of every rank's array, in rank order, the same list on every rank.
+the list of every rank's array, in rank order, the same list on every rank,
+each array unchanged (same dtype, shape and values). It is called twice per
+call: a fixed-size header (so ranks that disagree all raise the same
+ValueError, and a rank whose own checks fail makes the others raise instead of
+waiting), then the moments or sums, checked against the headers before use.
 With torch.distributed::
 
     import torch.distributed as dist

@@ -522,7 +522,11 @@ class SyncGroupNorm(GroupNorm):
 
     Runs on CPU tensors with any torch.distributed backend that all-gathers
     CPU tensors (gloo, MPI). Without an initialized process group (or with
-    one rank) it is GroupNorm of the local tensor.
+    one rank) it is GroupNorm of the local tensor. The exchange is
+    ``groupnorm.distributed``'s: a fixed-size header first, so ranks that
+    disagree (N, C, G, dtype, layout, eps, affine, activation...) all raise
+    the same ValueError naming the difference, and a rank whose own checks
+    fail makes the others raise instead of waiting.
 
     Args:
         num_groups, num_channels, eps, affine, device, dtype, activation: as GroupNorm.
