@@ -27,6 +27,7 @@ With torch.distributed::
 
     y = groupnorm.distributed.group_norm(x_local, 32, w, b, allgather=allgather)
 """
+import math
 import zlib
 
 import numpy as np
@@ -112,8 +113,10 @@ def _crc(*arrays):
     """CRC-32 of float arrays' float64 bytes, NaNs canonical (a transport may change NaN payloads)."""
     c = 0
     for a in arrays:
-        a = np.asarray(a, dtype=np.float64)
-        c = zlib.crc32(np.ascontiguousarray(np.where(np.isnan(a), np.nan, a)).tobytes(), c)
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        if not np.isfinite(a).all():
+            a = np.ascontiguousarray(np.where(np.isnan(a), np.nan, a))
+        c = zlib.crc32(a.tobytes(), c)
     return c
 
 
@@ -170,49 +173,51 @@ def _check_part(r, p, sent, what):
                          f"{sent.shape}: it must return every rank's array unchanged")
 
 
+def _header_problem(f):
+    """What is wrong with a gathered header (a list of floats), or None. Plain Python: headers are short."""
+    if f[0] != _MAGIC or f[1] != _VERSION:
+        return "it does not start with groupnorm's mark and version"
+    if f[2] not in _CALLS or f[_ERROR] not in (0.0, 1.0):
+        return "its call or error flag is not one groupnorm writes"
+    if f[_ERROR] == 1.0:
+        return None
+    if not all(0 <= f[i] <= _EXACT and f[i] == int(f[i]) for i in (3, 4, 5, 8, _SPATIAL, _CRC)):
+        return "its sizes are not non-negative integers"
+    if f[_SPATIAL] * max(f[4] // max(f[5], 1), 1) > _EXACT:
+        return f"its tile's count of {f[_SPATIAL]:.17g} spatial elements per channel is out of range"
+    if (not math.isfinite(f[12]) or f[6] not in _DTYPE_NAMES or f[9] not in _ACTIVATIONS
+            or not all(f[i] in (0.0, 1.0) for i in (7, 10, 11, 13, 14, _NONFINITE))):
+        return "its dtype, eps, activation or flags are not values groupnorm writes"
+    return None
+
+
 def _exchange_headers(gather, h, err):
-    """All-gathers h; returns every rank's header as a flat array, or raises the same error on every rank."""
+    """All-gathers h; returns every rank's header (lists of floats), or raises the same error on every rank."""
     heads = _as_parts(gather(h), "header")
     for r, p in enumerate(heads):
         _check_part(r, p, h, "header")
-        f = p.reshape(-1)
-        bad = None
-        if f[0] != _MAGIC or f[1] != _VERSION:
-            bad = "it does not start with groupnorm's mark and version"
-        elif f[2] not in _CALLS or f[_ERROR] not in (0.0, 1.0):
-            bad = "its call or error flag is not one groupnorm writes"
-        elif f[_ERROR] == 0.0:
-            ints = f[[3, 4, 5, 8, _SPATIAL, _CRC]]
-            if not (np.isfinite(ints).all() and (ints >= 0).all() and (ints <= _EXACT).all()
-                    and (ints == np.floor(ints)).all()):
-                bad = "its sizes are not non-negative integers"
-            elif f[_SPATIAL] * max(f[4] // max(f[5], 1), 1) > _EXACT:
-                bad = f"its tile's count of {f[_SPATIAL]:.17g} spatial elements per channel is out of range"
-            elif (not np.isfinite(f[12]) or f[6] not in _DTYPE_NAMES or f[9] not in _ACTIVATIONS
-                  or not np.isin(f[[7, 10, 11, 13, 14, _NONFINITE]], (0.0, 1.0)).all()):
-                bad = "its dtype, eps, activation or flags are not values groupnorm writes"
+    heads = [p.reshape(-1).tolist() for p in heads]
+    for r, f in enumerate(heads):
+        bad = _header_problem(f)
         if bad:
             raise ValueError(f"allgather returned for rank {r} a header that groupnorm did not write ({bad}): "
                              "it must return every rank's array unchanged, in rank order")
-    heads = [p.reshape(-1) for p in heads]
-    own = h.reshape(-1)
-    if not any(np.array_equal(p, own) for p in heads):
+    if h.reshape(-1).tolist() not in heads:
         raise ValueError(f"allgather returned {len(heads)} headers and none is this rank's own: it must return "
                          "every rank's array unchanged, this rank's included")
-    failed = [r for r, p in enumerate(heads) if p[_ERROR]]
+    failed = [r for r, f in enumerate(heads) if f[_ERROR]]
     if failed:
         if err is not None:
             raise err
         raise ValueError(f"{_ranks(failed)} of {len(heads)} failed {'its' if len(failed) == 1 else 'their'} "
                          f"own argument checks in {_CALLS[heads[failed[0]][2]]} (see that rank's error); every "
                          "rank raises so that none waits in a collective")
+    if all(f[2:16] == heads[0][2:16] for f in heads):
+        return heads
     problems = []
-    if len({p[2] for p in heads}) > 1:
-        fields = _FIELDS[:1]  # different calls: the rest does not compare
-    else:
-        fields = _FIELDS
-    for slot, name, fmt in fields:
-        vals = [p[slot] for p in heads]
+    same_call = all(f[2] == heads[0][2] for f in heads)
+    for slot, name, fmt in _FIELDS if same_call else _FIELDS[:1]:  # different calls: the rest does not compare
+        vals = [f[slot] for f in heads]
         if len(set(vals)) == 1:
             continue
         groups = {}
@@ -220,10 +225,8 @@ def _exchange_headers(gather, h, err):
             groups.setdefault(v, []).append(r)
         problems.append(f"{name} differs between ranks: " + ", ".join(
             f"{_ranks(rs)} {'has' if len(rs) == 1 else 'have'} {fmt(v)}" for v, rs in groups.items()))
-    if problems:
-        raise ValueError("; ".join(problems) + " (every rank must call with the same samples, channels, "
-                         "groups, dtype, layout and arguments; only the spatial extent of the tiles may differ)")
-    return heads
+    raise ValueError("; ".join(problems) + " (every rank must call with the same samples, channels, "
+                     "groups, dtype, layout and arguments; only the spatial extent of the tiles may differ)")
 
 
 def _exchange(gather, call, local):
@@ -268,48 +271,63 @@ def _check_crc(r, head, p, what):
                          "(checksum differs): it must return every rank's array unchanged")
 
 
+def _parts_clean(heads, A, counts, nonneg):
+    """Every part's counts, finiteness, sign of M2 and checksum as its header says (vectorized)."""
+    R = len(A)
+    with np.errstate(invalid="ignore"):
+        if counts is not None and not (A[:, 0] == counts.reshape((R,) + (1,) * (A.ndim - 2))).all():
+            return False
+        vals = A[:, 1:] if counts is not None else A
+        finite = np.isfinite(vals.reshape(R, -1)).all(axis=1)
+        if not all(ok or h[_NONFINITE] for ok, h in zip(finite.tolist(), heads)):
+            return False
+        if nonneg is not None and (A[:, nonneg] < 0).any():
+            return False
+    return all(_crc(a) == int(h[_CRC]) for a, h in zip(A, heads))
+
+
 def _merge_moments(heads, parts, m):
     """The Moments of every rank merged in rank order, after checking each part against its header."""
     n, g = m.shape
     cpg = int(heads[0][4]) // g
-    total = 0
-    ms = []
-    for r, (head, p) in enumerate(zip(heads, parts)):
+    for r, p in enumerate(parts):
         _check_part(r, p, np.empty((3, n, g)), "moments")
-        count = int(head[_SPATIAL]) * cpg
-        total += count
-        if total > _I64_MAX:
-            raise ValueError(f"the ranks' tiles hold {total} elements per group up to rank {r}, more than an "
-                             "int64 count holds")
-        wrong = np.argwhere(p[0] != count)
-        if wrong.size:
-            i = tuple(int(k) for k in wrong[0])
-            raise ValueError(f"allgather returned rank {r}'s moments with count {float(p[0][i])!r} for (sample, group) "
-                             f"{i}, but its tile holds {count} elements per group: it must return every rank's "
-                             "array unchanged")
-        _check_finite(r, head, p, "moments", (("mean", p[1]), ("M2", p[2])))
-        neg = np.argwhere(p[2] < 0)
-        if neg.size:
-            raise ValueError(f"allgather returned rank {r}'s moments with a negative M2 {float(p[2][tuple(neg[0])])!r} "
-                             f"at {tuple(int(k) for k in neg[0])}: it must return every rank's array unchanged")
-        _check_crc(r, head, p, "moments")
-        ms.append(split.Moments(np.full((n, g), count, np.int64), p[1], p[2], m.stats_dtype))
-    return split.merge_moments(ms)
+    counts = [int(h[_SPATIAL]) * cpg for h in heads]
+    if sum(counts) > _I64_MAX:
+        raise ValueError(f"the ranks' tiles hold {sum(counts)} elements per group in all, more than an int64 count "
+                         "holds")
+    A = np.stack(parts)
+    if not _parts_clean(heads, A, np.array(counts, np.float64), 2):
+        for r, (head, p, count) in enumerate(zip(heads, parts, counts)):
+            wrong = np.argwhere(p[0] != count)
+            if wrong.size:
+                i = tuple(int(k) for k in wrong[0])
+                raise ValueError(f"allgather returned rank {r}'s moments with count {float(p[0][i])!r} for (sample, "
+                                 f"group) {i}, but its tile holds {count} elements per group: it must return every "
+                                 "rank's array unchanged")
+            _check_finite(r, head, p, "moments", (("mean", p[1]), ("M2", p[2])))
+            neg = np.argwhere(p[2] < 0)
+            if neg.size:
+                raise ValueError(f"allgather returned rank {r}'s moments with a negative M2 "
+                                 f"{float(p[2][tuple(neg[0])])!r} at {tuple(int(k) for k in neg[0])}: it must "
+                                 "return every rank's array unchanged")
+            _check_crc(r, head, p, "moments")
+    return split.merge_moments([split.Moments(np.full((n, g), count, np.int64), p[1], p[2], m.stats_dtype)
+                                for p, count in zip(parts, counts)])
 
 
 def _merge_sums(heads, parts, s):
     """The BackwardSums of every rank added in rank order, after checking each part against its header."""
-    total = 0
-    ss = []
-    for r, (head, p) in enumerate(zip(heads, parts)):
+    for r, p in enumerate(parts):
         _check_part(r, p, np.empty((2,) + s.shape), "backward sums")
-        total += int(head[_SPATIAL])
-        if total > _I64_MAX:
-            raise ValueError(f"the ranks' tiles hold {total} spatial elements up to rank {r}, more than int64 holds")
-        _check_finite(r, head, p, "backward sums", (("sum_dz", p[0]), ("sum_dz_xc", p[1])))
-        _check_crc(r, head, p, "backward sums")
-        ss.append(split.BackwardSums(p[0], p[1], int(head[_SPATIAL])))
-    return split.merge_backward_sums(ss)
+    spatial = [int(h[_SPATIAL]) for h in heads]
+    if sum(spatial) > _I64_MAX:
+        raise ValueError(f"the ranks' tiles hold {sum(spatial)} spatial elements in all, more than int64 holds")
+    if not _parts_clean(heads, np.stack(parts), None, None):
+        for r, (head, p) in enumerate(zip(heads, parts)):
+            _check_finite(r, head, p, "backward sums", (("sum_dz", p[0]), ("sum_dz_xc", p[1])))
+            _check_crc(r, head, p, "backward sums")
+    return split.merge_backward_sums([split.BackwardSums(p[0], p[1], sp) for p, sp in zip(parts, spatial)])
 
 
 def sync_moments(gather, call, local):
