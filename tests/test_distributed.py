@@ -180,7 +180,8 @@ DISAGREEMENTS = [
     ("dtype", dict(dtype=F32), dict(dtype=F64), r"dtype differs between ranks: rank 0 has float32, rank 1 has float64"),
     ("layout", dict(cl=False), dict(cl=True), r"layout differs between ranks: rank 0 has channels-first, rank 1 has "
                                                r"channels_last"),
-    ("spatial dims", dict(sp=(5, 4)), dict(sp=(5, 2, 2)), r"number of spatial dims differs .*rank 0 has 2, rank 1 has 3"),
+    ("spatial dims", dict(sp=(5, 4)), dict(sp=(5, 2, 2)),
+     r"number of spatial dims differs .*rank 0 has 2, rank 1 has 3"),
     ("eps", dict(eps=1e-5), dict(eps=1e-3), r"eps differs between ranks: rank 0 has 1e-05, rank 1 has 0.001"),
     ("affine", dict(affine=True), dict(affine=False), r"weight differs between ranks: rank 0 has given, rank 1 has "
                                                        r"None; bias differs"),
@@ -303,9 +304,11 @@ MALFORMED = [
     ("big-endian", lambda i, p: [q.astype(">f8") for q in p] if i else p, r"as >f8, sent as float64"),
     ("count 1e19", lambda i, p: p if i == 0 else [p[0], _set(p[1], (0, 0, 0), 1e19)],
      r"rank 1's moments with count 1e\+19 for \(sample, group\) \(0, 0\), but its tile holds 30 elements per group"),
-    ("count -60", lambda i, p: p if i == 0 else [p[0], _set(p[1], (0, 1, 2), -60.0)], r"rank 1's moments with count -60"),
+    ("count -60", lambda i, p: p if i == 0 else [p[0], _set(p[1], (0, 1, 2), -60.0)],
+     r"rank 1's moments with count -60"),
     ("count 2.5", lambda i, p: p if i == 0 else [_set(p[0], (0, 0, 1), 2.5), p[1]], r"rank 0's moments with count 2.5"),
-    ("NaN parts", lambda i, p: p if i == 0 else [np.full_like(q, np.nan) for q in p], r"rank 0's moments with count nan"),
+    ("NaN parts", lambda i, p: p if i == 0 else [np.full_like(q, np.nan) for q in p],
+     r"rank 0's moments with count nan"),
     ("NaN mean", lambda i, p: p if i == 0 else [p[0], _set(p[1], (1, 1, 0), np.nan)],
      r"rank 1's moments with mean nan at \(1, 0\), but that rank's were all finite"),
     ("inf M2", lambda i, p: p if i == 0 else [p[0], _set(p[1], (2, 0, 3), np.inf)], r"rank 1's moments with M2 inf"),
