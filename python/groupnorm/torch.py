@@ -239,6 +239,20 @@ def _backward(ctx, grad_y, grad_mean, grad_rstd, grad_s):
 _group_norm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class DoubleBackwardError(NotImplementedError, ValueError):
+    """Gradients of groupnorm's gradients (double backward) are not supported."""
+
+
+def _no_double_backward(ctx, *grads):
+    raise DoubleBackwardError(
+        "groupnorm does not support double backward (a gradient of its gradient, e.g. "
+        "torch.autograd.grad(..., create_graph=True) followed by another backward); use "
+        "torch.nn.functional.group_norm where second-order gradients are needed")
+
+
+_group_norm_backward_op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
 # --------------------------------------------------------------------------- CUDA
 
 
@@ -390,6 +404,10 @@ class GroupNorm(torch.nn.GroupNorm):
         self.activation = activation
 
     def forward(self, input):
+        if isinstance(input, torch.Tensor) and input.dim() >= 2 and input.shape[1] != self.num_channels:
+            raise ValueError(f"{type(self).__name__}({self.num_groups}, {self.num_channels}) expects "
+                             f"{self.num_channels} channels (dim 1), got input of shape {tuple(input.shape)} "
+                             f"with {input.shape[1]}")
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
                           activation=getattr(self, "activation", None))
 
