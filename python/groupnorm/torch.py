@@ -558,6 +558,10 @@ class SyncGroupNorm(GroupNorm):
 
     def forward(self, input):
         try:
+            if isinstance(input, torch.Tensor) and input.dim() >= 2 and input.shape[1] != self.num_channels:
+                raise ValueError(f"{type(self).__name__}({self.num_groups}, {self.num_channels}) expects "
+                                 f"{self.num_channels} channels (dim 1), got input of shape {tuple(input.shape)} "
+                                 f"with {input.shape[1]}")
             groups, eps, act = _check(input, self.num_groups, self.weight, self.bias, self.eps, self.activation,
                                       None)
             if input.device.type != "cpu":
