@@ -77,13 +77,17 @@ def from_dlpack(x, name="x"):
         raise TypeError(f"{name} could not be read through DLPack: {e}") from None
 
 
+def _channel_axis(shape, channels_last, name):
+    if len(shape) < 2:
+        raise ValueError(f"{name} must have at least 2 dims (N, C, *spatial), got shape {tuple(shape)}")
+    return len(shape) - 1 if channels_last else 1
+
+
 def geometry(shape, channels_last, name="x"):
     """(N, C, S) of a shape (N, C, *spatial), or (N, *spatial, C) when channels_last: the
     one rule in Python (the binding's geometry() is the same for NumPy arrays)."""
     shape = tuple(shape)
-    if len(shape) < 2:
-        raise ValueError(f"{name} must have at least 2 dims (N, C, *spatial), got shape {shape}")
-    cdim = len(shape) - 1 if channels_last else 1
+    cdim = _channel_axis(shape, channels_last, name)
     s = 1
     for i in range(1, len(shape)):
         if i != cdim:
@@ -92,8 +96,8 @@ def geometry(shape, channels_last, name="x"):
 
 
 def channels_of(x, channels_last):
-    """C of an array x (its geometry's)."""
-    return geometry(x.shape, channels_last)[1]
+    """C of an array x (its geometry's, without the spatial product)."""
+    return x.shape[_channel_axis(x.shape, channels_last, "x")]
 
 
 # the core's sizes are int64; a larger Python int names the argument here

@@ -86,7 +86,7 @@ def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Opti
         return _cuda.group_norm(x, groups, weight, bias, e, channels_last, act, out, return_stats, skip, skip_bias,
                                 sum_out)
     x = checks.as_input(x)
-    _core.check(channels=checks.channels_of(x, channels_last), groups=groups, eps=e)  # before any allocation
+    _core.check(checks.channels_of(x, channels_last), groups, e)  # (channels, groups, eps), before any allocation
     return forward_checked(x, groups, weight, bias, e, channels_last, act, nthreads, out=out, return_stats=return_stats,
                            skip=skip, skip_bias=skip_bias, sum_out=sum_out, stats=stats)
 
@@ -115,13 +115,16 @@ def forward_checked(x, groups, weight, bias, eps, channels_last, act, num_thread
         n = x.shape[0]
         mean = np.empty((n, groups), sd)
         rstd = np.empty((n, groups), sd)
-    call = dict(x=x, groups=groups, weight=weight, bias=bias, eps=eps, channels_last=channels_last, activation=act,
-                dtype=dtype_code, param_dtype=param_code, y=y, mean=mean, rstd=rstd, skip=skip, skip_bias=skip_bias,
-                sum_out=sum_out, num_threads=num_threads)
     if stats is None:
-        _core.forward(**call)
+        # positional on purpose, in the binding's order (_core.pyi names it): pybind11's keyword
+        # matching costs ~1.5 us a call, a third of a small checked call
+        _core.forward(x, groups, weight, bias, eps, channels_last, act, dtype_code, param_code, y, mean, rstd, skip,
+                      skip_bias, sum_out, num_threads)
     else:
-        _core.forward_given(**call, **split.given_stats(stats, x.shape[0], groups, x.dtype))
+        _core.forward_given(x=x, groups=groups, weight=weight, bias=bias, eps=eps, channels_last=channels_last,
+                            activation=act, dtype=dtype_code, param_dtype=param_code, y=y, mean=mean, rstd=rstd,
+                            skip=skip, skip_bias=skip_bias, sum_out=sum_out, num_threads=num_threads,
+                            **split.given_stats(stats, x.shape[0], groups, x.dtype))
     if return_stats:
         return y, mean, rstd
     return y
@@ -163,7 +166,7 @@ def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: i
             raise TypeError("sums= is supported for CPU (NumPy) arrays only")
         return _cuda.group_norm_backward(grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, out)
     x = checks.as_input(x)
-    _core.check(channels=checks.channels_of(x, channels_last), groups=groups, eps=0.0)
+    _core.check(checks.channels_of(x, channels_last), groups, 0.0)  # (channels, groups, eps)
     return backward_checked(grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, nthreads, out=out,
                             sums=sums)
 
@@ -183,14 +186,17 @@ def backward_checked(grad_y, x, mean, rstd, groups, weight, bias, channels_last,
     grad_x = checks.output(out, x.shape, x.dtype)
     gw = None if weight is None else np.empty(channels, weight.dtype)
     gb = None if bias is None else np.empty(channels, bias.dtype)
-    call = dict(grad_y=grad_y, x=x, mean=stats[0], rstd=stats[1], groups=groups, weight=weight, bias=bias,
-                channels_last=channels_last, activation=act, dtype=dtype_code, param_dtype=param_code, grad_x=grad_x,
-                grad_weight=gw, grad_bias=gb, num_threads=num_threads)
     if sums is None:
-        _core.backward(**call)
+        # positional on purpose, as _core.forward above
+        _core.backward(grad_y, x, stats[0], stats[1], groups, weight, bias, channels_last, act, dtype_code, param_code,
+                       grad_x, gw, gb, num_threads)
     else:
         sums = split.given_sums(sums, n, channels, checks.geometry(x.shape, channels_last)[2])
-        _core.backward_given(**call, sum_dz=sums.sum_dz, sum_dz_xc=sums.sum_dz_xc, total_spatial=sums.spatial)
+        _core.backward_given(grad_y=grad_y, x=x, mean=stats[0], rstd=stats[1], groups=groups, weight=weight,
+                             bias=bias, channels_last=channels_last, activation=act, dtype=dtype_code,
+                             param_dtype=param_code, grad_x=grad_x, grad_weight=gw, grad_bias=gb,
+                             sum_dz=sums.sum_dz, sum_dz_xc=sums.sum_dz_xc, total_spatial=sums.spatial,
+                             num_threads=num_threads)
     # each gradient in its own parameter's dtype
     if gw is not None and gw.dtype != np.asarray(weight_in).dtype:
         gw = gw.astype(np.asarray(weight_in).dtype)
