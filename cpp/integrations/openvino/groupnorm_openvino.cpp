@@ -153,7 +153,7 @@ bool GroupNorm::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inpu
     a.y = outputs[0].data();
     if (m_emit_sum) a.sum_out = outputs[1].data();
     Exec e;
-    e.num_threads = ov::parallel_get_max_threads();
+    e.num_threads = parallel_get_max_threads();  // the arena this request runs in
     e.parallel_for = ov_parallel_for;
     const Result r = forward(p, a, e);
     if (!r) OPENVINO_THROW("GroupnormGroupNorm: ", r.message);
