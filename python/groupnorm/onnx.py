@@ -79,6 +79,13 @@ def _flag_attr(value: Any, name: str) -> bool:
     return bool(v)
 
 
+def _epsilon(epsilon: Any) -> float:
+    """The epsilon attribute's value: ONNX stores a float32."""
+    if isinstance(epsilon, (bool, np.bool_)) or not isinstance(epsilon, (int, float, np.integer, np.floating)):
+        raise TypeError(f"epsilon must be a real number, got {type(epsilon).__name__} {epsilon!r}")
+    return float(np.float32(epsilon))
+
+
 def _params(a: Any, name: str, x_dtype: np.dtype, length: int, what: str) -> np.ndarray:
     a = _array(a, name)
     if a.shape != (length,):
@@ -95,8 +102,8 @@ def group_normalization(x: Any, scale: Any, bias: Any, num_groups: int, epsilon:
         scale, bias: x's dtype; shape (num_groups,) for ``opset=18``, (C,) for
             ``opset=21``.
         num_groups: a divisor of C.
-        epsilon: added to the variance (the attribute is a float32 in ONNX; it
-            is used as given).
+        epsilon: added to the variance; rounded to float32 first, as the ONNX
+            attribute is a float32 (the reference casts that value).
         opset: 18 or 21 (the ONNX version of the operator).
         stash_type: opset 21 only: the precision of stage one, a TensorProto
             dtype code in ``STASH_DTYPES`` (1 float32, 10 float16, 11 float64,
@@ -135,11 +142,12 @@ def group_normalization(x: Any, scale: Any, bias: Any, num_groups: int, epsilon:
         if a.dtype != x.dtype:
             raise TypeError(f"{name} must have x's dtype {x.dtype} (type T of the spec), got {a.dtype}")
     stash = STASH_DTYPES[stash_type] if opset == 21 else x.dtype
+    eps = _epsilon(epsilon)
     if _PRECISION[stash] >= _PRECISION[x.dtype]:
         # stage one at least as precise as x's type: the kernel's float accumulation is that
-        return group_norm(x, groups, scale, bias, float(epsilon), num_threads=num_threads)
+        return group_norm(x, groups, scale, bias, eps, num_threads=num_threads)
     # a narrower stash: normalize in the stash type, then the affine in x's type (the spec's two stages)
-    normalized = group_norm(x.astype(stash), groups, None, None, float(epsilon), num_threads=num_threads)
+    normalized = group_norm(x.astype(stash), groups, None, None, eps, num_threads=num_threads)
     dims = (1, channels) + (1,) * (x.ndim - 2)
     y = normalized.astype(x.dtype)
     y *= scale.reshape(dims)
@@ -197,7 +205,7 @@ def microsoft_group_norm(x: Any, gamma: Any, beta: Any, groups: int, activation:
         gamma, beta: (C,), float16 or float32 (one dtype for both).
         groups: a divisor of C.
         activation: 0 (none) or 1 (SiLU after the affine).
-        epsilon: added to the variance.
+        epsilon: added to the variance (rounded to float32, the attribute's type).
         channels_last: 1 or 0, as the attribute.
         num_threads: threads for this call.
 
@@ -205,7 +213,7 @@ def microsoft_group_norm(x: Any, gamma: Any, beta: Any, groups: int, activation:
         Y, x's shape and dtype.
     """
     x, gamma, beta, groups, act, cl = _contrib_args(x, gamma, beta, groups, activation, channels_last)
-    return group_norm(x, groups, gamma, beta, float(epsilon), channels_last=cl, activation=act,
+    return group_norm(x, groups, gamma, beta, _epsilon(epsilon), channels_last=cl, activation=act,
                       num_threads=num_threads)
 
 
@@ -242,7 +250,7 @@ def microsoft_skip_group_norm(x: Any, gamma: Any, beta: Any, skip: Any, bias: Op
     if type(return_sum) is not bool:
         raise TypeError(f"return_sum must be a bool, got {type(return_sum).__name__}")
     s = np.empty_like(x) if return_sum else None
-    y = group_norm(x, groups, gamma, beta, float(epsilon), channels_last=cl, activation=act, skip=skip,
+    y = group_norm(x, groups, gamma, beta, _epsilon(epsilon), channels_last=cl, activation=act, skip=skip,
                    skip_bias=bias, sum_out=s, num_threads=num_threads)
     return (y, s) if return_sum else y
 
@@ -260,8 +268,9 @@ def run_node(node: Any, inputs: Sequence[Optional[np.ndarray]], opset: Optional[
     optional input) and return its outputs as a list.
 
     ``opset`` is the model's default-domain opset (GroupNormalization's version is the
-    newest of 18 and 21 not above it); by default the version is read from scale's shape
-    (the two versions agree where num_groups == C).
+    newest of 18 and 21 not above it). Without it the version is read from scale's shape:
+    (num_groups,) is 18, (C,) is 21; where num_groups == C the two differ only in stage
+    one's precision (18: x's type, 21: stash_type) and 21 is assumed.
     """
     attrs = _attrs(node)
     domain = node.domain or ""
