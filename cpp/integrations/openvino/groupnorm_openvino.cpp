@@ -4,9 +4,6 @@
 
 #include <groupnorm/groupnorm.hpp>
 
-#include <cstdlib>
-#include <cstring>
-#include <numeric>
 #include <string>
 #include <vector>
 
@@ -21,7 +18,6 @@
 #include <openvino/op/multiply.hpp>
 #include <openvino/op/reshape.hpp>
 #include <openvino/op/shape_of.hpp>
-#include <openvino/op/transpose.hpp>
 
 namespace groupnorm {
 namespace openvino {
@@ -213,35 +209,6 @@ Output<ov::Node> reshape(const Output<ov::Node>& v, std::vector<std::int64_t> di
     return std::make_shared<ov::op::v1::Reshape>(v, target, true);
 }
 
-// A channels-first GroupNorm, as one node on x, or (GROUPNORM_OPENVINO_LAYOUT=channels_last at
-// conversion time, rank >= 3) as Transpose -> channels-last node -> Transpose back: the CPU plugin
-// can then merge the transposes with the reorders it puts around the node when its neighbours
-// hold the tensor channels-last.
-Output<ov::Node> channels_first_group_norm(const ov::OutputVector& args, std::int64_t groups, float eps, bool silu,
-                                           const std::string& name) {
-    const char* layout = std::getenv("GROUPNORM_OPENVINO_LAYOUT");
-    const auto& ps = args[0].get_partial_shape();
-    if (layout && std::strcmp(layout, "channels_last") == 0 && ps.rank().is_static() && ps.rank().get_length() >= 3) {
-        const auto rank = ps.rank().get_length();
-        std::vector<std::int64_t> to_last(rank), to_first(rank);
-        to_last[0] = 0;
-        for (std::int64_t i = 1; i < rank - 1; ++i) to_last[i] = i + 1;
-        to_last[rank - 1] = 1;
-        for (std::int64_t i = 0; i < rank; ++i) to_first[to_last[i]] = i;
-        auto perm = [&](const std::vector<std::int64_t>& p) {
-            return Constant::create(ov::element::i64, ov::Shape{p.size()}, p);
-        };
-        ov::OutputVector a = args;
-        a[0] = std::make_shared<ov::op::v1::Transpose>(args[0], perm(to_last));
-        auto gn = std::make_shared<GroupNorm>(a, groups, eps, true, silu, false);
-        gn->set_friendly_name(name);
-        return std::make_shared<ov::op::v1::Transpose>(gn, perm(to_first));
-    }
-    auto gn = std::make_shared<GroupNorm>(args, groups, eps, false, silu, false);
-    gn->set_friendly_name(name);
-    return gn->output(0);
-}
-
 // ONNX GroupNormalization-18 (scale/bias per group) and -21 (per channel, stash_type).
 ov::OutputVector convert_group_normalization(const ov::frontend::NodeContext& ctx) {
     if (ctx.get_input_size() != 3)
@@ -281,7 +248,9 @@ ov::OutputVector convert_group_normalization(const ov::frontend::NodeContext& ct
         OPENVINO_THROW("GroupNormalization '", ctx.get_name(), "': X must be f32, f16, bf16 or f64, got ", et);
     if (precision_bits(st) >= precision_bits(et)) {
         // stage one at least as precise as X's type: the kernel's float accumulation is that; one node
-        return {channels_first_group_norm({x, scale, bias}, groups, eps, false, ctx.get_name())};
+        auto gn = std::make_shared<GroupNorm>(ov::OutputVector{x, scale, bias}, groups, eps, false, false, false);
+        gn->set_friendly_name(ctx.get_name());
+        return {gn->output(0)};
     }
     // a narrower stash type: normalize in it, then the affine in X's type (the spec's two stages)
     auto xs = std::make_shared<ov::op::v0::Convert>(x, st);
