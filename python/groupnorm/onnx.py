@@ -43,12 +43,17 @@ the reference is not.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
 from . import _checks as C
-from .functional import group_norm
+from .functional import group_norm as _group_norm
+
+
+def group_norm(*args: Any, **kwargs: Any) -> np.ndarray:
+    """groupnorm.group_norm without return_stats: always one array."""
+    return cast(np.ndarray, _group_norm(*args, **kwargs))
 
 __all__ = ["group_normalization", "microsoft_group_norm", "microsoft_skip_group_norm", "run_node",
            "STASH_DTYPES", "OPSETS"]
@@ -252,7 +257,7 @@ def microsoft_skip_group_norm(x: Any, gamma: Any, beta: Any, skip: Any, bias: Op
     s = np.empty_like(x) if return_sum else None
     y = group_norm(x, groups, gamma, beta, _epsilon(epsilon), channels_last=cl, activation=act, skip=skip,
                    skip_bias=bias, sum_out=s, num_threads=num_threads)
-    return (y, s) if return_sum else y
+    return (y, s) if s is not None else y
 
 
 def _attrs(node: Any) -> dict:
@@ -282,7 +287,7 @@ def run_node(node: Any, inputs: Sequence[Optional[np.ndarray]], opset: Optional[
             raise ValueError("GroupNormalization needs the attribute num_groups")
         x, scale, bias = inputs[0], inputs[1], inputs[2]
         if opset is None:
-            version = 18 if np.shape(scale) != np.shape(x)[1:2] else 21
+            version = 18 if np.shape(cast(Any, scale)) != np.shape(cast(Any, x))[1:2] else 21
         else:
             opset = _int_attr(opset, "opset")
             if opset < 18:
@@ -301,6 +306,6 @@ def run_node(node: Any, inputs: Sequence[Optional[np.ndarray]], opset: Optional[
         bias = inputs[4] if len(inputs) > 4 else None
         want_sum = len(node.output) > 1 and node.output[1] != ""
         out = microsoft_skip_group_norm(inputs[0], inputs[1], inputs[2], inputs[3], bias, return_sum=want_sum, **kw)
-        return list(out) if want_sum else [out]
+        return list(out) if isinstance(out, tuple) else [out]
     raise ValueError(f"run_node runs GroupNormalization, com.microsoft.GroupNorm and com.microsoft.SkipGroupNorm, "
                      f"got {domain or 'ai.onnx'}.{node.op_type}")
