@@ -93,6 +93,22 @@ def test_group_normalization(core, tmp_path, rng, dtype, opset):
         np.testing.assert_array_equal(y, groupnorm.group_norm(x, G, w, b, float(np.float32(1e-3))))
 
 
+def test_opset18_scale_as_an_input(core, tmp_path, rng):
+    """Per-group scale/bias fed at run time (not initializers): repeated per channel inside the graph."""
+    g = rng.rng
+    x = g.standard_normal((2, 12, 5)).astype(F32)
+    scale, bias = params(g, 3, F32), params(g, 3, F32)
+    node = helper.make_node("GroupNormalization", ["x", "scale", "bias"], ["y"], num_groups=3)
+    model = make_model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape)),
+                                helper.make_tensor_value_info("scale", TensorProto.FLOAT, [3]),
+                                helper.make_tensor_value_info("bias", TensorProto.FLOAT, [3])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [], 18)
+    (y,), read, perf = run(core, model, {"x": x, "scale": scale, "bias": bias}, tmp_path)
+    expected = ReferenceEvaluator(model).run(None, {"x": x, "scale": scale, "bias": bias})[0]
+    assert_close(y, expected, *tolerance(F32, x=x, groups=3), "GroupNormalization-18, scale as an input")
+    assert_served_by_groupnorm(read, perf, 1)
+
+
 @pytest.mark.parametrize("stash_type", [1, 10, 11])
 def test_stash_type(core, tmp_path, rng, stash_type):
     g = rng.rng

@@ -229,9 +229,23 @@ ov::OutputVector convert_group_normalization(const ov::frontend::NodeContext& ct
         OPENVINO_THROW("GroupNormalization '", ctx.get_name(), "': scale and bias must both have num_channels ", c,
                        " elements (opset 21) or num_groups ", groups, " (opset 18), got ", ls, " and ", lb);
     if (ls != c) {  // opset 18: one value per group, repeated over its channels
-        auto per_channel = Constant::create(ov::element::i64, ov::Shape{2}, {groups, c / groups});
-        scale = reshape(std::make_shared<ov::op::v3::Broadcast>(reshape(scale, {groups, 1}), per_channel), {c});
-        bias = reshape(std::make_shared<ov::op::v3::Broadcast>(reshape(bias, {groups, 1}), per_channel), {c});
+        auto cs = ov::as_type_ptr<Constant>(scale.get_node_shared_ptr());
+        auto cb = ov::as_type_ptr<Constant>(bias.get_node_shared_ptr());
+        if (cs && cb && scale.get_element_type() == bias.get_element_type()) {
+            // constants (the usual case): repeated here, so later passes see constant parameters
+            const auto vs = cs->cast_vector<double>(), vb = cb->cast_vector<double>();
+            std::vector<double> rs, rb;
+            for (std::int64_t i = 0; i < c; ++i) {
+                rs.push_back(vs[i / (c / groups)]);
+                rb.push_back(vb[i / (c / groups)]);
+            }
+            scale = Constant::create(scale.get_element_type(), ov::Shape{static_cast<size_t>(c)}, rs);
+            bias = Constant::create(bias.get_element_type(), ov::Shape{static_cast<size_t>(c)}, rb);
+        } else {
+            auto per_channel = Constant::create(ov::element::i64, ov::Shape{2}, {groups, c / groups});
+            scale = reshape(std::make_shared<ov::op::v3::Broadcast>(reshape(scale, {groups, 1}), per_channel), {c});
+            bias = reshape(std::make_shared<ov::op::v3::Broadcast>(reshape(bias, {groups, 1}), per_channel), {c});
+        }
     }
     ov::element::Type st;
     switch (stash) {
