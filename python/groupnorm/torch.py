@@ -403,11 +403,15 @@ class GroupNorm(torch.nn.GroupNorm):
         super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
         self.activation = activation
 
-    def forward(self, input):
+    def _check_channels(self, input):
+        """The layer's own rule, named as such: input's dim 1 must be num_channels."""
         if isinstance(input, torch.Tensor) and input.dim() >= 2 and input.shape[1] != self.num_channels:
             raise ValueError(f"{type(self).__name__}({self.num_groups}, {self.num_channels}) expects "
                              f"{self.num_channels} channels (dim 1), got input of shape {tuple(input.shape)} "
                              f"with {input.shape[1]}")
+
+    def forward(self, input):
+        self._check_channels(input)
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
                           activation=getattr(self, "activation", None))
 
@@ -558,10 +562,7 @@ class SyncGroupNorm(GroupNorm):
 
     def forward(self, input):
         try:
-            if isinstance(input, torch.Tensor) and input.dim() >= 2 and input.shape[1] != self.num_channels:
-                raise ValueError(f"{type(self).__name__}({self.num_groups}, {self.num_channels}) expects "
-                                 f"{self.num_channels} channels (dim 1), got input of shape {tuple(input.shape)} "
-                                 f"with {input.shape[1]}")
+            self._check_channels(input)
             groups, eps, act = _check(input, self.num_groups, self.weight, self.bias, self.eps, self.activation,
                                       None)
             if input.device.type != "cpu":
