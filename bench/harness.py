@@ -126,11 +126,12 @@ def measure(cands, repeat, target_s, warmup_s, gap_s=0.0, calls_per_sample=None)
     for name, ts in times.items():
         if name in errors or not ts:
             continue
+        taken = [t / 1e3 for t in ts]  # in the order taken
         ts.sort()
         med = statistics.median(ts)
         q1, q3 = ts[len(ts) // 4], ts[(3 * len(ts)) // 4]
         stats[name] = {"us": med / 1e3, "min_us": ts[0] / 1e3, "spread_pct": 100.0 * (q3 - q1) / med,
-                       "samples": len(ts), "inner": plan[name][1]}
+                       "samples": len(ts), "inner": plan[name][1], "times_us": taken}
     return stats, errors
 
 

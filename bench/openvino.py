@@ -159,11 +159,15 @@ def run_config(model_path, with_extension, repeats, workdir, tag):
     compile_s = time.perf_counter() - t
     request = compiled.create_infer_request()
     out = np.array(request.infer({0: z})[0])  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        request.infer({0: z})
-        times.append(time.perf_counter() - t)
+    # the harness's timing loop: `repeats` samples of one decode each
+    if HERE not in sys.path:
+        sys.path.append(HERE)  # after site-packages: openvino stays the package
+    from harness import measure
+    stats, errors = measure({"decode": lambda: request.infer({0: z})}, repeat=repeats, target_s=0, warmup_s=0,
+                            calls_per_sample=1)
+    if errors:
+        raise RuntimeError(errors["decode"])
+    times = [us / 1e6 for us in stats["decode"]["times_us"]]
     np.save(os.path.join(workdir, f"out_{tag}.npy"), out)
     # per-node counters of one decode (a separate compile with PERF_COUNT), read from the runtime
     # model: each executed node lists the original layers it runs (fused ones included)

@@ -47,7 +47,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
-from . import _checks as C
+from . import _checks as checks
 from .functional import group_norm as _group_norm
 
 
@@ -59,15 +59,15 @@ __all__ = ["group_normalization", "microsoft_group_norm", "microsoft_skip_group_
            "STASH_DTYPES", "OPSETS"]
 
 # TensorProto data type codes the ONNX function body accepts for stash_type
-STASH_DTYPES = {1: np.dtype(np.float32), 10: np.dtype(np.float16), 11: np.dtype(np.float64), 16: C.bfloat16}
+STASH_DTYPES = {1: np.dtype(np.float32), 10: np.dtype(np.float16), 11: np.dtype(np.float64), 16: checks.bfloat16}
 # GroupNormalization versions: 18 (per-group scale/bias), 21 (per-channel, stash_type)
 OPSETS = (18, 21)
 # significand bits: how precise each type is (bfloat16 and float16 are both "narrower than float32")
-_PRECISION = {np.dtype(np.float64): 53, np.dtype(np.float32): 24, np.dtype(np.float16): 11, C.bfloat16: 8}
+_PRECISION = {np.dtype(np.float64): 53, np.dtype(np.float32): 24, np.dtype(np.float16): 11, checks.bfloat16: 8}
 
 
 def _array(a: Any, name: str) -> np.ndarray:
-    a = C.as_input(a, name)
+    a = checks.as_input(a, name)
     return a
 
 
@@ -129,7 +129,7 @@ def group_normalization(x: Any, scale: Any, bias: Any, num_groups: int, epsilon:
         raise ValueError(f"stash_type is an attribute of GroupNormalization-21 only, got stash_type={stash_type} "
                          f"with opset 18")
     x = _array(x, "x")
-    groups = C.groups_of(num_groups)
+    groups = checks.groups_of(num_groups)
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dims (N, C, *spatial), got shape {x.shape}")
     channels = x.shape[1]
