@@ -31,6 +31,7 @@ extension and this library both link, so one copy serves both. A C++ program lin
 """
 import copy
 import ctypes
+import operator
 import os
 from typing import Dict, Optional, Sequence, Union
 
@@ -39,7 +40,7 @@ import torch
 from . import torch as _gnt  # defines torch.ops.groupnorm.group_norm
 
 __all__ = ["kernel_library_path", "load_kernels", "lower", "run", "calls", "reset_calls",
-           "registered_operators", "set_num_threads", "get_num_threads", "LIBRARY_NAME"]
+           "registered_operators", "fuse_silu", "set_num_threads", "get_num_threads", "LIBRARY_NAME"]
 
 LIBRARY_NAME = "libgroupnorm_executorch.so"
 CUSTOM_OP = "groupnorm::group_norm.out"
@@ -168,8 +169,42 @@ def _swap(model):
     return model
 
 
+def fuse_silu(exported: "torch.export.ExportedProgram") -> int:
+    """Fold ``silu(group_norm(...)[0])`` into one ``groupnorm::group_norm`` call with ``activation="silu"``.
+
+    Works in place on an exported program whose GroupNorm calls are ``torch.ops.groupnorm.group_norm``
+    (a model swapped with :func:`groupnorm.torch.replace_group_norm`); returns how many were fused.
+    """
+    gm = exported.graph_module
+    op = torch.ops.groupnorm.group_norm.default
+    silus = (torch.ops.aten.silu.default, torch.ops.aten.silu_.default)
+    fused = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not op:
+            continue
+        args = list(node.args)
+        if len(args) < 6 or args[5] != "none":
+            continue
+        ys = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
+        if len(ys) != 1 or len(ys[0].users) != 1:
+            continue
+        act = next(iter(ys[0].users))
+        if act.op != "call_function" or act.target not in silus:
+            continue
+        args[5] = "silu"
+        node.args = tuple(args)
+        act.replace_all_uses_with(ys[0])
+        gm.graph.erase_node(act)
+        fused += 1
+    if fused:
+        gm.graph.lint()
+        gm.recompile()
+    return fused
+
+
 def lower(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], path: Optional[str] = None, *,
-          swap_group_norm: bool = True, dynamic_shapes=None) -> bytes:
+          swap_group_norm: bool = True, fuse_activation: bool = True, xnnpack: bool = False,
+          dynamic_shapes=None) -> bytes:
     """Export ``model``, lower it to an ExecuTorch program, and return the ``.pte`` bytes.
 
     Args:
@@ -182,6 +217,10 @@ def lower(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], path: 
             needs our kernel library to run. False keeps stock GroupNorm as
             ``aten::native_group_norm.out``, which runs anywhere and on our kernels where the
             library is loaded.
+        fuse_activation: with ``swap_group_norm``, fold a SiLU that follows a GroupNorm into the
+            kernel (:func:`fuse_silu`).
+        xnnpack: delegate what XNNPACK supports (convolutions, linear layers, ...) to the XNNPACK
+            backend, as an edge deployment would; GroupNorm stays on the CPU kernels.
         dynamic_shapes: passed to ``torch.export.export``.
     """
     from executorch.exir import EdgeCompileConfig, to_edge
@@ -193,7 +232,15 @@ def lower(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], path: 
         model = _swap(model)
     model = model.eval()
     exported = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
-    edge = to_edge(exported, compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    if swap_group_norm and fuse_activation:
+        fuse_silu(exported)
+    config = EdgeCompileConfig(_check_ir_validity=False)
+    if xnnpack:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()], compile_config=config)
+    else:
+        edge = to_edge(exported, compile_config=config)
     program = edge.to_executorch()
     data = program.buffer
     if path is not None:
