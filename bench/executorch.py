@@ -139,8 +139,8 @@ def run_one(base, kernel, threads, repeats):
                 gn_runs = raw if gn_runs is None else [a + b for a, b in zip(gn_runs, raw)]
     served = gne.calls() if kernel != "portable" else {}
     return {
-        "total_ms": statistics.median(total),
-        "gn_ms": statistics.median(gn_runs),
+        "total_runs": total,
+        "gn_runs": gn_runs,
         "gn_calls": calls,
         "gn_events": sorted(gn_names),
         "served": served,
@@ -158,6 +158,7 @@ def main():
     ap.add_argument("--latent", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=2, help="processes per configuration, interleaved")
     ap.add_argument("--out", default=os.path.join(_HERE, "results", "executorch.md"))
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--one", nargs=4, metavar=("BASE", "KERNEL", "THREADS", "REPEATS"), help=argparse.SUPPRESS)
@@ -187,24 +188,41 @@ def main():
     for prog in programs:
         for threads in [int(t) for t in args.threads.split(",")]:
             res = {}
-            for kernel in kernels:  # interleaved: every kernel at this thread count, back to back
-                p = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", prog["base"], kernel,
-                                    str(threads), str(args.repeats)], capture_output=True, text=True)
-                line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-                if p.returncode or not line:
-                    err = [ln for ln in (p.stdout + p.stderr).splitlines() if "Error" in ln or "failed" in ln]
-                    res[kernel] = {"error": err[-1] if err else f"exit status {p.returncode}"}
-                    print(f"{prog['name']} {prog['layout']} {kernel} {threads}t: FAILED {res[kernel]['error']}",
-                          flush=True)
+            for rnd in range(args.rounds):
+                for kernel in kernels:  # interleaved: every kernel at this thread count, back to back
+                    if "error" in res.get(kernel, {}):
+                        continue
+                    r = _run_child(prog, kernel, threads, args.repeats)
+                    if "error" in r:
+                        res[kernel] = r
+                    elif kernel not in res:
+                        res[kernel] = r
+                    else:  # pool the runs of every round
+                        res[kernel]["total_runs"] += r["total_runs"]
+                        res[kernel]["gn_runs"] += r["gn_runs"]
+                        res[kernel]["max_abs_diff"] = max(res[kernel]["max_abs_diff"], r["max_abs_diff"])
+            for kernel, r in res.items():
+                if "error" in r:
+                    print(f"{prog['name']} {prog['layout']} {kernel} {threads}t: FAILED {r['error']}", flush=True)
                     continue
-                res[kernel] = json.loads(line[0][7:])
-                r = res[kernel]
+                r["total_ms"] = statistics.median(r["total_runs"])
+                r["gn_ms"] = statistics.median(r["gn_runs"])
                 print(f"{prog['name']} {prog['layout']} {kernel} {threads}t: total {fmt_ms(r['total_ms'])}, "
                       f"GN {fmt_ms(r['gn_ms'])} in {r['gn_calls']} calls ({', '.join(r['gn_events'])}), "
                       f"diff {r['max_abs_diff']:.1e}", flush=True)
             rows.append((prog, threads, res))
             load.append(os.getloadavg()[0])
     write_report(args, rows, load)
+
+
+def _run_child(prog, kernel, threads, repeats):
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", prog["base"], kernel,
+                        str(threads), str(repeats)], capture_output=True, text=True)
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if p.returncode or not line:
+        err = [ln for ln in (p.stdout + p.stderr).splitlines() if "Error" in ln or "failed" in ln]
+        return {"error": err[-1] if err else f"exit status {p.returncode}"}
+    return json.loads(line[0][7:])
 
 
 def _lower(args, workdir):
@@ -222,12 +240,13 @@ def write_report(args, rows, load):
     lines = [
         "# ExecuTorch: the portable GroupNorm vs groupnorm's kernels",
         "",
-        "`python bench/executorch.py --latent %d --repeats %d` (ExecuTorch 1.5.1, convolutions delegated "
-        "to XNNPACK, float32). Times from ExecuTorch's profiler (ETDump), medians of %d runs after a "
-        "warm-up, each configuration in its own process, the three kernels back to back at each thread "
-        "count. **The machine was shared**: 2 cores with other jobs running (load average %s during the "
-        "run), so absolute times are noisy; compare within a row group." % (
-            args.latent, args.repeats, args.repeats, "-".join(f"{v:.1f}" for v in (min(load), max(load)))),
+        "`python bench/executorch.py --latent %d --repeats %d --rounds %d` (ExecuTorch 1.5.1, convolutions "
+        "delegated to XNNPACK, float32). Times from ExecuTorch's profiler (ETDump): medians of %d runs "
+        "(%d processes per configuration of %d runs each after a warm-up; the three kernels' processes "
+        "interleaved at each thread count). **The machine was shared**: 2 cores with other jobs running "
+        "(load average %s during the run), so absolute times are noisy; compare within a row group." % (
+            args.latent, args.repeats, args.rounds, args.rounds * args.repeats, args.rounds, args.repeats,
+            "-".join(f"{v:.1f}" for v in (min(load), max(load)))),
         "",
         "- portable: the stock program on the runtime's `native_group_norm.out` (scalar, "
         "E[x^2]-E[x]^2 in float);",
