@@ -237,3 +237,45 @@ def test_set_num_threads_checks_its_argument():
 def test_lower_checks_its_model():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         gne.lower(lambda x: x, (torch.randn(1, 4, 2, 2),))
+
+
+# --------------------------------------------------------------------------- the C++ runner
+
+
+@pytest.fixture(scope="module")
+def cpp_runner(tmp_path_factory):
+    """examples/executorch built against the installed ExecuTorch (cmake; about 20 s)."""
+    import os
+    import shutil
+    import subprocess
+
+    import executorch
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    build = tmp_path_factory.mktemp("et-runner")
+    et_dir = os.path.join(list(executorch.__path__)[0], "lib", "cmake", "executorch")
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    for cmd in (["cmake", "-S", os.path.join(root, "examples", "executorch"), "-B", str(build), *gen,
+                 "-DCMAKE_BUILD_TYPE=Release", f"-Dexecutorch_DIR={et_dir}"],
+                ["cmake", "--build", str(build)]):
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return str(build / "groupnorm_et_runner")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_cpp_runner_runs_stock_programs_on_our_kernels(cpp_runner, tmp_path, channels_last):
+    import subprocess
+
+    model = Net().eval()
+    x = _fmt(torch.randn(1, 32, 8, 8), channels_last)
+    pte = tmp_path / "net.pte"
+    gne.lower(model, (x,), str(pte), swap_group_norm=False)
+    p = subprocess.run([cpp_runner, str(pte), "--kernels", gne.kernel_library_path(), "--iters", "3"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "aten::native_group_norm.out 6 calls (0 failed)" in p.stdout  # 2 GroupNorms x 3 runs
+    assert "registered: aten::native_group_norm.out [v1/6;0,2,3,1|6;0|6;0|6;0,2,3,1|6;0,1|6;0,1]" in p.stdout
+    # without our library: the runtime's portable kernel, which takes contiguous tensors only
+    p = subprocess.run([cpp_runner, str(pte), "--iters", "1"], capture_output=True, text=True)
+    assert (p.returncode != 0) == channels_last, p.stdout + p.stderr
