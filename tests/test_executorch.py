@@ -77,6 +77,22 @@ def test_kernels_are_in_the_runtime_registry():
     assert gne.load_kernels().groupnorm_executorch_registered() == 3 * 3 * 2 * 2 + 1
 
 
+@pytest.mark.parametrize("swap", [True, False], ids=["groupnorm_op", "stock_native_group_norm"])
+def test_etdump_profile_names_our_kernel(tmp_path, swap):
+    from executorch.devtools import Inspector
+    from executorch.runtime import Runtime
+
+    x = torch.randn(1, 64, 8, 8)
+    gne.lower(Net(64, 32).eval(), (x,), str(tmp_path / "net.pte"), swap_group_norm=swap)
+    program = Runtime.get().load_program(str(tmp_path / "net.pte"), enable_etdump=True)
+    program.load_method("forward").execute((x,))
+    program.write_etdump_result_to_file(str(tmp_path / "run.etdp"), str(tmp_path / "debug.bin"))
+    names = [e.name for b in Inspector(etdump_path=str(tmp_path / "run.etdp")).event_blocks for e in b.events]
+    ours = "groupnorm::group_norm.out" if swap else "groupnorm::native_group_norm.out"
+    assert names.count(ours) == 2
+    assert "native_call_native_group_norm.out" not in names  # the portable kernel did not run
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("swap", [True, False], ids=["groupnorm_op", "stock_native_group_norm"])
 def test_net_matches_eager(channels_last, swap):

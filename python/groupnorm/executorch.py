@@ -115,7 +115,8 @@ def load_kernels(path: Optional[str] = None) -> ctypes.CDLL:
     lib.groupnorm_executorch_calls.argtypes = [ctypes.c_int]
     lib.groupnorm_executorch_failures.argtypes = [ctypes.c_int]
     if lib.groupnorm_executorch_registered() <= 0:
-        raise RuntimeError(f"{path or kernel_library_path()} registered no kernels with ExecuTorch")
+        raise RuntimeError(f"{path or kernel_library_path()} registered no kernels with ExecuTorch (another copy "
+                           "of the library, loaded from another path, may have registered them first)")
     _HANDLE = lib
     return lib
 
