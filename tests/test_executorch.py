@@ -132,6 +132,32 @@ def test_silu_is_fused_into_the_kernel():
         torch.testing.assert_close(ep.module()(x), Net.forward(model, x), rtol=1e-5, atol=2e-5)
 
 
+class SkipNet(torch.nn.Module):
+    """groupnorm.torch's fused forms: GroupNorm(h + skip) with SiLU, in one call."""
+
+    def __init__(self, c=32, groups=8):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
+        self.weight = torch.nn.Parameter(torch.rand(c) + 0.5)
+        self.bias = torch.nn.Parameter(torch.rand(c) - 0.5)
+        self.groups = groups
+
+    def forward(self, x):
+        import groupnorm.torch as gnt
+        return gnt.group_norm(self.conv(x), self.groups, self.weight, self.bias, eps=1e-6, activation="silu", skip=x)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_silu_and_skip_forms(channels_last):
+    model = SkipNet().eval()
+    x = _fmt(torch.randn(2, 32, 7, 9), channels_last)
+    with torch.no_grad():
+        ref = F.silu(F.group_norm(model.conv(x) + x, 8, model.weight, model.bias, eps=1e-6))
+    (y,), served = _run_counted(gne.lower(model, (x,)), (x,))
+    assert served[CUSTOM] == 1
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("shape,groups,channels_last,affine", [
     ((2, 12, 33), 3, False, True),
     ((2, 12, 33), 4, False, False),
