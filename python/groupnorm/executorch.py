@@ -33,13 +33,13 @@ import copy
 import ctypes
 import operator
 import os
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
 from . import torch as _gnt  # defines torch.ops.groupnorm.group_norm
 
-__all__ = ["kernel_library_path", "load_kernels", "lower", "run", "calls", "reset_calls",
+__all__ = ["kernel_library_path", "load_kernels", "lower", "run", "calls", "failures", "last_error", "reset_calls",
            "registered_operators", "fuse_silu", "set_num_threads", "get_num_threads", "LIBRARY_NAME"]
 
 LIBRARY_NAME = "libgroupnorm_executorch.so"
@@ -142,7 +142,7 @@ def reset_calls() -> None:
     load_kernels().groupnorm_executorch_reset_calls()
 
 
-def registered_operators():
+def registered_operators() -> List[str]:
     """Names of the operators in ExecuTorch's registry (as the Python runtime sees it)."""
     from executorch.extension.pybindings import _C
     return sorted(_C._get_operator_names())
@@ -250,7 +250,7 @@ def lower(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     return data
 
 
-def run(program: Union[bytes, str, os.PathLike], inputs: Sequence[torch.Tensor], method: str = "forward"):
+def run(program: Union[bytes, str, os.PathLike], inputs: Sequence[torch.Tensor], method: str = "forward") -> list:
     """Run a ``.pte`` (bytes or a path) through ``executorch.runtime`` with our kernels loaded.
 
     Returns the method's outputs (a list of tensors). A program that fails (bad input shapes,
