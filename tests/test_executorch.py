@@ -191,6 +191,16 @@ def test_half_precision(dtype, channels_last, swap):
     np.testing.assert_allclose(y.float().numpy(), ref, rtol=tol, atol=tol)
 
 
+def test_float64_program():
+    model = GN(8, 32).eval().double()
+    x = torch.randn(2, 32, 5, 6, dtype=torch.float64) * 2 + 1
+    with torch.no_grad():
+        ref = model(x)
+    (y,), served = _run_counted(gne.lower(model, (x,)), (x,))
+    assert served[CUSTOM] == 1 and y.dtype == torch.float64
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_bitwise_equal_to_numpy_api(threads):
     gne.set_num_threads(threads)
@@ -198,11 +208,17 @@ def test_bitwise_equal_to_numpy_api(threads):
         assert gne.get_num_threads() == threads
         model = GN(32, 128).eval()
         x = torch.randn(2, 128, 24, 24) + 5
-        (y,), served = _run_counted(gne.lower(model, (x,)), (x,))
+        pte = gne.lower(model, (x,))
+        (y,), served = _run_counted(pte, (x,))
         assert served[CUSTOM] == 1
         want = groupnorm.group_norm(x.numpy(), 32, model.gn.weight.detach().numpy(),
                                     model.gn.bias.detach().numpy(), 1e-5, num_threads=threads)
         assert np.array_equal(y.numpy(), want)
+        if threads > 1:  # the work ran on ExecuTorch's own pool threads, not only the caller's
+            before = gne.pool_items()
+            for _ in range(5):
+                gne.run(pte, (x,))
+            assert gne.pool_items() > before
     finally:
         gne.set_num_threads(2)
 

@@ -40,7 +40,7 @@ import torch
 from . import torch as _gnt  # defines torch.ops.groupnorm.group_norm
 
 __all__ = ["kernel_library_path", "load_kernels", "lower", "run", "calls", "failures", "last_error", "reset_calls",
-           "registered_operators", "fuse_silu", "set_num_threads", "get_num_threads", "LIBRARY_NAME"]
+           "registered_operators", "fuse_silu", "set_num_threads", "get_num_threads", "pool_items", "LIBRARY_NAME"]
 
 LIBRARY_NAME = "libgroupnorm_executorch.so"
 CUSTOM_OP = "groupnorm::group_norm.out"
@@ -109,6 +109,7 @@ def load_kernels(path: Optional[str] = None) -> ctypes.CDLL:
     import executorch.runtime  # noqa: F401  (maps libexecutorch.so: the registry)
     lib = ctypes.CDLL(path or kernel_library_path(), mode=ctypes.RTLD_GLOBAL)
     for name, res in (("calls", ctypes.c_int64), ("failures", ctypes.c_int64), ("registered", ctypes.c_int),
+                      ("pool_items", ctypes.c_int64),
                       ("threads", ctypes.c_int), ("uses_threadpool", ctypes.c_int),
                       ("last_error", ctypes.c_char_p)):
         getattr(lib, "groupnorm_executorch_" + name).restype = res
@@ -154,6 +155,11 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"n must be a positive int, got {n!r}")
     from executorch.extension.pybindings import _C
     _C._unsafe_reset_threadpool(n)
+
+
+def pool_items() -> int:
+    """Parallel-for items our kernels ran on ExecuTorch's pool threads (not the calling thread) since loading."""
+    return int(load_kernels().groupnorm_executorch_pool_items())
 
 
 def get_num_threads() -> int:

@@ -26,6 +26,7 @@
 #include <cstring>
 #include <exception>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -42,6 +43,7 @@ constexpr const char* kNativeOp = "aten::native_group_norm.out";
 
 std::atomic<std::int64_t> g_calls[2];
 std::atomic<std::int64_t> g_failures[2];
+std::atomic<std::int64_t> g_pool_items{0};  // parallel-for items run by a pool thread, not the caller
 int g_registered = 0;
 thread_local std::string g_last_error;
 
@@ -146,7 +148,9 @@ void resize(Tensor& t, ::executorch::aten::ArrayRef<::executorch::aten::SizesTyp
 #if defined(ET_USE_THREADPOOL)
 void et_parallel_for(void*, std::int64_t n, groupnorm::TaskFn task, void* task_ctx) {
   // one item per worker; ExecuTorch's pool runs them (the calling thread takes part)
+  const std::thread::id caller = std::this_thread::get_id();
   bool ok = ::executorch::extension::parallel_for(0, n, 1, [&](std::int64_t b, std::int64_t e) {
+    if (std::this_thread::get_id() != caller) g_pool_items.fetch_add(e - b, std::memory_order_relaxed);
     for (std::int64_t i = b; i < e; ++i) task(task_ctx, i);
   });
   if (!ok) {  // cannot happen for 0 <= n; run serially rather than lose work
@@ -188,23 +192,19 @@ struct Call {
   const char* op = "";
 };
 
-void check_like_x(const Tensor& t, const Tensor& x, const char* name) {
+void check_like_x(const Tensor& t, const Tensor& x, const char* name, const char* op) {
   if (t.scalar_type() != x.scalar_type()) {
-    bad(et::Error::InvalidArgument, "%s: %s dtype %s differs from x dtype %s", "groupnorm", name,
+    bad(et::Error::InvalidArgument, "%s: %s dtype %s differs from x dtype %s", op, name,
         dtype_name(t.scalar_type()), dtype_name(x.scalar_type()));
   }
-  if (t.dim() != x.dim() || t.numel() != x.numel()) {
-    bad(et::Error::InvalidArgument, "groupnorm: %s has shape %s, x has shape %s", name, shape_str(t).c_str(),
+  bool same = t.dim() == x.dim();
+  for (ssize_t i = 0; same && i < x.dim(); ++i) same = t.size(i) == x.size(i);
+  if (!same) {
+    bad(et::Error::InvalidArgument, "%s: %s has shape %s, x has shape %s", op, name, shape_str(t).c_str(),
         shape_str(x).c_str());
   }
-  for (ssize_t i = 0; i < x.dim(); ++i) {
-    if (t.size(i) != x.size(i)) {
-      bad(et::Error::InvalidArgument, "groupnorm: %s has shape %s, x has shape %s", name, shape_str(t).c_str(),
-          shape_str(x).c_str());
-    }
-  }
   if (x.dim() > 2 && layout_of(t) != layout_of(x)) {
-    bad(et::Error::InvalidArgument, "groupnorm: %s is %s, x is %s (dim orders must match)", name,
+    bad(et::Error::InvalidArgument, "%s: %s is %s, x is %s (dim orders must match)", op, name,
         layout_name(layout_of(t)), layout_name(layout_of(x)));
   }
 }
@@ -265,12 +265,12 @@ void run(KernelRuntimeContext& ctx, const Call& c) {
 
   // outputs: resized to what they must hold, then checked like x
   resize(*c.y, x.sizes(), "y (out)", shape_str(x).c_str());
-  check_like_x(*c.y, x, "y (out)");
+  check_like_x(*c.y, x, "y (out)", c.op);
   if (c.skip) {
-    check_like_x(*c.skip, x, "skip");
+    check_like_x(*c.skip, x, "skip", c.op);
     if (c.sum_out) {
       resize(*c.sum_out, x.sizes(), "sum_out", shape_str(x).c_str());
-      check_like_x(*c.sum_out, x, "sum_out");
+      check_like_x(*c.sum_out, x, "sum_out", c.op);
     }
   }
   ::executorch::aten::SizesType ng[2] = {(::executorch::aten::SizesType)p.batch,
@@ -486,6 +486,7 @@ void groupnorm_executorch_reset_calls(void) {
   }
 }
 int groupnorm_executorch_registered(void) { return g_registered; }
+int64_t groupnorm_executorch_pool_items(void) { return g_pool_items.load(); }
 int groupnorm_executorch_threads(void) { return pool_threads(); }
 int groupnorm_executorch_uses_threadpool(void) {
 #if defined(ET_USE_THREADPOOL)

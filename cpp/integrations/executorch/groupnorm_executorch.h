@@ -35,6 +35,9 @@ GROUPNORM_ET_API void groupnorm_executorch_reset_calls(void);
 GROUPNORM_ET_API int groupnorm_executorch_registered(void);
 // Threads the kernels run on: ExecuTorch's thread pool size (1 without a pool).
 GROUPNORM_ET_API int groupnorm_executorch_threads(void);
+// Parallel-for items our kernels ran on ExecuTorch's pool threads (not the calling
+// thread) since load: evidence that the work ran on the engine's threads.
+GROUPNORM_ET_API int64_t groupnorm_executorch_pool_items(void);
 // 1 when the kernels run on ExecuTorch's thread pool, 0 when serial.
 GROUPNORM_ET_API int groupnorm_executorch_uses_threadpool(void);
 // The message of the last failed call on this thread ("" if none).
