@@ -134,10 +134,9 @@ def _new_output(x):
 
 
 def _stats_dtype(x):
-    """The torch dtype of mean/rstd for x (the core's rule, through checks.stats_dtype)."""
-    if x.dtype not in _NP_DTYPES:
-        raise TypeError(f"x must be float64, float32, float16 or bfloat16, got {x.dtype}")
-    return _TORCH_DTYPES[checks.stats_dtype(_NP_DTYPES[x.dtype])]
+    """The torch dtype of mean/rstd for x (the core's rule, through checks.stats_dtype); float32 for
+    a dtype the kernels do not take (a traced graph's fake tensors may have one: the rule's 'otherwise')."""
+    return _TORCH_DTYPES[checks.stats_dtype(_NP_DTYPES.get(x.dtype, np.dtype(np.float32)))]
 
 
 def _param_array(p):
