@@ -300,22 +300,22 @@ template <class T, bool SILU> struct CfGrad {
       b0 += gg; s0 += O::select(live, gg * xc, V{});
     }
   }
-  // dx = scale * dz + c2 * (x - mean) + c3 over elements [i0, i1)
+  // dx = scale * dz + dx_xc * (x - mean) + dx_shift over elements [i0, i1)
   GN_INLINE void apply(std::int64_t i0, std::int64_t i1) const {
-    const V c2v = splat<V>(static_cast<const A*>(t.c2)[r]), c3v = splat<V>(static_cast<const A*>(t.c3)[r]);
+    const V xc_coef = splat<V>(static_cast<const A*>(t.dx_xc)[r]), dx_const = splat<V>(static_cast<const A*>(t.dx_shift)[r]);
     const T* xs = x + i0;
     const T* gs = g + i0;
     auto full = [&](std::int64_t i) {
       const V xc = O::load(xs + i) - mv;
       V gg = O::load(gs + i);
       if (SILU) gg = gg * O::dsilu(xc * av + bv);
-      return (av * gg + c2v * xc) + c3v;
+      return (av * gg + xc_coef * xc) + dx_const;
     };
     auto part = [&](std::int64_t i, std::int64_t n) {
       const V xc = O::load_n(xs + i, n) - mv;
       V gg = O::load_n(gs + i, n);
       if (SILU) gg = gg * O::dsilu(xc * av + bv);
-      return (av * gg + c2v * xc) + c3v;
+      return (av * gg + xc_coef * xc) + dx_const;
     };
     write_row<T>(static_cast<T*>(t.dx) + r * t.stride + i0, i1 - i0, t.stream, full, part);
   }
@@ -350,14 +350,14 @@ template <class T, bool SILU> void cf_backward_apply_sums(const Tile& a, const T
     // a pair of m's sums and a pair of a's dx per step (the loads of one
     // overlap the arithmetic of the other), then the row's last elements
     const std::int64_t cols2 = m.cols / (2 * L) * (2 * L);
-    const V c2v = splat<V>(static_cast<const A*>(a.c2)[r]), c3v = splat<V>(static_cast<const A*>(a.c3)[r]);
+    const V xc_coef = splat<V>(static_cast<const A*>(a.dx_xc)[r]), dx_const = splat<V>(static_cast<const A*>(a.dx_shift)[r]);
     T* dx = static_cast<T*>(a.dx) + r * a.stride;
     const bool stream = a.stream && reinterpret_cast<std::uintptr_t>(dx) % (sizeof(T) * L) == 0;
     auto value = [&](std::int64_t i) {
       const V xc = O::load(ga.x + i) - ga.mv;
       V gg = O::load(ga.g + i);
       if (SILU) gg = gg * O::dsilu(xc * ga.av + ga.bv);
-      return (ga.av * gg + c2v * xc) + c3v;
+      return (ga.av * gg + xc_coef * xc) + dx_const;
     };
     for (std::int64_t i = 0; i < cols2; i += 2 * L) {
       gm.sums(i, i + 2 * L, b0, b1, s0, s1);

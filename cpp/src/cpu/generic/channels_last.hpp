@@ -379,26 +379,26 @@ template <class T, bool SILU> void cl_backward_apply(const Tile& t) {
   const A* mean = static_cast<const A*>(t.mean);
   const A* scale = static_cast<const A*>(t.scale);
   const A* shift = static_cast<const A*>(t.shift);
-  const A* c2 = static_cast<const A*>(t.c2);
-  const A* c3 = static_cast<const A*>(t.c3);
+  const A* dx_xc = static_cast<const A*>(t.dx_xc);
+  const A* dx_shift = static_cast<const A*>(t.dx_shift);
   const T* xb = static_cast<const T*>(t.x);
   const T* gb = static_cast<const T*>(t.dy);
   T* dxb = static_cast<T*>(t.dx);
   // dx for one vector, given the channel parameters of its lanes
-  auto value = [&](V xv, V gv, V m, V a, V b, V k2, V k3) {
+  auto value = [&](V xv, V gv, V m, V a, V b, V kxc, V kshift) {
     const V xc = xv - m;
     if (SILU) gv = gv * O::dsilu(xc * a + b);
-    return (a * gv + k2 * xc) + k3;
+    return (a * gv + kxc * xc) + kshift;
   };
   auto row = [&](std::int64_t o) {
     auto full = [&](std::int64_t j) {
       return value(O::load(xb + o + j), O::load(gb + o + j), O::load_acc(mean + j), O::load_acc(scale + j),
-                   SILU ? O::load_acc(shift + j) : V{}, O::load_acc(c2 + j), O::load_acc(c3 + j));
+                   SILU ? O::load_acc(shift + j) : V{}, O::load_acc(dx_xc + j), O::load_acc(dx_shift + j));
     };
     auto part = [&](std::int64_t j, std::int64_t n) {
       return value(O::load_n(xb + o + j, n), O::load_n(gb + o + j, n), O::load_acc_n(mean + j, n),
                    O::load_acc_n(scale + j, n), SILU ? O::load_acc_n(shift + j, n) : V{},
-                   O::load_acc_n(c2 + j, n), O::load_acc_n(c3 + j, n));
+                   O::load_acc_n(dx_xc + j, n), O::load_acc_n(dx_shift + j, n));
     };
     write_row<T>(dxb + o, w, t.stream, full, part);
   };
@@ -408,8 +408,8 @@ template <class T, bool SILU> void cl_backward_apply(const Tile& t) {
     const A* rm = cl_ring(mean, w, L, ring);
     const A* rs = cl_ring(scale, w, L, ring + (w + L));
     const A* rb = SILU ? cl_ring(shift, w, L, ring + 2 * (w + L)) : nullptr;
-    const A* r2 = cl_ring(c2, w, L, ring + 3 * (w + L));
-    const A* r3 = cl_ring(c3, w, L, ring + 4 * (w + L));
+    const A* r2 = cl_ring(dx_xc, w, L, ring + 3 * (w + L));
+    const A* r3 = cl_ring(dx_shift, w, L, ring + 4 * (w + L));
     cl_flat<T>(dxb, rows * w, w, t.stream, [&](std::int64_t e, std::int64_t k, std::int64_t n) {
       const bool full = n == L;
       return value(full ? O::load(xb + e) : O::load_n(xb + e, n), full ? O::load(gb + e) : O::load_n(gb + e, n),
@@ -433,10 +433,10 @@ template <class T, bool SILU> void cl_backward_apply(const Tile& t) {
         if (n <= 0) return;
         const V m = O::load_acc_n(mean + j, n), a = O::load_acc_n(scale + j, n);
         const V b = SILU ? O::load_acc_n(shift + j, n) : V{};
-        const V k2 = O::load_acc_n(c2 + j, n), k3 = O::load_acc_n(c3 + j, n);
+        const V kxc = O::load_acc_n(dx_xc + j, n), kshift = O::load_acc_n(dx_shift + j, n);
         for (int u = 0; u < 4; ++u) {
           const std::int64_t ou = o + u * st + j;
-          O::store_n(dxb + ou, value(O::load_n(xb + ou, n), O::load_n(gb + ou, n), m, a, b, k2, k3), n);
+          O::store_n(dxb + ou, value(O::load_n(xb + ou, n), O::load_n(gb + ou, n), m, a, b, kxc, kshift), n);
         }
       };
       edge(0, h);
@@ -445,10 +445,10 @@ template <class T, bool SILU> void cl_backward_apply(const Tile& t) {
         prefetch_block(pf, gb, r, rows, st, j);
         const V m = O::load_acc(mean + j), a = O::load_acc(scale + j);
         const V b = SILU ? O::load_acc(shift + j) : V{};
-        const V k2 = O::load_acc(c2 + j), k3 = O::load_acc(c3 + j);
+        const V kxc = O::load_acc(dx_xc + j), kshift = O::load_acc(dx_shift + j);
         for (int u = 0; u < 4; ++u) {
           const std::int64_t ou = o + u * st + j;
-          put(dxb + ou, value(O::load(xb + ou), O::load(gb + ou), m, a, b, k2, k3), stream);
+          put(dxb + ou, value(O::load(xb + ou), O::load(gb + ou), m, a, b, kxc, kshift), stream);
         }
       }
       edge(body_end, w - body_end);
