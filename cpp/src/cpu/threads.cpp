@@ -120,8 +120,7 @@ struct DynamicJob {
 // Threads for run_dynamic that the caller does not wait for unless they took
 // work. An OpenMP region ends at a barrier every thread must reach: on a busy
 // machine a thread the OS has not scheduled yet holds up the whole call even
-// when the others did all the work (a 2-thread call measured 6x the 1-thread
-// one with another process spinning on a core). Here the calling thread works
+// when the others did all the work (bench/contention.py measures it). Here the calling thread works
 // as worker 0; pool thread k joins as worker k + 1 if it wakes while the job
 // is open, and the caller, once no item is left to claim, closes the job and
 // waits only for the workers that joined (each finishing its current item).
