@@ -137,10 +137,10 @@ template <class Pass> class Walk {
   void whole_set(std::int64_t set, int w) const {
     Moments* totals = pass_.set_totals(w);
     const std::int64_t group0 = first_group(set);
-    const bool cl = pl_.channels_last;
-    const std::int64_t units = cl ? 1 : pl_.groups_per_set;
-    const std::int64_t unit_groups = cl ? pl_.groups_per_set : 1;
-    const std::int64_t unit_tiles = cl ? pl_.tiles_per_set : pl_.tiles_per_group;
+    const bool channels_last = pl_.channels_last;
+    const std::int64_t units = channels_last ? 1 : pl_.groups_per_set;
+    const std::int64_t unit_groups = channels_last ? pl_.groups_per_set : 1;
+    const std::int64_t unit_tiles = channels_last ? pl_.tiles_per_set : pl_.tiles_per_group;
     for (std::int64_t u = 0; u < units; ++u) {
       const std::int64_t g0 = u * unit_groups, t0 = u * unit_tiles;
       if (pass_.run_sums) {
@@ -153,7 +153,7 @@ template <class Pass> class Walk {
       if (pass_.run_finish)
         for (std::int64_t gi = g0; gi < g0 + unit_groups; ++gi) pass_.finish(group0 + gi, at(totals, gi));
       if (!pass_.run_apply) continue;
-      if (cl) for (std::int64_t rc = pl_.row_tiles; rc-- > 0;) pass_.apply(apply_rows(pl_, set, rc), w);
+      if (channels_last) for (std::int64_t rc = pl_.row_tiles; rc-- > 0;) pass_.apply(apply_rows(pl_, set, rc), w);
       else for (std::int64_t t = t0 + unit_tiles; t-- > t0;) pass_.apply(tile_of(pl_, set, t), w);
     }
   }
