@@ -52,7 +52,8 @@ std::vector<gd::TileRef> group_tiles(const gd::Plan& pl, std::int64_t ng) {
 void check_plan_basics(const gn::Problem& p, const gd::Plan& pl, int threads) {
   const std::string w = name(p) + " threads " + std::to_string(threads);
   GT_CHECK(pl.threads >= 1 && pl.threads <= std::max(1, threads), "%s: plan threads %d", w.c_str(), pl.threads);
-  GT_CHECK(pl.G % pl.groups_per_set == 0 && pl.sets_per_sample * pl.groups_per_set == pl.G, "%s: groups per set %lld", w.c_str(), (long long)pl.groups_per_set);
+  GT_CHECK(pl.G % pl.groups_per_set == 0 && pl.sets_per_sample * pl.groups_per_set == pl.G, "%s: groups per set %lld",
+           w.c_str(), (long long)pl.groups_per_set);
   GT_CHECK(pl.num_sets == pl.N * pl.sets_per_sample, "%s: sets", w.c_str());
   GT_CHECK(pl.whole_sets || (pl.sets_per_step >= 1 && pl.tiles_per_round >= 1 &&
                          pl.tiles_per_round <= pl.sets_per_step * pl.tiles_per_set),
@@ -123,7 +124,8 @@ void check_huge(const gn::Problem& p) {
                  (long long)(pl.group_channels * pl.S));
         const gd::TileRef& last = ts.back();
         const std::int64_t gcol0 = pl.channels_last ? (ng - last.group0) * pl.group_channels : 0;
-        const std::int64_t end = last.offset + (last.rows - 1) * last.stride + gcol0 + (pl.channels_last ? pl.group_channels : last.cols);
+        const std::int64_t end =
+            last.offset + (last.rows - 1) * last.stride + gcol0 + (pl.channels_last ? pl.group_channels : last.cols);
         GT_CHECK(end == p.numel(), "%s: last element %lld, tensor %lld", name(p).c_str(), (long long)end,
                  (long long)p.numel());
         const gd::TileRef& first = ts.front();

@@ -9,14 +9,11 @@
 // A group's tiles are summed and merged in tile order.
 //
 // Sets: consecutive groups of one sample (channels-first: a few groups, as
-// many as fit kSetBytes; channels-last: the whole sample). Scheduling (free to
-// depend on threads and cache; never changes results), walk.hpp runs it:
-//   whole sets: sets go to threads; a thread reads a set once from memory for
-//     its sums and applies it from cache (channels-first sets small enough are
-//     pipelined: the apply of one set in one walk with the sums of the next).
-//   shared steps: when sets are too few or too big, consecutive sets form a
-//     step whose tiles are spread over all threads: sums (a round of tiles at a
-//     time), merge in tile order, finish, apply.
+// many as fit kSetBytes; channels-last: the whole sample). The plan also picks
+// the schedule walk.hpp runs (free to depend on threads and cache; never
+// changes results): whole sets when there are enough sets for the threads and
+// a set fits a thread's cache budget, else shared steps of as many sets as fit
+// all threads' budgets.
 // All sizes are int64: plans of tensors over 2^31 elements are exact
 // (cpp/tests/test_plan.cpp checks them without data).
 #pragma once
@@ -100,7 +97,8 @@ inline Plan make_plan(const Problem& p, int threads, int streams, std::int64_t (
       pl.tiles_per_group = pl.group_channels * pl.pieces;
     } else {
       pl.piece_len = pl.S;
-      pl.channels_per_tile = std::min(pl.group_channels, std::max<std::int64_t>(1, kTileElements / std::max<std::int64_t>(pl.S, 1)));
+      pl.channels_per_tile =
+          std::min(pl.group_channels, std::max<std::int64_t>(1, kTileElements / std::max<std::int64_t>(pl.S, 1)));
       pl.tiles_per_group = (pl.group_channels + pl.channels_per_tile - 1) / pl.channels_per_tile;
     }
   } else {
@@ -118,8 +116,9 @@ inline Plan make_plan(const Problem& p, int threads, int streams, std::int64_t (
 
   if (!pl.channels_last) {
     // several small groups per set keep per-set overhead low
-    pl.groups_per_set = std::max<std::int64_t>(1, std::min<std::int64_t>(pl.G, kSetBytes / std::max<std::int64_t>(group_bytes, 1)));
-    while (t > 1 && pl.groups_per_set > 1 && pl.N * ((pl.G + pl.groups_per_set - 1) / pl.groups_per_set) < 4 * t) pl.groups_per_set = (pl.groups_per_set + 1) / 2;
+    std::int64_t& gps = pl.groups_per_set;
+    gps = std::max<std::int64_t>(1, std::min<std::int64_t>(pl.G, kSetBytes / std::max<std::int64_t>(group_bytes, 1)));
+    while (t > 1 && gps > 1 && pl.N * ((pl.G + gps - 1) / gps) < 4 * t) gps = (gps + 1) / 2;
     pl.groups_per_set = largest_divisor_at_most(pl.G, pl.groups_per_set);
   } else {
     // A set is the whole sample: every row read in full, front to back (sets
@@ -128,7 +127,8 @@ inline Plan make_plan(const Problem& p, int threads, int streams, std::int64_t (
     // steps) when there are fewer samples than threads.
     pl.groups_per_set = pl.G;
     // moments tiles span up to 2048 channels (whole groups)
-    pl.tile_groups = largest_divisor_at_most(pl.groups_per_set, std::max<std::int64_t>(1, kTileChannels / pl.group_channels));
+    pl.tile_groups =
+        largest_divisor_at_most(pl.groups_per_set, std::max<std::int64_t>(1, kTileChannels / pl.group_channels));
     pl.tiles_across = pl.groups_per_set / pl.tile_groups;
     pl.tiles_per_group = pl.row_tiles * pl.tiles_across;
   }
@@ -148,9 +148,10 @@ inline Plan make_plan(const Problem& p, int threads, int streams, std::int64_t (
   pl.stream_outputs = p.numel() * (std::int64_t)pl.elem_bytes >= stream_bytes;
   pl.threads = t;
   pl.whole_sets = t == 1 || (pl.num_sets >= t && (pl.num_sets % t == 0 || pl.num_sets >= 4 * t) &&
-                          (one_phase || set_bytes <= budget));
+                             (one_phase || set_bytes <= budget));
   if (!pl.whole_sets) {
-    pl.sets_per_step = one_phase ? pl.num_sets : std::max<std::int64_t>(1, (budget * t) / std::max<std::int64_t>(set_bytes, 1));
+    pl.sets_per_step =
+        one_phase ? pl.num_sets : std::max<std::int64_t>(1, (budget * t) / std::max<std::int64_t>(set_bytes, 1));
     pl.sets_per_step = std::min(pl.sets_per_step, pl.num_sets);
     pl.threads = (int)std::min<std::int64_t>(t, pl.sets_per_step * pl.tiles_per_set);  // no idle workers
     // a step's tiles are summed a round at a time (partials of about 1 MB at most,
