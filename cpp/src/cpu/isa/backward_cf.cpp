@@ -1,4 +1,4 @@
-// One target's channels-first backward kernels (compiled once per target: entries.hpp).
+// One target's channels-first backward kernels (compiled once per target and dtype: entries.hpp).
 #include "../generic/channels_first_backward.hpp"
 #include "entries.hpp"
 
@@ -20,7 +20,7 @@ template <class T> void backward_apply_sums_cf(const Tile& a, const Tile& m, dou
   template void backward_sums_cf<T>(const Tile&, double*, double*);    \
   template void backward_apply_cf<T>(const Tile&);                     \
   template void backward_apply_sums_cf<T>(const Tile&, const Tile&, double*, double*);
-GN_FOR_EACH_DTYPE(GN_INSTANTIATE)
+GN_INSTANTIATE(GN_DTYPE)
 
 }  // namespace GN_ISA_NS
 }  // namespace detail

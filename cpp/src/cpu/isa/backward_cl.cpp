@@ -1,4 +1,4 @@
-// One target's channels-last backward kernels (compiled once per target: entries.hpp).
+// One target's channels-last backward kernels (compiled once per target and dtype: entries.hpp).
 #include "../generic/channels_last_backward.hpp"
 #include "entries.hpp"
 
@@ -16,7 +16,7 @@ template <class T> void backward_apply_cl(const Tile& t) {
 #define GN_INSTANTIATE(T)                                             \
   template void backward_sums_cl<T>(const Tile&, double*, double*);   \
   template void backward_apply_cl<T>(const Tile&);
-GN_FOR_EACH_DTYPE(GN_INSTANTIATE)
+GN_INSTANTIATE(GN_DTYPE)
 
 }  // namespace GN_ISA_NS
 }  // namespace detail

@@ -1,4 +1,4 @@
-// One target's channels-first forward kernels (compiled once per target: entries.hpp).
+// One target's channels-first forward kernels (compiled once per target and dtype: entries.hpp).
 #include "../generic/channels_first_forward.hpp"
 #include "entries.hpp"
 
@@ -24,7 +24,7 @@ template <class T> void apply_moments_cf(const Tile& a, const Tile& m, Moments* 
   template void moments_cf<T>(const Tile&, Moments*);      \
   template void apply_cf<T>(const Tile&);                  \
   template void apply_moments_cf<T>(const Tile&, const Tile&, Moments*);
-GN_FOR_EACH_DTYPE(GN_INSTANTIATE)
+GN_INSTANTIATE(GN_DTYPE)
 
 }  // namespace GN_ISA_NS
 }  // namespace detail

@@ -1,4 +1,4 @@
-// One target's channels-last forward kernels (compiled once per target: entries.hpp).
+// One target's channels-last forward kernels (compiled once per target and dtype: entries.hpp).
 #include "../generic/channels_last_forward.hpp"
 #include "entries.hpp"
 
@@ -17,7 +17,7 @@ template <class T> void apply_cl(const Tile& t) { (t.skip ? apply_cl_<T, true> :
 #define GN_INSTANTIATE(T)                              \
   template void moments_cl<T>(const Tile&, Moments*);  \
   template void apply_cl<T>(const Tile&);
-GN_FOR_EACH_DTYPE(GN_INSTANTIATE)
+GN_INSTANTIATE(GN_DTYPE)
 
 }  // namespace GN_ISA_NS
 }  // namespace detail
