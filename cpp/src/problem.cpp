@@ -93,6 +93,16 @@ Result check_overlaps(const Extent (&in)[NI], const Extent (&out)[NO], Allowed a
 }
 }  // namespace
 
+namespace detail {
+Result check_counts(const std::int64_t* count, std::int64_t size, const std::string& what) {
+  for (std::int64_t i = 0; i < size; ++i)
+    if (count[i] < 0)
+      return fail(Status::invalid_size, what + "[" + std::to_string(i) + "] is " + std::to_string(count[i]) +
+                                            ": a count must be >= 0");
+  return {};
+}
+}  // namespace detail
+
 Result validate(const Problem& p) {
   if (p.batch < 0) return fail(Status::invalid_size, "batch size must be >= 0, got " + str(p.batch));
   if (p.channels <= 0) return fail(Status::invalid_size, "num_channels must be positive, got " + str(p.channels));
@@ -240,6 +250,7 @@ Result validate_args(const Problem& p, const ForwardArgs& a, const GivenStats& g
     return fail(Status::invalid_combination, "give either moments (count, mean, m2) or mean/rstd, not both");
   if (p.batch > 0 && (by_moments ? !(g.count && g.mean && g.m2) : !(g.stats_mean && g.stats_rstd)))
     return fail(Status::null_pointer, by_moments ? "moments need count, mean and m2" : "stats need mean and rstd");
+  if (g.count) return detail::check_counts(g.count, p.batch * p.groups, "count");
   return {};
 }
 

@@ -2,6 +2,7 @@
 // broken one.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -11,6 +12,9 @@ namespace groupnorm {
 namespace detail {
 
 inline Result fail(Status s, std::string message) { return {s, std::move(message)}; }
+
+// Counts of merged moments are element counts: never negative (problem.cpp).
+Result check_counts(const std::int64_t* count, std::int64_t size, const std::string& what);
 
 }  // namespace detail
 }  // namespace groupnorm

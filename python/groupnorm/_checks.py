@@ -5,6 +5,7 @@ and reach Python through its messages; this module checks the arrays: their
 types, shapes, dtypes, contiguity and writability.
 """
 import numbers
+import warnings
 import operator
 
 import numpy as np
@@ -199,14 +200,21 @@ def output(out, shape, dtype, name="out"):
 
 
 def threads(num_threads):
-    """num_threads as the core's int (0: the default). Requests above the int32
-    range are passed as its maximum; the core caps every request anyway."""
+    """num_threads as the core's int (0: the default). The one rule, as in C and
+    C++: a positive count, capped at the core's max_threads() (4x the hardware
+    threads; a request above it warns here), or the default (None in Python, 0
+    in C/C++). A count of 0 or less is a ValueError in Python."""
     if num_threads is None:
         return 0
     n = integer(num_threads, "num_threads")
     if n <= 0:
-        raise ValueError(f"num_threads must be positive, got {short(n)}")
-    return min(n, INT32_MAX)
+        raise ValueError(f"num_threads must be positive (None for the default), got {short(n)}")
+    cap = _core.max_threads()
+    if n > cap:
+        warnings.warn(f"num_threads {short(n)} is above groupnorm's cap of {cap} (4x the hardware threads); "
+                      f"using {cap}", RuntimeWarning, stacklevel=3)
+        return cap
+    return n
 
 
 def eps_value(eps):
