@@ -1,4 +1,6 @@
-// One target's channels-first forward kernels (compiled once per target and dtype: entries.hpp).
+// One target's channels-first forward kernels (part of kernels.cpp: entries.hpp).
+#pragma once
+
 #include "../generic/channels_first_forward.hpp"
 #include "entries.hpp"
 
@@ -25,6 +27,7 @@ template <class T> void apply_moments_cf(const Tile& a, const Tile& m, Moments* 
   template void apply_cf<T>(const Tile&);                  \
   template void apply_moments_cf<T>(const Tile&, const Tile&, Moments*);
 GN_INSTANTIATE(GN_DTYPE)
+#undef GN_INSTANTIATE
 
 }  // namespace GN_ISA_NS
 }  // namespace detail

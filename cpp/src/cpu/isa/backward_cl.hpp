@@ -1,4 +1,6 @@
-// One target's channels-last backward kernels (compiled once per target and dtype: entries.hpp).
+// One target's channels-last backward kernels (part of kernels.cpp: entries.hpp).
+#pragma once
+
 #include "../generic/channels_last_backward.hpp"
 #include "entries.hpp"
 
@@ -17,6 +19,7 @@ template <class T> void backward_apply_cl(const Tile& t) {
   template void backward_sums_cl<T>(const Tile&, double*, double*);   \
   template void backward_apply_cl<T>(const Tile&);
 GN_INSTANTIATE(GN_DTYPE)
+#undef GN_INSTANTIATE
 
 }  // namespace GN_ISA_NS
 }  // namespace detail

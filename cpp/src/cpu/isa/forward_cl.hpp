@@ -1,4 +1,6 @@
-// One target's channels-last forward kernels (compiled once per target and dtype: entries.hpp).
+// One target's channels-last forward kernels (part of kernels.cpp: entries.hpp).
+#pragma once
+
 #include "../generic/channels_last_forward.hpp"
 #include "entries.hpp"
 
@@ -18,6 +20,7 @@ template <class T> void apply_cl(const Tile& t) { (t.skip ? apply_cl_<T, true> :
   template void moments_cl<T>(const Tile&, Moments*);  \
   template void apply_cl<T>(const Tile&);
 GN_INSTANTIATE(GN_DTYPE)
+#undef GN_INSTANTIATE
 
 }  // namespace GN_ISA_NS
 }  // namespace detail

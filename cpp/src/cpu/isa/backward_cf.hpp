@@ -1,4 +1,6 @@
-// One target's channels-first backward kernels (compiled once per target and dtype: entries.hpp).
+// One target's channels-first backward kernels (part of kernels.cpp: entries.hpp).
+#pragma once
+
 #include "../generic/channels_first_backward.hpp"
 #include "entries.hpp"
 
@@ -21,6 +23,7 @@ template <class T> void backward_apply_sums_cf(const Tile& a, const Tile& m, dou
   template void backward_apply_cf<T>(const Tile&);                     \
   template void backward_apply_sums_cf<T>(const Tile&, const Tile&, double*, double*);
 GN_INSTANTIATE(GN_DTYPE)
+#undef GN_INSTANTIATE
 
 }  // namespace GN_ISA_NS
 }  // namespace detail
