@@ -195,6 +195,23 @@ struct ScheduleInfo {
 };
 ScheduleInfo last_schedule();
 
+// The caches the CPU schedules are planned for, read once per process: CPUID's
+// cache leaves, else the kernel's /sys/devices/system/cpu/cpu0/cache, else
+// sysconf (which overstates the L3 10x on some VMs), smaller where two differ.
+// Each size comes with the source it was read from ("cpuid", "sysfs",
+// "sysconf", "default"). cache_budget: the bytes one of `num_threads` threads
+// plans to keep in cache (GROUPNORM_CACHE_BYTES overrides it). Speed only,
+// never results.
+struct CacheSizes {
+  std::int64_t l1d = 0, l2 = 0, l3 = 0;
+  const char* l1d_source = "";
+  const char* l2_source = "";
+  const char* l3_source = "";
+  std::int64_t forced_budget = 0;  // GROUPNORM_CACHE_BYTES; 0 when unset
+};
+CacheSizes cache_sizes();
+std::int64_t cache_budget(int num_threads);
+
 // Typed convenience wrapper.
 template <class T>
 inline Result forward(Problem p, const T* x, const T* weight, const T* bias, T* y,

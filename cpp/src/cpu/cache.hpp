@@ -4,8 +4,13 @@
 
 #include <cstdint>
 
+#include "groupnorm/groupnorm.hpp"
+
 namespace groupnorm {
 namespace detail {
+
+// The caches found (groupnorm::CacheSizes, public), read once per process.
+const CacheSizes& cache_info();
 
 // Per-thread cache budget in bytes for a call on `threads` threads: most of the
 // private L2 plus a fair share of half the shared L3 (GROUPNORM_CACHE_BYTES
