@@ -258,7 +258,7 @@ _PIPE_CODE = r"""
 import pickle, sys, ml_dtypes, numpy as np, groupnorm as gn
 with open(sys.argv[1], "rb") as f:
     data = pickle.load(f)
-out = {}
+out = {"schedules": set()}
 for key in sorted(k for k in data if k.startswith("x_")):
     x = data[key]; i = key[2:]
     G = data["G_" + i]; act = data["act_" + i] or None
@@ -266,10 +266,12 @@ for key in sorted(k for k in data if k.startswith("x_")):
     for t in (1, 2):
         y, m, r = gn.group_norm(x, G, data["w_" + i], data["b_" + i], skip=skip, activation=act,
                                 return_stats=True, num_threads=t)
+        out["schedules"].add(gn._core.last_schedule()[0])
         out[f"y{t}_{i}"], out[f"m{t}_{i}"], out[f"r{t}_{i}"] = y, m, r
         m, r = gn.group_norm(x, G, return_stats=True)[1:]
         out[f"gx{t}_{i}"], out[f"gw{t}_{i}"], out[f"gb{t}_{i}"] = gn.group_norm_backward(
             data["gy_" + i], x, m, r, G, data["w_" + i], data["b_" + i], activation=act, num_threads=t)
+        out["schedules"].add(gn._core.last_schedule()[0])
 with open(sys.argv[2], "wb") as f:
     pickle.dump(out, f)
 """
@@ -298,16 +300,20 @@ def test_pipelined_walk_matches_phases(gn, rng, dtype, tmp_path):
     assert run.returncode == 0, run.stderr
     with open(dst, "rb") as f:
         phased = pickle.load(f)
+    assert "pipelined" not in phased["schedules"], phased["schedules"]  # GROUPNORM_PIPELINE=0 was read
+    schedules = set()
     for i, (shape, G, act, skip) in enumerate(cases):
         x, w, b = arrays[f"x_{i}"], arrays[f"w_{i}"], arrays[f"b_{i}"]
         sk = arrays.get(f"skip_{i}")
         for t in (1, 2):
             y, m, r = gn.group_norm(x, G, w, b, skip=sk, activation=act, return_stats=True, num_threads=t)
+            schedules.add(gn._core.last_schedule()[0])
             assert_bitwise_equal(y, phased[f"y{t}_{i}"])
             assert_bitwise_equal(m, phased[f"m{t}_{i}"])
             assert_bitwise_equal(r, phased[f"r{t}_{i}"])
             m, r = gn.group_norm(x, G, return_stats=True)[1:]
             grads = gn.group_norm_backward(arrays[f"gy_{i}"], x, m, r, G, w, b, activation=act, num_threads=t)
+            schedules.add(gn._core.last_schedule()[0])
             for name, got in zip(("gx", "gw", "gb"), grads):
                 assert_bitwise_equal(got, phased[f"{name}{t}_{i}"], f"{name}, case {i}, {t} threads")
         gx_ref, _, _ = ref_backward(arrays[f"gy_{i}"], x, G, w, b, activation=act)
@@ -315,12 +321,14 @@ def test_pipelined_walk_matches_phases(gn, rng, dtype, tmp_path):
         assert_close(grads[0], gx_ref, rtol=tol, atol=tol * max(1.0, float(np.abs(gx_ref).max())))
         ref_x = x if sk is None else (x.astype(np.float64) + sk.astype(np.float64)).astype(dtype)
         _assert_ref(y, ref_x, G, w, b, False, activation=act)
+    assert "pipelined" in schedules, schedules  # what the subprocess was compared against
 
 
 # ----------------------------------------------------------------- schedule
-# How a call is scheduled (cache budget: per-thread sets or cooperative steps;
-# streaming stores; the worker pool or OpenMP regions; threads descheduled and
-# their tiles stolen) must not change a bit.
+# How a call is scheduled (cache budget: per-thread sets, pipelined or not, or
+# shared steps; streaming stores; the worker pool or OpenMP regions; threads
+# descheduled and their tiles stolen) must not change a bit. The forced run
+# checks that the schedules it forces were taken.
 SCHEDULE_CASES = [
     # (shape, groups, channels_last)
     ((2, 32, 40, 33), 8, False),
@@ -346,8 +354,10 @@ for i, (shape, groups, cl, dtype, act, threads) in enumerate(cases):
     b = rng.standard_normal(c).astype(np.float32)
     gy = rng.standard_normal(shape).astype(dt)
     y, m, r = gn.group_norm(x, groups, w, b, channels_last=cl, activation=act, return_stats=True, num_threads=threads)
+    fwd = list(gn._core.last_schedule())
     gx, gw, gb = gn.group_norm_backward(gy, x, m, r, groups, w, b, channels_last=cl, activation=act, num_threads=threads)
-    out[str(i)] = [a.view(np.uint8).tobytes().hex() for a in (y, m, r, gx, gw, gb)]
+    bwd = list(gn._core.last_schedule())
+    out[str(i)] = [a.view(np.uint8).tobytes().hex() for a in (y, m, r, gx, gw, gb)] + [fwd, bwd]
 np.save(sys.argv[2], np.array(json.dumps(out)))
 """
 
@@ -387,6 +397,20 @@ def test_scheduling_does_not_change_results(tmp_path):
     for k in plain:
         for j, name in enumerate(("y", "mean", "rstd", "grad_x", "grad_weight", "grad_bias")):
             assert plain[k][j] == forced[k][j], f"case {_schedule_cases()[int(k)]}: {name} differs"
+    # the forced schedules ran (each call reports the schedule it took, _core.last_schedule()):
+    # every call planned for more than one thread took shared steps (a call small enough for one
+    # thread has nothing to share), and every output was planned as streaming stores, which no
+    # call of the plain run was
+    plain_taken, changed = set(), 0
+    for k in plain:
+        for p, f, direction in zip(plain[k][6:], forced[k][6:], ("forward", "backward")):
+            case = f"case {_schedule_cases()[int(k)]} {direction}"
+            plain_taken.add(p[0])
+            assert f[1] == 1 or f[0] == "shared_steps", f"{case}: forced run took {f[0]} on {f[1]} threads"
+            assert f[2] and not p[2], f"{case}: streaming stores plain {p[2]}, forced {f[2]}"
+            changed += p[0] != f[0]
+    assert plain_taken >= {"pipelined", "whole_sets"}, plain_taken
+    assert changed >= 10, f"only {changed} calls changed schedule"
 
 
 @pytest.fixture

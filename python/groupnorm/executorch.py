@@ -39,7 +39,7 @@ import torch
 
 from . import torch as _gnt  # defines torch.ops.groupnorm.group_norm
 
-__all__ = ["kernel_library_path", "load_kernels", "lower", "run", "calls", "failures", "last_error", "reset_calls",
+__all__ = ["kernel_library_path", "packaged_library_path", "load_kernels", "lower", "run", "calls", "failures", "last_error", "reset_calls",
            "registered_operators", "fuse_silu", "set_num_threads", "get_num_threads", "pool_items", "LIBRARY_NAME"]
 
 LIBRARY_NAME = "libgroupnorm_executorch.so"
@@ -77,6 +77,11 @@ _HOW_TO_BUILD = ('build it with the package: CMAKE_ARGS="-DGROUPNORM_EXECUTORCH=
                  f'{_ENV} at build/cpp/integrations/executorch/{LIBRARY_NAME}')
 
 
+def packaged_library_path() -> str:
+    """Where a package built with the kernel library holds it (the file may not exist)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+
+
 def kernel_library_path() -> str:
     """Path of the ExecuTorch kernel library (``libgroupnorm_executorch.so``).
 
@@ -89,7 +94,7 @@ def kernel_library_path() -> str:
         if not os.path.isfile(env):
             raise FileNotFoundError(f"{_ENV}={env!r} is not a file; {_HOW_TO_BUILD}")
         return os.path.abspath(env)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+    path = packaged_library_path()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"the groupnorm ExecuTorch kernel library is not built ({path} does not exist); "
                                 f"{_HOW_TO_BUILD}")

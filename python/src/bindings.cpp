@@ -328,6 +328,21 @@ void def_module(py::module_& m) {
   m.def("set_worker_pool", &gn::set_worker_pool, py::arg("on"));
   m.def("worker_pool", &gn::worker_pool);
   m.def("max_threads", &gn::max_threads);
+  // how this thread's last CPU call was scheduled: (schedule, threads, streaming stores), for tests
+  m.def("last_schedule", [] {
+    const gn::ScheduleInfo s = gn::last_schedule();
+    return py::make_tuple(gn::schedule_name(s.schedule), s.threads, s.streaming_stores);
+  });
+  m.def("cache_sizes", [] {
+    const gn::CacheSizes c = gn::cache_sizes();
+    py::dict d;
+    d["l1d"] = c.l1d; d["l1d_source"] = c.l1d_source;
+    d["l2"] = c.l2; d["l2_source"] = c.l2_source;
+    d["l3"] = c.l3; d["l3_source"] = c.l3_source;
+    d["forced_budget"] = c.forced_budget;
+    return d;
+  });
+  m.def("cache_budget", &gn::cache_budget, py::arg("num_threads"));
   m.def("active_isa", &gn::active_isa);
   m.def("available_isas", &gn::available_isas);
   m.def("set_isa", [](const std::string& name) { return gn::set_isa(name.c_str()); }, py::arg("name"));
