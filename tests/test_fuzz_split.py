@@ -9,7 +9,7 @@ Examples per test: GROUPNORM_FUZZ_EXAMPLES (default 150), as tests/test_fuzz.py.
 import os
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from conftest import assert_close, ref_backward, ref_forward, ref_stats
 import groupnorm as gn
@@ -39,6 +39,8 @@ def _as_count_array(values):
 @FUZZ
 @given(st.lists(count_values, min_size=2, max_size=2), st.lists(real_values, min_size=2, max_size=2),
        st.lists(real_values, min_size=2, max_size=2))
+@example([2**53 + 1, 0.0], [0.0, 0.0], [0.0, 0.0])  # a mixed list: the array rounds the int
+@example([-1, 2**63], [0.0, 0.0], [0.0, 0.0])
 def test_moments_accepts_exactly_the_element_counts(counts, means, m2s):
     c = _as_count_array(counts).reshape(1, 2)
     def is_count(v):
@@ -46,7 +48,8 @@ def test_moments_accepts_exactly_the_element_counts(counts, means, m2s):
             return 0 <= v <= I64_MAX
         return bool(np.isfinite(v)) and v == np.floor(v) and 0 <= v < 2.0**63
 
-    valid = c.dtype != object and all(is_count(v) for v in counts) and not any(v < 0 for v in m2s)
+    values = c.ravel().tolist()  # what the array holds (a mixed list becomes float64, rounding big ints)
+    valid = c.dtype != object and all(is_count(v) for v in values) and not any(v < 0 for v in m2s)
     try:
         m = gn.Moments(c, np.array([means]), np.array([m2s]))
     except (ValueError, TypeError) as e:
@@ -55,7 +58,7 @@ def test_moments_accepts_exactly_the_element_counts(counts, means, m2s):
         return
     assert valid, f"accepted counts {counts}, m2 {m2s}"
     assert m.count.dtype == np.int64
-    assert m.count[0].tolist() == [int(v) for v in counts]
+    assert m.count[0].tolist() == [int(v) for v in values]
 
 
 @FUZZ
