@@ -4,13 +4,11 @@
     >>> x = np.random.randn(2, 32, 16, 16).astype(np.float32)
     >>> y = groupnorm.group_norm(x, num_groups=8)
 """
-from __future__ import annotations
-
 import os as _os
 import warnings as _warnings
 from typing import Dict, List, Optional
 
-import numpy as np
+import numpy as _np
 
 from . import _core
 from . import _checks
@@ -21,7 +19,7 @@ from . import split, distributed  # noqa: F401 (groupnorm.distributed needs mpi4
 from .split import Moments, BackwardSums, moments, merge_moments, backward_sums, merge_backward_sums
 
 __version__: str = _core.VERSION
-__all__ = ["group_norm", "group_norm_backward", "GroupNorm", "set_num_threads", "get_num_threads",
+__all__ = ["__version__", "group_norm", "group_norm_backward", "GroupNorm", "set_num_threads", "get_num_threads",
            "available_isas", "active_isa", "set_isa", "bfloat16",
            "Moments", "BackwardSums", "moments", "merge_moments", "backward_sums", "merge_backward_sums",
            "set_buffer_cache_limit", "release_memory", "buffer_cache_info", "set_worker_pool", "worker_pool"]
@@ -96,7 +94,7 @@ def set_buffer_cache_limit(nbytes: int) -> None:
     on the next call. 0 turns the cache off. The environment variable
     GROUPNORM_BUFFER_CACHE_BYTES sets the limit at import.
     """
-    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, _np.integer)):
         raise TypeError(f"nbytes must be an int, got {type(nbytes).__name__}")
     nbytes = int(nbytes)
     if nbytes < 0:
@@ -114,7 +112,7 @@ def buffer_cache_info() -> Dict[str, int]:
     return dict(_core.buffer_cache_info())
 
 
-def _check_isa_env():
+def _check_isa_env() -> None:
     """GROUPNORM_ISA caps the instruction set chosen at import; a value that names
     none this build can run here is reported, not silently ignored."""
     name = _os.environ.get("GROUPNORM_ISA")
@@ -125,3 +123,5 @@ def _check_isa_env():
 
 
 _check_isa_env()
+# dir(groupnorm) lists the API, not the names the code above used
+del Dict, List, Optional

@@ -10,6 +10,7 @@ Every array is checked here (GPU or not, shape, dtype, C-contiguity,
 writability of outputs, one device for all) before any CUDA call; the core
 then checks the problem again and runs on the device that holds the arrays.
 """
+from typing import Any, Dict
 import numpy as np
 
 from . import _core
@@ -17,20 +18,20 @@ from . import _checks as C
 from ._checks import DTYPE_CODES, stats_dtype
 
 _F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
-_TYPESTRS = {"<f4": _F32, "<f8": _F64, "<f2": _F16}
+_TYPESTRS: Dict[str, np.dtype[Any]] = {"<f4": _F32, "<f8": _F64, "<f2": _F16}
 
 
-def is_gpu_array(a):
+def is_gpu_array(a: Any) -> Any:
     return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
 
 
-def _require_cuda(name):
+def _require_cuda(name: Any) -> Any:
     if not _core.HAS_CUDA:
         raise TypeError(f"{name} is a GPU array; this groupnorm build runs on the CPU only "
                         "(rebuild with: pip install . -C cmake.define.GROUPNORM_CUDA=ON)")
 
 
-def _device_of(a):
+def _device_of(a: Any) -> Any:
     """The CUDA device ordinal the array object reports (CuPy: .device.id,
     PyTorch: .device.index), or None when it reports none."""
     d = getattr(a, "device", None)
@@ -44,7 +45,7 @@ def _device_of(a):
 class _Dev:
     """One device array as the core needs it: pointer, shape, dtype, stream, device."""
 
-    def __init__(self, a, name, writable=False):
+    def __init__(self, a: Any, name: Any, writable: Any = False) -> None:
         if not is_gpu_array(a):
             raise TypeError(f"{name} must be a GPU array like x (__cuda_array_interface__), got {type(a).__name__}")
         iface = a.__cuda_array_interface__
@@ -86,7 +87,7 @@ class _Dev:
         self.stream = 0 if stream in (None, 1) else stream
         self.device = _device_of(a)
 
-    def like(self, x, what="x's"):
+    def like(self, x: Any, what: Any = "x's") -> Any:
         if self.shape != x.shape:
             raise ValueError(f"{self.name} must have {what} shape {x.shape}, got {self.shape}")
         if self.dtype != x.dtype:
@@ -94,7 +95,7 @@ class _Dev:
         return self
 
 
-def _one_device(arrays):
+def _one_device(arrays: Any) -> Any:
     """All arrays that report a device report the same one."""
     first = None
     for d in arrays:
@@ -107,9 +108,9 @@ def _one_device(arrays):
                              "put them on one device")
 
 
-def _params(x, channels, **arrays):
+def _params(x: Any, channels: Any, **arrays: Any) -> Any:
     """Per-channel GPU parameters: shape (C,), one dtype, float32 or x's."""
-    out = {}
+    out: Any = {}
     for name, p in arrays.items():
         if p is None:
             out[name] = None
@@ -127,10 +128,10 @@ def _params(x, channels, **arrays):
     return out, pdtype
 
 
-def _empty(shape, dtype, like):
+def _empty(shape: Any, dtype: Any, like: Any) -> Any:
     """A new CuPy array on `like`'s device, allocated on its stream (the kernels')."""
     try:
-        import cupy
+        import cupy  # type: ignore[import-not-found]
     except ImportError:  # depends on the machine
         raise TypeError("GPU outputs are CuPy arrays: install cupy, or pass out= arrays") from None
     dev = like.device if like.device is not None else cupy.cuda.runtime.getDevice()
@@ -145,7 +146,7 @@ def _empty(shape, dtype, like):
             return cupy.empty(shape, dtype=dtype)
 
 
-def _geometry(xd, channels_last):
+def _geometry(xd: Any, channels_last: Any) -> Any:
     """(N, C, spatial size) of x."""
     if len(xd.shape) < 2:
         raise ValueError(f"x must have at least 2 dims (N, C, *spatial), got shape {xd.shape}")
@@ -157,12 +158,12 @@ def _geometry(xd, channels_last):
     return xd.shape[0], xd.shape[cdim], s
 
 
-def _ptr(d):
+def _ptr(d: Any) -> Any:
     return 0 if d is None else d.ptr
 
 
-def group_norm(x, num_groups, weight, bias, eps, channels_last, act, out, return_stats, skip, skip_bias,
-               sum_out):
+def group_norm(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, channels_last: Any, act: Any, out: Any, return_stats: Any, skip: Any, skip_bias: Any,
+               sum_out: Any) -> Any:
     _require_cuda("x")
     xd = _Dev(x, "x")
     n, c, s = _geometry(xd, channels_last)
@@ -189,7 +190,7 @@ def group_norm(x, num_groups, weight, bias, eps, channels_last, act, out, return
     return (out, mean, rstd) if return_stats else out
 
 
-def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight, bias, channels_last, act, out):
+def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: Any, weight: Any, bias: Any, channels_last: Any, act: Any, out: Any) -> Any:
     _require_cuda("x")
     xd = _Dev(x, "x")
     n, c, s = _geometry(xd, channels_last)

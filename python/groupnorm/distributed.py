@@ -23,15 +23,21 @@ With torch.distributed::
 
     y = groupnorm.distributed.group_norm(x_local, 32, w, b, allgather=allgather)
 """
+from typing import Any, Callable, List, Literal, Optional, Tuple, Union, overload
+
 import numpy as np
+from numpy.typing import NDArray
 
 from . import functional
 from . import split
 
-__all__ = ["group_norm", "group_norm_backward"]
+__all__ = ["group_norm", "group_norm_backward", "merged_moments", "AllGather"]
+
+# allgather(this rank's array) -> every rank's array, in rank order
+AllGather = Callable[[NDArray[Any]], List[NDArray[Any]]]
 
 
-def _mpi_allgather(comm):
+def _mpi_allgather(comm: Any) -> Any:
     if comm is None:
         try:
             from mpi4py import MPI
@@ -44,7 +50,7 @@ def _mpi_allgather(comm):
     return comm.allgather
 
 
-def _collective(comm, allgather):
+def _collective(comm: Any, allgather: Any) -> Any:
     if allgather is not None:
         if comm is not None:
             raise ValueError("pass comm= or allgather=, not both")
@@ -54,7 +60,7 @@ def _collective(comm, allgather):
     return _mpi_allgather(comm)
 
 
-def _gather(gather, a, what):
+def _gather(gather: Any, a: Any, what: Any) -> Any:
     parts = gather(a)
     try:
         parts = [np.asarray(p) for p in parts]
@@ -70,8 +76,9 @@ def _gather(gather, a, what):
     return parts
 
 
-def merged_moments(x_local, num_groups, *, comm=None, allgather=None, channels_last=False, skip=None,
-                   skip_bias=None, num_threads=None):
+def merged_moments(x_local: Any, num_groups: int, *, comm: Any = None, allgather: Optional[AllGather] = None,
+                   channels_last: bool = False, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
+                   num_threads: Optional[int] = None) -> split.Moments:
     """The moments of the whole distributed tensor (a ``groupnorm.Moments``), same on every rank."""
     gather = _collective(comm, allgather)
     m = split.moments(x_local, num_groups, channels_last=channels_last, skip=skip, skip_bias=skip_bias,
@@ -82,9 +89,35 @@ def merged_moments(x_local, num_groups, *, comm=None, allgather=None, channels_l
     return split.merge_moments([split.Moments(p[0].astype(np.int64), p[1], p[2], m.stats_dtype) for p in parts])
 
 
-def group_norm(x_local, num_groups, weight=None, bias=None, eps=1e-5, *, comm=None, allgather=None,
-               channels_last=False, activation=None, out=None, return_stats=False, num_threads=None, skip=None,
-               skip_bias=None, sum_out=None):
+@overload
+def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None, eps: float = 1e-5,
+               *, comm: Any = None, allgather: Optional[AllGather] = None, channels_last: bool = False,
+               activation: Optional[str] = None, out: Optional[Any] = None, return_stats: Literal[False] = False,
+               num_threads: Optional[int] = None, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
+               sum_out: Optional[Any] = None) -> NDArray[Any]: ...
+
+
+@overload
+def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None, eps: float = 1e-5,
+               *, comm: Any = None, allgather: Optional[AllGather] = None, channels_last: bool = False,
+               activation: Optional[str] = None, out: Optional[Any] = None, return_stats: Literal[True],
+               num_threads: Optional[int] = None, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
+               sum_out: Optional[Any] = None) -> Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]: ...
+
+
+@overload
+def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None, eps: float = 1e-5,
+               *, comm: Any = None, allgather: Optional[AllGather] = None, channels_last: bool = False,
+               activation: Optional[str] = None, out: Optional[Any] = None, return_stats: bool = False,
+               num_threads: Optional[int] = None, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
+               sum_out: Optional[Any] = None) -> Union[NDArray[Any], Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]: ...
+
+
+def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None, eps: float = 1e-5,
+               *, comm: Any = None, allgather: Optional[AllGather] = None, channels_last: bool = False,
+               activation: Optional[str] = None, out: Optional[Any] = None, return_stats: bool = False,
+               num_threads: Optional[int] = None, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
+               sum_out: Optional[Any] = None) -> Union[NDArray[Any], Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]:
     """``groupnorm.group_norm`` of the tensor whose tiles the ranks hold; returns this rank's y.
 
     Args:
@@ -107,8 +140,11 @@ def group_norm(x_local, num_groups, weight=None, bias=None, eps=1e-5, *, comm=No
                                  stats=m)
 
 
-def group_norm_backward(grad_y_local, x_local, mean, rstd, num_groups, weight=None, bias=None, *, comm=None,
-                        allgather=None, channels_last=False, activation=None, num_threads=None, out=None):
+def group_norm_backward(grad_y_local: Any, x_local: Any, mean: Any, rstd: Any, num_groups: int,
+                        weight: Optional[Any] = None, bias: Optional[Any] = None, *, comm: Any = None,
+                        allgather: Optional[AllGather] = None, channels_last: bool = False,
+                        activation: Optional[str] = None, num_threads: Optional[int] = None, out: Optional[Any] = None,
+                        ) -> Tuple[NDArray[Any], Optional[NDArray[Any]], Optional[NDArray[Any]]]:
     """The backward of :func:`group_norm`: this rank's grad_x, the global grad_weight/grad_bias.
 
     mean and rstd are the global statistics (``return_stats=True`` of the

@@ -1,9 +1,10 @@
 """Functional group normalization on NumPy arrays."""
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Literal, Optional, Tuple, Union, cast, overload
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _core
 from . import _checks as C
@@ -14,11 +15,38 @@ _INT62 = 2**62
 _INT31 = 2**31
 
 
+@overload
+def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5, *, channels_last: bool = False, activation: Optional[str] = None,
+               out: Optional[Any] = None, return_stats: Literal[False] = False, num_threads: Optional[int] = None,
+               skip: Optional[Any] = None, skip_bias: Optional[Any] = None, sum_out: Optional[Any] = None,
+               stats: Optional[Any] = None) -> NDArray[Any]: ...
+
+
+@overload
+def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5, *, channels_last: bool = False, activation: Optional[str] = None,
+               out: Optional[Any] = None, return_stats: Literal[True], num_threads: Optional[int] = None,
+               skip: Optional[Any] = None, skip_bias: Optional[Any] = None, sum_out: Optional[Any] = None,
+               stats: Optional[Any] = None,
+               ) -> Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]: ...
+
+
+@overload
 def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
                eps: float = 1e-5, *, channels_last: bool = False, activation: Optional[str] = None,
                out: Optional[Any] = None, return_stats: bool = False, num_threads: Optional[int] = None,
                skip: Optional[Any] = None, skip_bias: Optional[Any] = None, sum_out: Optional[Any] = None,
-               stats: Optional[Any] = None) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+               stats: Optional[Any] = None,
+               ) -> Union[NDArray[Any], Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]: ...
+
+
+def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5, *, channels_last: bool = False, activation: Optional[str] = None,
+               out: Optional[Any] = None, return_stats: bool = False, num_threads: Optional[int] = None,
+               skip: Optional[Any] = None, skip_bias: Optional[Any] = None, sum_out: Optional[Any] = None,
+               stats: Optional[Any] = None,
+               ) -> Union[NDArray[Any], Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]:
     """Group normalization.
 
     Splits the C channels into ``num_groups`` groups and normalizes each group of
@@ -81,8 +109,8 @@ def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Opti
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
         if stats is not None:
             raise TypeError("stats= is supported for CPU (NumPy) arrays only")
-        return _cuda.group_norm(x, groups, weight, bias, e, channels_last, act, out, return_stats, skip, skip_bias,
-                                sum_out)
+        return _cuda.group_norm(x, groups, weight, bias, e, channels_last, act, out, return_stats, skip,  # type: ignore[no-any-return]
+                                skip_bias, sum_out)
     x = C.as_input(x)
     channels = C.channels_of(x, channels_last)
     _core.check(channels, groups, e, None)  # the core's rules, before any allocation
@@ -109,18 +137,19 @@ def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Opti
                       skip, skip_bias, sum_out, nthreads)
     else:
         given = split.given_stats(stats, x.shape[0], groups, x.dtype)
+        count, gmean, gm2, smean, srstd = given
         _core.forward_given(x, groups, weight, bias, e, channels_last, act, dcode, pcode, y, mean, rstd,
-                            skip, skip_bias, sum_out, *given, nthreads)
+                            skip, skip_bias, sum_out, count, gmean, gm2, smean, srstd, nthreads)
     if return_stats:
-        return y, mean, rstd
-    return y
+        return cast(NDArray[Any], y), cast(NDArray[Any], mean), cast(NDArray[Any], rstd)
+    return cast(NDArray[Any], y)
 
 
 def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: int, weight: Optional[Any] = None,
                         bias: Optional[Any] = None, *, channels_last: bool = False,
                         activation: Optional[str] = None, num_threads: Optional[int] = None,
                         out: Optional[Any] = None, sums: Optional[Any] = None,
-                        ) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+                        ) -> Tuple[NDArray[Any], Optional[NDArray[Any]], Optional[NDArray[Any]]]:
     """Gradients of :func:`group_norm`.
 
     Args:
@@ -150,7 +179,8 @@ def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: i
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
         if sums is not None:
             raise TypeError("sums= is supported for CPU (NumPy) arrays only")
-        return _cuda.group_norm_backward(grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, out)
+        return _cuda.group_norm_backward(  # type: ignore[no-any-return]
+            grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, out)
     x = C.as_input(x)
     channels = C.channels_of(x, channels_last)
     _core.check(channels, groups, 0.0, None)

@@ -22,7 +22,10 @@ The backward splits the same way: ``backward_sums`` per tile,
 sums=merged)`` gives each tile's grad_x and the whole tensor's grad_weight and
 grad_bias.
 """
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _core
 from . import _checks as C
@@ -47,7 +50,12 @@ class Moments:
 
     __slots__ = ("count", "mean", "m2", "stats_dtype")
 
-    def __init__(self, count, mean, m2, stats_dtype=np.float32):
+    count: NDArray[np.int64]
+    mean: NDArray[np.float64]
+    m2: NDArray[np.float64]
+    stats_dtype: np.dtype[Any]
+
+    def __init__(self, count: ArrayLike, mean: ArrayLike, m2: ArrayLike, stats_dtype: DTypeLike = np.float32) -> None:
         count = np.ascontiguousarray(count, dtype=_I64)
         mean = np.ascontiguousarray(mean, dtype=_F64)
         m2 = np.ascontiguousarray(m2, dtype=_F64)
@@ -60,15 +68,15 @@ class Moments:
             raise TypeError(f"stats_dtype must be float32 or float64, got {self.stats_dtype}")
 
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         """(N, G)."""
         return self.count.shape
 
-    def merge(self, other):
+    def merge(self, other: "Moments") -> "Moments":
         """The moments of this tile and ``other`` (in that order)."""
         return merge_moments([self, other])
 
-    def mean_rstd(self, eps=1e-5):
+    def mean_rstd(self, eps: float = 1e-5) -> Tuple[NDArray[Any], NDArray[Any]]:
         """(mean, rstd), each (N, G) in ``stats_dtype``, rstd = 1/sqrt(m2/count + eps).
 
         Computed as ``group_norm`` computes them; groups with count 0 get NaN.
@@ -79,7 +87,7 @@ class Moments:
                         mean, rstd)
         return mean, rstd
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Moments(shape={self.shape}, stats_dtype={self.stats_dtype})"
 
 
@@ -95,7 +103,11 @@ class BackwardSums:
 
     __slots__ = ("sum_dz", "sum_dz_xc", "spatial")
 
-    def __init__(self, sum_dz, sum_dz_xc, spatial):
+    sum_dz: NDArray[np.float64]
+    sum_dz_xc: NDArray[np.float64]
+    spatial: int
+
+    def __init__(self, sum_dz: ArrayLike, sum_dz_xc: ArrayLike, spatial: int) -> None:
         sum_dz = np.ascontiguousarray(sum_dz, dtype=_F64)
         sum_dz_xc = np.ascontiguousarray(sum_dz_xc, dtype=_F64)
         if sum_dz.ndim != 2 or sum_dz_xc.shape != sum_dz.shape:
@@ -104,30 +116,31 @@ class BackwardSums:
         self.sum_dz, self.sum_dz_xc, self.spatial = sum_dz, sum_dz_xc, int(spatial)
 
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         """(N, C)."""
         return self.sum_dz.shape
 
-    def merge(self, other):
+    def merge(self, other: "BackwardSums") -> "BackwardSums":
         """The sums of this tile and ``other`` (in that order)."""
         return merge_backward_sums([self, other])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"BackwardSums(shape={self.shape}, spatial={self.spatial})"
 
 
-def _cpu_input(x, name):
+def _cpu_input(x: Any, name: Any) -> Any:
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
         raise TypeError(f"{name} is a GPU array: the split-phase API runs on CPU (NumPy) arrays")
     return C.as_input(x, name)
 
 
-def _spatial(x, channels_last):
+def _spatial(x: Any, channels_last: Any) -> Any:
     shape = x.shape[1:-1] if channels_last else x.shape[2:]
     return int(np.prod(shape, dtype=np.int64))
 
 
-def moments(x_tile, num_groups, *, channels_last=False, skip=None, skip_bias=None, num_threads=None):
+def moments(x_tile: Any, num_groups: int, *, channels_last: bool = False, skip: Optional[Any] = None,
+            skip_bias: Optional[Any] = None, num_threads: Optional[int] = None) -> Moments:
     """Per (sample, group) moments of a tile.
 
     Args:
@@ -165,7 +178,7 @@ def moments(x_tile, num_groups, *, channels_last=False, skip=None, skip_bias=Non
     return Moments(count, mean, m2, C.stats_dtype(x.dtype))
 
 
-def _check_parts(parts, kind, what):
+def _check_parts(parts: Any, kind: Any, what: Any) -> Any:
     if isinstance(parts, kind):
         raise TypeError(f"{what} takes a list of {kind.__name__}, got one {kind.__name__}: wrap it in a list")
     parts = list(parts)
@@ -180,7 +193,7 @@ def _check_parts(parts, kind, what):
     return parts
 
 
-def merge_moments(parts):
+def merge_moments(parts: Sequence[Moments]) -> Moments:
     """Merges a list of :class:`Moments` of the same (N, G), in list order.
 
     Chan's formula, applied left to right: the same list gives bitwise the same
@@ -197,7 +210,7 @@ def merge_moments(parts):
     return Moments(count, mean, m2, sd)
 
 
-def given_stats(stats, n, groups, x_dtype):
+def given_stats(stats: Any, n: Any, groups: Any, x_dtype: Any) -> Any:
     """group_norm's ``stats=`` as the core's arrays: (count, mean, m2, None, None)
     for Moments, (None, None, None, mean, rstd) for a (mean, rstd) pair."""
     if isinstance(stats, Moments):
@@ -210,8 +223,9 @@ def given_stats(stats, n, groups, x_dtype):
     raise TypeError(f"stats must be a groupnorm.Moments or a (mean, rstd) pair, got {type(stats).__name__}")
 
 
-def backward_sums(grad_y_tile, x_tile, mean, rstd, num_groups, weight=None, bias=None, *, channels_last=False,
-                  activation=None, num_threads=None):
+def backward_sums(grad_y_tile: Any, x_tile: Any, mean: Any, rstd: Any, num_groups: int, weight: Optional[Any] = None,
+                  bias: Optional[Any] = None, *, channels_last: bool = False, activation: Optional[str] = None,
+                  num_threads: Optional[int] = None) -> BackwardSums:
     """Per (sample, channel) sums over a tile for the backward.
 
     Args:
@@ -243,7 +257,7 @@ def backward_sums(grad_y_tile, x_tile, mean, rstd, num_groups, weight=None, bias
     return BackwardSums(sum_dz, sum_dz_xc, _spatial(x, channels_last))
 
 
-def merge_backward_sums(parts):
+def merge_backward_sums(parts: Sequence[BackwardSums]) -> BackwardSums:
     """Adds a list of :class:`BackwardSums` of the same (N, C), in list order."""
     parts = _check_parts(parts, BackwardSums, "merge_backward_sums")
     shape = parts[0].shape
@@ -253,7 +267,7 @@ def merge_backward_sums(parts):
     return BackwardSums(d, q, sum(p.spatial for p in parts))
 
 
-def given_sums(sums, n, channels, spatial):
+def given_sums(sums: Any, n: Any, channels: Any, spatial: Any) -> Any:
     """group_norm_backward's ``sums=`` checked against the tile."""
     if not isinstance(sums, BackwardSums):
         raise TypeError(f"sums must be a groupnorm.BackwardSums, got {type(sums).__name__}")
