@@ -18,6 +18,9 @@
 # GN_WHEEL_PIP_ARGS adds pip options (e.g. --no-build-isolation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# (cibuildwheel's repair step: bash .ci/wheel.sh --repair-only RAW.whl OUTDIR)
+RAW=
+if [ "${1:-}" = --repair-only ] && [ $# -eq 3 ]; then RAW=$(readlink -f "$2"); shift 2; fi
 [ $# -eq 1 ] || { echo "usage: bash .ci/wheel.sh OUTDIR" >&2; exit 2; }
 OUT=$1
 mkdir -p "$OUT"
@@ -36,10 +39,14 @@ if ((${#need[@]})); then
   "$PY" -m pip install -q "${need[@]}"
 fi
 
-echo "== wheel: pip wheel (build dir build/{wheel_tag}, shared with pip install .)"
-# shellcheck disable=SC2086
-"$PY" -m pip wheel . --no-deps -w "$WORK/raw" ${GN_WHEEL_PIP_ARGS:-} 2>&1 | grep -v "^  *[│]" | tail -3
-raw=$(ls "$WORK"/raw/groupnorm-*.whl)
+if [ -n "$RAW" ]; then
+  raw=$RAW
+else
+  echo "== wheel: pip wheel (build dir build/{wheel_tag}, shared with pip install .)"
+  # shellcheck disable=SC2086
+  "$PY" -m pip wheel . --no-deps -w "$WORK/raw" ${GN_WHEEL_PIP_ARGS:-} 2>&1 | grep -v "^  *[│]" | tail -3
+  raw=$(ls "$WORK"/raw/groupnorm-*.whl)
+fi
 
 echo "== wheel: auditwheel repair (libgomp.so.1 kept by soname)"
 "$PY" -m auditwheel repair --exclude libgomp.so.1 -w "$WORK/repaired" "$raw" 2>&1 | tail -2
