@@ -36,7 +36,8 @@ python -m pip install -q --upgrade-strategy only-if-needed --only-binary=:all: "
 python -c "import groupnorm, sys; assert groupnorm.__file__.startswith(sys.prefix), groupnorm.__file__; print('groupnorm', groupnorm.__version__, 'from', groupnorm.__file__)"
 
 echo "== mypy --strict: the package and a user script"
-python -m mypy --strict --no-incremental -p groupnorm tests/typing_user.py
+python -m mypy --strict --no-incremental -p groupnorm
+python -m mypy --strict --no-incremental tests/typing_user.py
 
 echo "== docs: mkdocs build --strict"
 python -m mkdocs build --strict --quiet -d "$OUT/site"
