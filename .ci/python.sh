@@ -44,4 +44,6 @@ python -m mkdocs build --strict --quiet -d "$OUT/site"
 
 echo "== python: the README's test command against the installed wheel (every skip listed; any skip but 'no GPU' fails the run)"
 export GROUPNORM_PREFIX=${GROUPNORM_PREFIX:-$OUT/host-openmp/cpp/tests/install_examples/prefix}
-pytest
+# GN_PYTEST_ARGS: pytest arguments for a partial local run (CI passes none)
+# shellcheck disable=SC2086
+pytest ${GN_PYTEST_ARGS:-}
