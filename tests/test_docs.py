@@ -2,9 +2,10 @@
 executed (a block starting `# torchrun --nproc-per-node K` runs on K ranks with
 torchrun's environment; `# mpiexec -n K` on K ranks under mpiexec), ```c and
 ```cpp blocks are compiled and run against the installed C/C++ library
-(GROUPNORM_PREFIX: a `cmake --install` prefix; without it, one is built under
-build/docs-prefix). ```bash blocks are not run. Figures the docs give come from a
+(GROUPNORM_PREFIX: a `cmake --install` prefix; without it, the library that
+`pip install .` built under build/, or a CMake build of it). ```bash blocks are not run. Figures the docs give come from a
 named results file."""
+import glob
 import os
 import re
 import shutil
@@ -79,31 +80,30 @@ def test_python_block(code, tmp_path):
 
 
 def _prefix():
+    """(include dir, libgroupnorm.a): GROUPNORM_PREFIX's install, else the library
+    `pip install .` built (build/<wheel tag>/libgroupnorm.a) with the source
+    headers, else a CMake build of the library under build/docs-cmake."""
     prefix = os.environ.get("GROUPNORM_PREFIX")
     if prefix:
         assert os.path.isfile(os.path.join(prefix, "include", "groupnorm", "groupnorm.h")), \
             f"GROUPNORM_PREFIX={prefix} holds no groupnorm install"
-        return prefix
+        libs = glob.glob(os.path.join(prefix, "lib*", "**", "libgroupnorm.a"), recursive=True)
+        assert libs, f"no libgroupnorm.a under {prefix}"
+        return os.path.join(prefix, "include"), libs[0]
+    include = os.path.join(ROOT, "cpp", "include")
+    built = sorted(glob.glob(os.path.join(ROOT, "build", "*", "libgroupnorm.a")), key=os.path.getmtime)
+    if built:
+        return include, built[-1]
     build = os.path.join(ROOT, "build", "docs-cmake")
-    prefix = os.path.join(ROOT, "build", "docs-prefix")
     subprocess.run(["cmake", "-S", ROOT, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DGROUPNORM_BUILD_TESTS=OFF"],
                    check=True, capture_output=True)
     subprocess.run(["cmake", "--build", build, "--parallel", "2"], check=True, capture_output=True)
-    subprocess.run(["cmake", "--install", build, "--prefix", prefix], check=True, capture_output=True)
-    return prefix
+    return include, os.path.join(build, "libgroupnorm.a")
 
 
 @pytest.fixture(scope="module")
 def prefix():
     return _prefix()
-
-
-def _lib(prefix):
-    for d in ("lib", "lib64"):
-        p = os.path.join(prefix, d, "libgroupnorm.a")
-        if os.path.isfile(p):
-            return p
-    raise AssertionError(f"no libgroupnorm.a under {prefix}")
 
 
 @pytest.mark.parametrize("lang,code", [pytest.param(lang, p.values[0], id=p.id)
@@ -113,8 +113,10 @@ def test_c_and_cpp_block(lang, code, prefix, tmp_path):
     src.write_text(code)
     exe = tmp_path / "block"
     compiler = [os.environ.get("CC", "cc"), "-std=c99"] if lang == "c" else [os.environ.get("CXX", "c++"), "-std=c++17"]
-    subprocess.run(compiler + [str(src), "-o", str(exe), "-I", os.path.join(prefix, "include"), _lib(prefix),
-                               "-lstdc++", "-lm", "-fopenmp"], check=True, capture_output=True, text=True)
+    include, lib = prefix
+    c = subprocess.run(compiler + [str(src), "-o", str(exe), "-I", include, lib, "-lstdc++", "-lm", "-fopenmp"],
+                       capture_output=True, text=True)
+    assert c.returncode == 0, c.stderr
     p = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
 
