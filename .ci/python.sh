@@ -43,7 +43,10 @@ echo "== docs: mkdocs build --strict"
 python -m mkdocs build --strict --quiet -d "$OUT/site"
 
 echo "== python: the README's test command against the installed wheel (every skip listed; any skip but 'no GPU' fails the run)"
-export GROUPNORM_PREFIX=${GROUPNORM_PREFIX:-$OUT/host-openmp/cpp/tests/install_examples/prefix}
+# the docs' C and C++ blocks link .ci/cpp.sh's install (else tests/test_docs.py finds pip's build)
+if [ -z "${GROUPNORM_PREFIX:-}" ] && [ -d "$OUT/host-openmp/cpp/tests/install_examples/prefix" ]; then
+  export GROUPNORM_PREFIX=$OUT/host-openmp/cpp/tests/install_examples/prefix
+fi
 # GN_PYTEST_ARGS: pytest arguments for a partial local run (CI passes none)
 # shellcheck disable=SC2086
 pytest ${GN_PYTEST_ARGS:-}

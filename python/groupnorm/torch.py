@@ -17,7 +17,8 @@ outputs are tensors in the input's memory format.
 
 Threads: each call runs on ``torch.get_num_threads()`` threads, and on PyTorch's
 own intra-op threads: PyTorch's wheel bundles its libgomp under the soname
-``libgomp.so.1``, the one groupnorm's extension links, so the process maps a
+``libgomp.so.1``, the one groupnorm's extension links (groupnorm's wheel
+carries a copy under that soname too, docs/install.md), so the process maps a
 single OpenMP runtime whichever of the two is imported first, and both
 libraries' parallel regions use one pool of threads (no second pool spinning
 on the same cores). Importing this module therefore turns groupnorm's own
