@@ -170,3 +170,39 @@ def test_concurrent_calls_share_the_cache_safely(gn, rng):
     info = gn.buffer_cache_info()
     assert info["cached_bytes"] <= 8 * MB
     assert info["hits"] > 0
+
+
+# ----------------------------------------------------------------- the limit's spelling
+@pytest.mark.parametrize("text,limit", [("1048576", 1 << 20), ("512MiB", 512 << 20), ("512M", 512 << 20),
+                                        ("2g", 2 << 30), ("64KiB", 64 << 10), ("1GB", 10**9), (" 0 ", 0),
+                                        ("300kb", 300000), ("7B", 7)])
+def test_buffer_cache_env_accepts_byte_counts(text, limit):
+    import subprocess, sys
+    code = ("import warnings; warnings.simplefilter('error'); import groupnorm; "
+            "print(groupnorm.buffer_cache_info()['limit_bytes'])")
+    env = dict(__import__("os").environ, GROUPNORM_BUFFER_CACHE_BYTES=text)
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout.split()[-1]) == limit
+
+
+@pytest.mark.parametrize("text", ["-1", "1e9", "abc", "512 MiBs", "1.5G", "99999999999999999999", "0x10"])
+def test_buffer_cache_env_rejects_other_values_with_a_warning(text):
+    import subprocess, sys
+    code = ("import warnings\nwith warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n    import groupnorm\n"
+            "print(groupnorm.buffer_cache_info()['limit_bytes'])\nprint([str(x.message) for x in w])")
+    env = dict(__import__("os").environ, GROUPNORM_BUFFER_CACHE_BYTES=text)
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    limit, messages = p.stdout.strip().splitlines()
+    assert int(limit) == 512 << 20  # the default, not a misread value
+    assert "GROUPNORM_BUFFER_CACHE_BYTES" in messages and repr(text)[1:-1] in messages
+
+
+@pytest.mark.parametrize("n,kind", [(2**64, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_set_buffer_cache_limit_rejects_bad_sizes_by_name(gn, n, kind):
+    before = gn.buffer_cache_info()["limit_bytes"]
+    with pytest.raises(kind, match="nbytes"):
+        gn.set_buffer_cache_limit(n)
+    assert gn.buffer_cache_info()["limit_bytes"] == before

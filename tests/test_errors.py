@@ -186,9 +186,26 @@ def test_set_isa_unknown(gn):
 @pytest.mark.parametrize("n", [0, -1])
 def test_set_num_threads_not_positive(gn, n):
     before = gn.get_num_threads()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="None for the default"):
         gn.set_num_threads(n)
     assert gn.get_num_threads() == before
+    with pytest.raises(ValueError, match="num_threads must be positive"):
+        gn.group_norm(np.ones((1, 4, 3), np.float32), 2, num_threads=n)
+
+
+def test_num_threads_above_the_cap_warns_and_runs_capped(gn):
+    from groupnorm import _core
+    cap = _core.max_threads()
+    x = np.random.default_rng(0).standard_normal((8, 16, 40)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match=f"cap of {cap}"):
+        y = gn.group_norm(x, 4, num_threads=cap + 1)
+    assert np.array_equal(y, gn.group_norm(x, 4, num_threads=1))
+    try:
+        with pytest.warns(RuntimeWarning, match=f"using {cap}"):
+            gn.set_num_threads(1000 + cap)
+        assert gn.get_num_threads() == cap
+    finally:
+        gn.set_num_threads(None)
 
 
 # ----------------------------------------------------------------- backward argument errors

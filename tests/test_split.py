@@ -520,3 +520,59 @@ def test_readme_tiled_example(gn):
     ref, mref, rref = ref_forward(ns["x"], 32, ns["w"], ns["b"])
     assert_close(ns["y"], ref, what="README y", **TOL[F32])
     assert_close(ns["rstd"], rref, rtol=2e-5, atol=0, what="README rstd")
+
+
+# ----------------------------------------------------------------- counts are element counts
+def test_merged_counts_are_exact_integers_above_2_53(gn):
+    big = 2**53 + 1  # not a double
+    m = gn.Moments(np.full((2, 3), big), np.ones((2, 3)), np.ones((2, 3)))
+    merged = gn.merge_moments([m, m, m])
+    assert merged.count.dtype == np.int64
+    assert (merged.count == 3 * big).all()
+    assert_close(merged.mean, np.ones((2, 3)), 0, 0)
+
+
+def test_merged_count_overflow_is_an_error_and_writes_nothing(gn):
+    m = gn.Moments(np.full((1, 2), 2**62), np.zeros((1, 2)), np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="does not fit in int64"):
+        gn.merge_moments([m, m])
+    ok = gn.Moments(np.full((1, 2), 2**62 - 1), np.zeros((1, 2)), np.zeros((1, 2)))
+    assert (gn.merge_moments([ok, ok]).count == 2**63 - 2).all()
+
+
+@pytest.mark.parametrize("count,kind", [
+    (np.array([[5, -1]]), ValueError), (np.array([[5, 2.7]]), ValueError), (np.array([[5, np.nan]]), ValueError),
+    (np.array([[5, np.inf]]), ValueError), (np.array([[5, 2.0**63]]), ValueError),
+    (np.array([[5, 2**63]], np.uint64), ValueError), (np.array([[True, True]]), TypeError),
+    (np.array([["3", "3"]]), TypeError)], ids=["negative", "fraction", "nan", "inf", "2**63 float",
+                                               "2**63 uint64", "bool", "str"])
+def test_moments_rejects_counts_that_are_not_element_counts(gn, count, kind):
+    with pytest.raises(kind, match="count"):
+        gn.Moments(count, np.zeros((1, 2)), np.zeros((1, 2)))
+
+
+def test_moments_accepts_integral_float_counts(gn):
+    m = gn.Moments(np.array([[3.0, 0.0]]), np.zeros((1, 2)), np.zeros((1, 2)))
+    assert m.count.dtype == np.int64 and m.count.tolist() == [[3, 0]]
+
+
+def test_moments_rejects_negative_m2(gn):
+    with pytest.raises(ValueError, match="m2"):
+        gn.Moments(np.ones((1, 2), np.int64), np.zeros((1, 2)), np.array([[0.0, -1.0]]))
+
+
+@pytest.mark.parametrize("spatial,kind", [(2**70, ValueError), (1e300, ValueError), (-1, ValueError),
+                                          (2.5, ValueError), (float("nan"), ValueError), (None, TypeError),
+                                          ("7", TypeError), (True, TypeError)])
+def test_backward_sums_rejects_bad_spatial(gn, spatial, kind):
+    with pytest.raises(kind, match="spatial"):
+        gn.BackwardSums(np.zeros((1, 2)), np.zeros((1, 2)), spatial)
+
+
+def test_core_merge_rejects_negative_counts_before_writing(gn):
+    from groupnorm import _core
+    parts = [(np.array([1, -2], np.int64), np.zeros(2), np.zeros(2))]
+    count, mean, m2 = np.full(2, 7, np.int64), np.full(2, 7.0), np.full(2, 7.0)
+    with pytest.raises(ValueError, match=r"count\[1\] is -2"):
+        _core.merge_moments(parts, count, mean, m2)
+    assert count.tolist() == [7, 7] and mean.tolist() == [7.0, 7.0] and m2.tolist() == [7.0, 7.0]

@@ -428,3 +428,24 @@ print(start, pool, after_torch, after_ours)
     start, pool, after_torch, after_ours = map(int, out.split())
     assert pool >= start + 2  # our call started the pool (2 threads besides the caller): the count sees it
     assert after_torch == pool and after_ours == pool, (start, pool, after_torch, after_ours)
+
+
+def test_layer_names_a_channel_mismatch():
+    layer = gnt.GroupNorm(4, 8)
+    with pytest.raises(ValueError, match=r"expects 8 channels .* with 16"):
+        layer(torch.randn(2, 16, 4, 4))
+
+
+def test_double_backward_says_it_is_not_supported():
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    y = gnt.group_norm(x, 4, w, None)
+    (gx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+    with pytest.raises(ValueError, match="double backward"):
+        gx.sum().backward()
+    # first-order gradients with create_graph=False are unaffected
+    x2 = x.detach().requires_grad_()
+    gnt.group_norm(x2, 4, w, None).sum().backward()
+    ref = x.detach().requires_grad_()
+    F.group_norm(ref, 4, w, None).sum().backward()
+    torch.testing.assert_close(x2.grad, ref.grad)

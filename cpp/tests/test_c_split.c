@@ -82,6 +82,16 @@ int main(void) {
   }
   CHECK(groupnorm_merge_moments(G, 2, pc, pm, pq, count, mmean, mm2) == GROUPNORM_OK, "merge");
   CHECK(groupnorm_mean_rstd(G, count, mmean, mm2, p.eps, p.dtype, mean, rstd) == GROUPNORM_OK, "mean_rstd");
+  {  /* a negative count is rejected, an int64 overflow of the merged count too; nothing is written */
+    int64_t neg[G], hc[G], out_c[G];
+    const int64_t* pn[1];
+    const int64_t* ph[2];
+    for (i = 0; i < G; ++i) { neg[i] = i == G - 1 ? -1 : 1; hc[i] = (int64_t)1 << 62; out_c[i] = 7; }
+    pn[0] = neg; ph[0] = hc; ph[1] = hc;
+    CHECK(groupnorm_merge_moments(G, 1, pn, pm, pq, out_c, mmean, mm2) == GROUPNORM_INVALID_SIZE, "negative count");
+    CHECK(groupnorm_merge_moments(G, 2, ph, pm, pq, out_c, mmean, mm2) == GROUPNORM_SIZE_OVERFLOW, "count overflow");
+    for (i = 0; i < G; ++i) CHECK(out_c[i] == 7, "count %d written on error", i);
+  }
   for (i = 0; i < G; ++i) {
     CHECK(count[i] == S * C / G, "count %d", (int)count[i]);
     CHECK(fabs(mean[i] - mean1[i]) <= 1e-5 * fabs(mean1[i]) && fabs(rstd[i] - rstd1[i]) <= 3e-5 * rstd1[i],

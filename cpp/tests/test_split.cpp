@@ -230,6 +230,35 @@ void dtype_rules() {
   }
 }
 
+// Counts merge as integers: exact above 2^53, an overflow is an error, a
+// negative count is rejected, and nothing is written on error.
+void counts() {
+  const std::int64_t big = (std::int64_t(1) << 53) + 1, huge = std::int64_t(1) << 62;
+  std::int64_t c1[2] = {big, 3}, c2[2] = {big, 4};
+  double m1[2] = {1.0, 2.0}, q1[2] = {0.0, 1.0};
+  const std::int64_t* pc[2] = {c1, c2};
+  const double* pm[2] = {m1, m1};
+  const double* pq[2] = {q1, q1};
+  std::int64_t out_c[2] = {-7, -7};
+  double out_m[2] = {-7, -7}, out_q[2] = {-7, -7};
+  GT_CHECK(gn::merge_moments(2, 2, pc, pm, pq, out_c, out_m, out_q).ok(), "merge big counts");
+  GT_CHECK(out_c[0] == 2 * big && out_c[1] == 7, "merged counts are exact integers");
+  std::int64_t h[2] = {huge, 1};
+  const std::int64_t* ph[2] = {h, h};
+  out_c[0] = out_c[1] = -7;
+  GT_CHECK(gn::merge_moments(2, 2, ph, pm, pq, out_c, out_m, out_q).status == gn::Status::size_overflow,
+           "a merged count past int64 is an error");
+  GT_CHECK(out_c[0] == -7 && out_c[1] == -7, "nothing written on overflow");
+  std::int64_t neg[2] = {3, -1};
+  const std::int64_t* pn[1] = {neg};
+  GT_CHECK(gn::merge_moments(2, 1, pn, pm, pq, out_c, out_m, out_q).status == gn::Status::invalid_size,
+           "a negative count is an error");
+  GT_CHECK(out_c[0] == -7, "nothing written on a negative count");
+  double mo[2], ro[2];
+  GT_CHECK(gn::mean_rstd(2, neg, m1, q1, 1e-5, gn::DType::float64, mo, ro).status == gn::Status::invalid_size,
+           "mean_rstd rejects a negative count");
+}
+
 void errors() {
   gn::Problem p;
   p.batch = 1; p.channels = 4; p.groups = 2; p.spatial = 5;
@@ -257,6 +286,7 @@ void errors() {
   const std::int64_t* pc[1] = {nullptr};
   const double* pm[1] = {mu};
   GT_CHECK(gn::merge_moments(2, 1, pc, pm, pm, cnt, mu, q).status == gn::Status::null_pointer, "merge null part");
+  counts();
   double d[4], e[4];
   gn::BackwardArgs b;
   b.grad_y = x.data(); b.x = x.data(); b.mean = sm; b.rstd = sr;

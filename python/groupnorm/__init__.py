@@ -92,18 +92,25 @@ def set_buffer_cache_limit(nbytes: int) -> None:
     array is freed its memory is kept, already mapped, for the next output of a
     similar size, instead of going back to the OS and faulting in fresh pages
     on the next call. 0 turns the cache off. The environment variable
-    GROUPNORM_BUFFER_CACHE_BYTES sets the limit at import.
+    GROUPNORM_BUFFER_CACHE_BYTES sets the limit at import: an integer with an
+    optional K/M/G (KiB/MiB/GiB, powers of 1024) or KB/MB/GB (powers of 1000)
+    suffix; anything else warns and keeps the default.
     """
     if isinstance(nbytes, bool) or not isinstance(nbytes, (int, _np.integer)):
         raise TypeError(f"nbytes must be an int, got {type(nbytes).__name__}")
     nbytes = int(nbytes)
     if nbytes < 0:
         raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+    if nbytes > 2**64 - 1:
+        raise ValueError(f"nbytes must be at most 2**64 - 1, got {nbytes}")
     _core.set_buffer_cache_limit(nbytes)
 
 
 def release_memory() -> int:
-    """Return every cached output buffer to the OS now; returns the bytes freed."""
+    """Return every cached output buffer to the OS now; returns the bytes freed.
+
+    On glibc the allocator's own free lists are trimmed too (``malloc_trim``),
+    so the process's resident memory drops by what the cache held."""
     return _core.release_memory()
 
 
@@ -122,6 +129,13 @@ def _check_isa_env() -> None:
                        RuntimeWarning, stacklevel=3)
 
 
+def _check_buffer_cache_env() -> None:
+    """GROUPNORM_BUFFER_CACHE_BYTES that is not a byte count is reported (the default limit is kept)."""
+    if _core.BUFFER_CACHE_ENV_WARNING:
+        _warnings.warn(_core.BUFFER_CACHE_ENV_WARNING, RuntimeWarning, stacklevel=3)
+
+
 _check_isa_env()
+_check_buffer_cache_env()
 # dir(groupnorm) lists the API, not the names the code above used
 del Dict, List, Optional

@@ -6,6 +6,7 @@ types, shapes, dtypes, contiguity and writability.
 """
 from typing import Any
 import numbers
+import warnings
 import operator
 
 import numpy as np
@@ -200,14 +201,21 @@ def output(out: Any, shape: Any, dtype: Any, name: Any = "out") -> Any:
 
 
 def threads(num_threads: Any) -> Any:
-    """num_threads as the core's int (0: the default). Requests above the int32
-    range are passed as its maximum; the core caps every request anyway."""
+    """num_threads as the core's int (0: the default). The one rule, as in C and
+    C++: a positive count, capped at the core's max_threads() (4x the hardware
+    threads; a request above it warns here), or the default (None in Python, 0
+    in C/C++). A count of 0 or less is a ValueError in Python."""
     if num_threads is None:
         return 0
     n = integer(num_threads, "num_threads")
     if n <= 0:
-        raise ValueError(f"num_threads must be positive, got {short(n)}")
-    return min(n, INT32_MAX)
+        raise ValueError(f"num_threads must be positive (None for the default), got {short(n)}")
+    cap = _core.max_threads()
+    if n > cap:
+        warnings.warn(f"num_threads {short(n)} is above groupnorm's cap of {cap} (4x the hardware threads); "
+                      f"using {cap}", RuntimeWarning, stacklevel=3)
+        return cap
+    return n
 
 
 def eps_value(eps: Any) -> Any:

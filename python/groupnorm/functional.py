@@ -12,7 +12,7 @@ from . import _cuda
 from . import split
 
 _INT62 = 2**62
-_INT31 = 2**31
+_MAX_THREADS = _core.max_threads()  # the core's cap (fixed per process); above it the checked path warns
 
 
 @overload
@@ -94,7 +94,7 @@ def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Opti
             and return_stats is False
             and type(num_groups) is int and 0 < num_groups < _INT62 and type(eps) is float
             and type(channels_last) is bool and (activation is None or activation == "silu")
-            and (num_threads is None or (type(num_threads) is int and 0 < num_threads < _INT31))):
+            and (num_threads is None or (type(num_threads) is int and 0 < num_threads <= _MAX_THREADS))):
         y = _core.forward_fast(x, num_groups, weight, bias, eps, channels_last, 0 if activation is None else 1,
                                out, num_threads or 0)
         if y is not None:

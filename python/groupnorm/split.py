@@ -22,6 +22,8 @@ The backward splits the same way: ``backward_sums`` per tile,
 sums=merged)`` gives each tile's grad_x and the whole tensor's grad_weight and
 grad_bias.
 """
+import numbers
+
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -35,6 +37,42 @@ __all__ = ["Moments", "BackwardSums", "moments", "merge_moments", "backward_sums
 
 _I64 = np.dtype(np.int64)
 _F64 = np.dtype(np.float64)
+_I64_MAX = np.iinfo(np.int64).max
+
+
+def _counts(count: Any) -> Any:
+    """count as an int64 array of element counts: integers (or integral floats)
+    in [0, 2**63); anything else (negative, fractional, NaN, too large, bool)
+    is a ValueError/TypeError naming the first bad entry."""
+    a = np.asarray(count)
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise TypeError(f"count must be an integer array, got dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.floating):
+        f = a.astype(np.float64)
+        bad = ~np.isfinite(f) | (f != np.floor(f)) | (f < 0) | (f >= 2.0**63)
+    elif np.issubdtype(a.dtype, np.unsignedinteger):
+        bad = a > _I64_MAX
+    else:
+        bad = a < 0
+    if bad.any():
+        i = tuple(int(k) for k in np.argwhere(bad)[0])
+        raise ValueError(f"count{list(i)} is {a[i].item()!r}: a count must be a whole number in [0, 2**63)")
+    return np.ascontiguousarray(a, dtype=_I64)
+
+
+def _spatial_count(spatial: Any) -> Any:
+    """BackwardSums.spatial as an int in [0, 2**63): an int, or an integral float."""
+    if isinstance(spatial, (bool, np.bool_)) or not isinstance(spatial, numbers.Real):
+        raise TypeError(f"spatial must be an int, got {type(spatial).__name__}")
+    if not isinstance(spatial, numbers.Integral):
+        f = float(spatial)
+        if not (np.isfinite(f) and f == np.floor(f)):
+            raise ValueError(f"spatial must be a whole number of elements, got {spatial!r}")
+    if not 0 <= spatial <= _I64_MAX:  # type: ignore[operator]
+        raise ValueError(f"spatial must be in [0, 2**63), got {spatial!r}")
+    if isinstance(spatial, numbers.Integral):
+        return int(spatial)
+    return int(float(spatial))  # a whole float (checked above)
 
 
 class Moments:
@@ -56,13 +94,16 @@ class Moments:
     stats_dtype: np.dtype[Any]
 
     def __init__(self, count: ArrayLike, mean: ArrayLike, m2: ArrayLike, stats_dtype: DTypeLike = np.float32) -> None:
-        count = np.ascontiguousarray(count, dtype=_I64)
-        mean = np.ascontiguousarray(mean, dtype=_F64)
-        m2 = np.ascontiguousarray(m2, dtype=_F64)
-        if count.ndim != 2 or mean.shape != count.shape or m2.shape != count.shape:
-            raise ValueError(f"count, mean and m2 must have one (N, G) shape, got {count.shape}, "
-                             f"{mean.shape} and {m2.shape}")
-        self.count, self.mean, self.m2 = count, mean, m2
+        count_a = _counts(count)
+        mean_a = np.ascontiguousarray(mean, dtype=_F64)
+        m2_a = np.ascontiguousarray(m2, dtype=_F64)
+        if count_a.ndim != 2 or mean_a.shape != count_a.shape or m2_a.shape != count_a.shape:
+            raise ValueError(f"count, mean and m2 must have one (N, G) shape, got {count_a.shape}, "
+                             f"{mean_a.shape} and {m2_a.shape}")
+        if (m2_a < 0).any():
+            i = tuple(int(k) for k in np.argwhere(m2_a < 0)[0])
+            raise ValueError(f"m2{list(i)} is {m2_a[i].item()!r}: a sum of squared deviations is never negative")
+        self.count, self.mean, self.m2 = count_a, mean_a, m2_a
         self.stats_dtype = np.dtype(stats_dtype)
         if self.stats_dtype not in (np.dtype(np.float32), _F64):
             raise TypeError(f"stats_dtype must be float32 or float64, got {self.stats_dtype}")
@@ -113,7 +154,7 @@ class BackwardSums:
         if sum_dz.ndim != 2 or sum_dz_xc.shape != sum_dz.shape:
             raise ValueError(f"sum_dz and sum_dz_xc must have one (N, C) shape, got {sum_dz.shape} "
                              f"and {sum_dz_xc.shape}")
-        self.sum_dz, self.sum_dz_xc, self.spatial = sum_dz, sum_dz_xc, int(spatial)
+        self.sum_dz, self.sum_dz_xc, self.spatial = sum_dz, sum_dz_xc, _spatial_count(spatial)
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -264,7 +305,10 @@ def merge_backward_sums(parts: Sequence[BackwardSums]) -> BackwardSums:
     d = np.empty(shape, _F64)
     q = np.empty(shape, _F64)
     _core.merge_backward_sums([(p.sum_dz, p.sum_dz_xc) for p in parts], d, q)
-    return BackwardSums(d, q, sum(p.spatial for p in parts))
+    spatial = sum(p.spatial for p in parts)
+    if spatial > _I64_MAX:
+        raise ValueError(f"merge_backward_sums: the merged spatial count {spatial} does not fit in int64")
+    return BackwardSums(d, q, spatial)
 
 
 def given_sums(sums: Any, n: Any, channels: Any, spatial: Any) -> Any:

@@ -17,8 +17,7 @@ outputs are tensors in the input's memory format.
 
 Threads: each call runs on ``torch.get_num_threads()`` threads, and on PyTorch's
 own intra-op threads: PyTorch's wheel bundles its libgomp under the soname
-``libgomp.so.1``, the one groupnorm's extension links (groupnorm's wheel
-carries a copy under that soname too, docs/install.md), so the process maps a
+``libgomp.so.1``, the one groupnorm's extension links, so the process maps a
 single OpenMP runtime whichever of the two is imported first, and both
 libraries' parallel regions use one pool of threads (no second pool spinning
 on the same cores). Importing this module therefore turns groupnorm's own
@@ -37,7 +36,7 @@ import torch
 
 from . import _core
 from . import _checks as C
-from . import functional, split
+from . import distributed, functional, split
 
 __all__ = ["group_norm", "GroupNorm", "replace_group_norm", "SyncGroupNorm", "openmp_runtimes"]
 
@@ -240,6 +239,20 @@ def _backward(ctx: Any, grad_y: Any, grad_mean: Any, grad_rstd: Any, grad_s: Any
 _group_norm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class DoubleBackwardError(NotImplementedError, ValueError):
+    """Gradients of groupnorm's gradients (double backward) are not supported."""
+
+
+def _no_double_backward(ctx: Any, *grads: Any) -> Any:
+    raise DoubleBackwardError(
+        "groupnorm does not support double backward (a gradient of its gradient, e.g. "
+        "torch.autograd.grad(..., create_graph=True) followed by another backward); use "
+        "torch.nn.functional.group_norm where second-order gradients are needed")
+
+
+_group_norm_backward_op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
 # --------------------------------------------------------------------------- CUDA
 
 
@@ -393,7 +406,15 @@ class GroupNorm(torch.nn.GroupNorm):
         super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
         self.activation = activation
 
+    def _check_channels(self, input: Any) -> Any:
+        """The layer's own rule, named as such: input's dim 1 must be num_channels."""
+        if isinstance(input, torch.Tensor) and input.dim() >= 2 and input.shape[1] != self.num_channels:
+            raise ValueError(f"{type(self).__name__}({self.num_groups}, {self.num_channels}) expects "
+                             f"{self.num_channels} channels (dim 1), got input of shape {tuple(input.shape)} "
+                             f"with {input.shape[1]}")
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_channels(input)
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
                           activation=getattr(self, "activation", None))
 
@@ -427,20 +448,34 @@ def replace_group_norm(model: torch.nn.Module) -> int:
 # --------------------------------------------------------------------------- SyncGroupNorm
 
 
-def _all_gather_f64(a: Any, group: Any) -> Any:
-    """Every rank's float64 array (same shape on every rank), in rank order."""
+def _gather_over(group: Any) -> Any:
+    """allgather for groupnorm.distributed's exchange: every rank's float64 array (of one shape), in rank order."""
     import torch.distributed as dist
 
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, t, group=group)
-    return [p.numpy() for p in parts]
+    def allgather(a: Any) -> Any:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, t, group=group)
+        return [p.numpy() for p in parts]
+    return allgather
 
 
 def _world(group: Any) -> Any:
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def _tile_spatial(x: Any) -> Any:
+    return int(np.prod(x.shape[2:], dtype=np.int64))
+
+
+def _sync_config(call: Any, x: Any, num_groups: Any, cl: Any, activation: Any, weight: Any, bias: Any, eps: Any, stats_crc: Any = 0) -> Any:
+    """What every rank of a SyncGroupNorm call must agree on (groupnorm.distributed compares it)."""
+    shape = tuple(x.shape[:1]) + tuple(x.shape[2:]) + tuple(x.shape[1:2]) if cl else tuple(x.shape)
+    return distributed._config(call, shape, num_groups, _NP_DTYPES[x.dtype], cl,
+                               C.activation(activation), weight is not None, bias is not None, eps,
+                               stats_crc=stats_crc)
 
 
 class _SyncGroupNormFn(torch.autograd.Function):
@@ -450,14 +485,16 @@ class _SyncGroupNormFn(torch.autograd.Function):
         x = _canonical(x, cl)
         xa = _array(x, cl)
         threads = torch.get_num_threads()
-        m = split.moments(xa, num_groups, channels_last=cl, num_threads=threads)
         if _world(group):
-            # count, mean, m2 of every rank, merged in rank order: every rank
+            # every rank's count, mean, m2, merged in rank order: every rank
             # merges the same bytes in the same order, so all get the same bits
-            packed = np.stack([m.count.astype(np.float64), m.mean, m.m2])
-            parts = _all_gather_f64(packed, group)
-            m = split.merge_moments([split.Moments(p[0].astype(np.int64), p[1], p[2], m.stats_dtype)
-                                     for p in parts])
+            def local() -> Any:
+                m = split.moments(xa, num_groups, channels_last=cl, num_threads=threads)
+                return _sync_config(4.0, x, num_groups, cl, activation, weight, bias, eps), m, _tile_spatial(x)
+
+            m = distributed.sync_moments(_gather_over(group), 4.0, local)
+        else:
+            m = split.moments(xa, num_groups, channels_last=cl, num_threads=threads)
         y = _new_output(x)
         functional.group_norm(xa, num_groups, _param_array(weight), _param_array(bias), eps, channels_last=cl,
                               activation=activation, out=_array(y, cl), num_threads=threads, stats=m)
@@ -476,14 +513,17 @@ class _SyncGroupNormFn(torch.autograd.Function):
         xa, ga = _array(x, cl), _array(grad_y, cl)
         wa, ba = _param_array(weight), _param_array(bias)
         threads = torch.get_num_threads()
-        s = split.backward_sums(ga, xa, mean, rstd, num_groups, wa, ba, channels_last=cl, activation=activation,
-                                num_threads=threads)
+
+        def local() -> Any:
+            return split.backward_sums(ga, xa, mean, rstd, num_groups, wa, ba, channels_last=cl, activation=activation,
+                                       num_threads=threads)
+
         if _world(group):
-            nc = s.sum_dz.size
-            packed = np.concatenate([s.sum_dz.ravel(), s.sum_dz_xc.ravel(), [float(s.spatial)]])
-            parts = _all_gather_f64(packed, group)
-            s = split.merge_backward_sums([split.BackwardSums(p[:nc].reshape(s.shape), p[nc:2 * nc].reshape(s.shape),
-                                                              int(p[2 * nc])) for p in parts])
+            s = distributed.sync_sums(_gather_over(group), 5.0, lambda: (
+                _sync_config(5.0, x, num_groups, cl, activation, weight, bias, 0.0, distributed._crc(mean, rstd)),
+                local()))
+        else:
+            s = local()
         gx = _new_output(x)
         _, gw, gb = functional.group_norm_backward(ga, xa, mean, rstd, num_groups, wa, ba, channels_last=cl,
                                                    activation=activation, num_threads=threads, out=_array(gx, cl),
@@ -507,7 +547,11 @@ class SyncGroupNorm(GroupNorm):
 
     Runs on CPU tensors with any torch.distributed backend that all-gathers
     CPU tensors (gloo, MPI). Without an initialized process group (or with
-    one rank) it is GroupNorm of the local tensor.
+    one rank) it is GroupNorm of the local tensor. The exchange is
+    ``groupnorm.distributed``'s: a fixed-size header first, so ranks that
+    disagree (N, C, G, dtype, layout, eps, affine, activation...) all raise
+    the same ValueError naming the difference, and a rank whose own checks
+    fail makes the others raise instead of waiting.
 
     Args:
         num_groups, num_channels, eps, affine, device, dtype, activation: as GroupNorm.
@@ -521,8 +565,15 @@ class SyncGroupNorm(GroupNorm):
         self.process_group = process_group
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        groups, eps, act = _check(input, self.num_groups, self.weight, self.bias, self.eps, self.activation, None)
-        if input.device.type != "cpu":
-            raise ValueError(f"input is on {input.device}: SyncGroupNorm runs on CPU tensors")
-        return _SyncGroupNormFn.apply(input,  # type: ignore[no-untyped-call,no-any-return]
-                                       self.weight, self.bias, groups, eps, _act(act), self.process_group)
+        try:
+            self._check_channels(input)
+            groups, eps, act = _check(input, self.num_groups, self.weight, self.bias, self.eps, self.activation,
+                                      None)
+            if input.device.type != "cpu":
+                raise ValueError(f"input is on {input.device}: SyncGroupNorm runs on CPU tensors")
+        except Exception as e:
+            if _world(self.process_group):  # the other ranks raise too instead of waiting for this one
+                distributed.raise_everywhere(_gather_over(self.process_group), 4.0, e)
+            raise
+        return _SyncGroupNormFn.apply(input, self.weight,  # type: ignore[no-untyped-call,no-any-return]
+                                      self.bias, groups, eps, _act(act), self.process_group)

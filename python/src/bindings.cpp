@@ -13,6 +13,11 @@
 #include <map>
 #include <mutex>
 #include <stdexcept>
+#include <string>
+#include <cctype>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "groupnorm/cuda.hpp"
 #include "groupnorm/groupnorm.h"
@@ -22,6 +27,21 @@ namespace py = pybind11;
 namespace gn = groupnorm;
 
 namespace {
+
+// Releases the GIL for its scope. Unlike py::gil_scoped_release, its destructor
+// may propagate: at interpreter exit CPython ends a daemon thread that tries to
+// re-take the GIL by unwinding it (pthread_exit), and that unwind must not
+// cross a noexcept destructor (std::terminate, SIGABRT at exit).
+class GilRelease {
+ public:
+  GilRelease() : state_(PyEval_SaveThread()) {}
+  ~GilRelease() noexcept(false) { PyEval_RestoreThread(state_); }
+  GilRelease(const GilRelease&) = delete;
+  GilRelease& operator=(const GilRelease&) = delete;
+
+ private:
+  PyThreadState* state_;
+};
 
 const void* cdata(const py::object& o) {
   if (o.is_none()) return nullptr;
@@ -66,7 +86,7 @@ void run_released(int num_threads, Call call) {
   e.num_threads = num_threads;
   gn::Result r;
   {
-    py::gil_scoped_release release;
+    GilRelease release;
     r = call(e);
   }
   if (!r) raise(r);
@@ -203,6 +223,41 @@ bool param_view(py::handle h, std::int64_t channels, ArrayView* v) {
   return v->ok && v->ndim == 1 && v->shape[0] == channels && (v->flags & kCContiguous);
 }
 
+// A byte count as written in an environment variable: a non-negative integer
+// with an optional suffix, K/M/G/T or KiB/MiB/GiB/TiB (powers of 1024), KB/MB/GB/TB
+// (powers of 1000), B; case-insensitive, surrounding blanks allowed. False for
+// anything else (a sign, a fraction, an exponent, an overflow, an unknown unit).
+bool parse_bytes(const char* text, std::uint64_t* out) {
+  std::string s(text);
+  const auto blank = [](char ch) { return ch == ' ' || ch == '\t'; };
+  while (!s.empty() && blank(s.back())) s.pop_back();
+  std::size_t i = 0;
+  while (i < s.size() && blank(s[i])) ++i;
+  std::uint64_t value = 0;
+  const std::size_t digits_from = i;
+  for (; i < s.size() && s[i] >= '0' && s[i] <= '9'; ++i) {
+    const std::uint64_t d = (std::uint64_t)(s[i] - '0');
+    if (value > (UINT64_MAX - d) / 10) return false;
+    value = value * 10 + d;
+  }
+  if (i == digits_from) return false;
+  std::string unit;
+  for (; i < s.size(); ++i) unit += (char)std::tolower((unsigned char)s[i]);
+  static const struct { const char* name; std::uint64_t scale; } units[] = {
+      {"", 1}, {"b", 1},
+      {"k", 1ull << 10}, {"kib", 1ull << 10}, {"kb", 1000ull},
+      {"m", 1ull << 20}, {"mib", 1ull << 20}, {"mb", 1000000ull},
+      {"g", 1ull << 30}, {"gib", 1ull << 30}, {"gb", 1000000000ull},
+      {"t", 1ull << 40}, {"tib", 1ull << 40}, {"tb", 1000000000000ull}};
+  for (const auto& u : units) {
+    if (unit != u.name) continue;
+    if (value > UINT64_MAX / u.scale) return false;
+    *out = value * u.scale;
+    return true;
+  }
+  return false;
+}
+
 // ---------------------------------------------------------------- output buffers
 // Outputs the library allocates (group_norm(x) without out=, the GroupNorm
 // layer, backward's grad_x) come from a cache of blocks rather than fresh
@@ -217,6 +272,13 @@ bool param_view(py::handle h, std::int64_t channels, ArrayView* v) {
 // to the OS, and release_memory() returns them all. Blocks below 64 KiB are not
 // cached (malloc reuses those well already). Thread-safe (one mutex; the GIL is
 // not relied on).
+//
+// Locks (a rule for every lock in this library): no Python object is created,
+// no Python API called and no callback run while a library lock is held. Any
+// Python allocation may run the cyclic GC, whose finalizers may free a
+// groupnorm output, whose release (give) takes this very lock: the thread
+// would wait on itself. Take the data out under the lock, build Python objects
+// after. tests/test_locks.py checks the sources for this.
 class BufferCache {
  public:
   static constexpr std::size_t kHeader = 64;        // block header; data starts 64-byte aligned after it
@@ -287,18 +349,23 @@ class BufferCache {
       evict_to(0, drop);
     }
     for (char* b : drop) std::free(b);
+#if defined(__GLIBC__)
+    // glibc keeps freed heap memory (and large blocks below its mmap threshold,
+    // which it raises as big blocks are freed) mapped for reuse: hand it back
+    malloc_trim(0);
+#endif
     return freed;
   }
 
-  py::dict info() {
+  struct Info {
+    std::size_t cached_bytes, cached_blocks, limit_bytes;
+    std::uint64_t hits, misses;
+  };
+  // A snapshot of the counters. The dict is built by the caller after the lock
+  // is dropped (see "Locks" above).
+  Info info() {
     std::lock_guard<std::mutex> lock(mu_);
-    py::dict d;
-    d["cached_bytes"] = cached_;
-    d["cached_blocks"] = free_.size();
-    d["limit_bytes"] = limit_;
-    d["hits"] = hits_;
-    d["misses"] = misses_;
-    return d;
+    return Info{cached_, free_.size(), limit_, hits_, misses_};
   }
 
  private:
@@ -309,7 +376,13 @@ class BufferCache {
 
   BufferCache() {
     const char* s = std::getenv("GROUPNORM_BUFFER_CACHE_BYTES");
-    if (s && *s) limit_ = (std::size_t)std::strtoull(s, nullptr, 10);
+    if (s && *s) {
+      std::uint64_t bytes = 0;
+      if (parse_bytes(s, &bytes)) limit_ = (std::size_t)bytes;
+      else env_warning_ = std::string("GROUPNORM_BUFFER_CACHE_BYTES='") + s +
+                          "' is not a byte count (an integer with an optional K, M, G, KiB, MiB or GiB suffix); "
+                          "the default limit of 512 MiB is used";
+    }
   }
 
   // capacities in eighths of an octave (at most 12.5% over the request), so
@@ -335,6 +408,9 @@ class BufferCache {
   }
 
   std::mutex mu_;
+ public:
+  std::string env_warning_;  // set once at construction, read at import (then the module warns)
+ private:
   std::multimap<std::size_t, Entry> free_;  // capacity -> block
   std::size_t cached_ = 0;
   std::size_t limit_ = (std::size_t)512 << 20;
@@ -408,7 +484,7 @@ void parallel_copy(const py::array& dst, const py::array& src, int num_threads) 
   char* d = static_cast<char*>(const_cast<void*>(dst.data()));
   const char* s = static_cast<const char*>(src.data());
   const int t = num_threads > 0 ? std::min(num_threads, gn::max_threads()) : gn::get_num_threads();
-  py::gil_scoped_release release;
+  GilRelease release;
   const std::size_t chunk = ((n + t - 1) / t + 4095) / 4096 * 4096;
 #pragma omp parallel for schedule(static, 1) num_threads(t)
   for (int i = 0; i < t; ++i) {
@@ -433,7 +509,7 @@ void forward_cuda(std::uintptr_t x, std::int64_t n, std::int64_t c, std::int64_t
   a.y = (void*)y; a.sum_out = (void*)sum_out; a.mean = (void*)mean; a.rstd = (void*)rstd;
   gn::Result r;
   {
-    py::gil_scoped_release release;
+    GilRelease release;
     r = gn::cuda::forward(p, a, (gn::cuda::Stream)stream);
   }
   if (!r) raise(r);
@@ -452,7 +528,7 @@ void backward_cuda(std::uintptr_t grad_y, std::uintptr_t x, std::uintptr_t mean,
   a.grad_x = (void*)grad_x; a.grad_weight = (void*)grad_weight; a.grad_bias = (void*)grad_bias;
   gn::Result r;
   {
-    py::gil_scoped_release release;
+    GilRelease release;
     r = gn::cuda::backward(p, a, (gn::cuda::Stream)stream);
   }
   if (!r) raise(r);
@@ -489,7 +565,7 @@ void merge_moments(const py::list& parts, const py::array& count, const py::arra
   }
   gn::Result r;
   {
-    py::gil_scoped_release release;
+    GilRelease release;
     r = gn::merge_moments((std::int64_t)count.size(), (std::int64_t)c.size(), c.data(), m.data(), q.data(),
                           static_cast<std::int64_t*>(const_cast<void*>(count.data())),
                           static_cast<double*>(const_cast<void*>(mean.data())),
@@ -602,8 +678,23 @@ PYBIND11_MODULE(_core, m) {
     for (py::handle d : shape) dims.push_back(d.cast<py::ssize_t>());
     return empty_aligned(dt, dims);
   });
-  m.def("buffer_cache_info", [] { return BufferCache::get().info(); });
-  m.def("set_buffer_cache_limit", [](std::size_t bytes) { BufferCache::get().set_limit(bytes); });
+  m.def("buffer_cache_info", [] {
+    const BufferCache::Info i = BufferCache::get().info();  // the lock is dropped before any Python object exists
+    py::dict d;
+    d["cached_bytes"] = i.cached_bytes;
+    d["cached_blocks"] = i.cached_blocks;
+    d["limit_bytes"] = i.limit_bytes;
+    d["hits"] = i.hits;
+    d["misses"] = i.misses;
+    return d;
+  });
+  m.attr("BUFFER_CACHE_ENV_WARNING") = BufferCache::get().env_warning_;
+  m.def("parse_bytes", [](const std::string& text) -> py::object {
+    std::uint64_t v = 0;
+    if (!parse_bytes(text.c_str(), &v)) return py::none();
+    return py::int_(v);
+  });
+  m.def("set_buffer_cache_limit", [](std::uint64_t bytes) { BufferCache::get().set_limit((std::size_t)bytes); });
   m.def("release_memory", [] { return BufferCache::get().release(); });
   m.def("backward", &backward);
   m.def("check", &check, py::arg("channels"), py::arg("groups"), py::arg("eps"), py::arg("activation"));

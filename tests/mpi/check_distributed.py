@@ -64,6 +64,35 @@ for idx, (dtype, cl, act, sp) in enumerate(CASES):
                 failures.append(f"case {idx} ({np.dtype(dtype).name}, {'cl' if cl else 'cf'}, {act}): "
                                 f"{name} differs from single-process by {err:.3e} (tolerance {tol})")
 
+# ranks that disagree (the last rank differs): every rank raises the same ValueError naming the field,
+# through mpi4py's default collective, and the ranks stay in step
+MISMATCHES = [
+    # (what differs, kwargs of the others, of the last rank, the message)
+    ("C", dict(c=8), dict(c=16), "num_channels differs between ranks: "),
+    ("G", dict(g=4), dict(g=2), "num_groups differs between ranks: "),
+    ("dtype", dict(dtype=np.float32), dict(dtype=np.float64), "dtype differs between ranks: "),
+    ("eps", dict(eps=1e-5), dict(eps=1e-3), "eps differs between ranks: "),
+    ("own checks", dict(g=4), dict(g=3), None),
+]
+if size > 1:
+    last = rank == size - 1
+    for what, mine, theirs, msg in MISMATCHES:
+        kw = dict(c=8, g=4, dtype=np.float32, eps=1e-5)
+        kw.update(theirs if last else mine)
+        xm = np.random.default_rng(rank).normal(size=(2, kw["c"], 3 + rank, 4)).astype(kw["dtype"])
+        try:
+            gn.distributed.group_norm(xm, kw["g"], eps=kw["eps"])
+            err = "no error"
+        except ValueError as e:
+            err = str(e)
+        errs = comm.allgather(err)
+        if msg is not None:
+            if len(set(errs)) != 1 or msg not in err or f"rank {size - 1} has" not in err:
+                failures.append(f"mismatch {what}: errors differ or do not name it: {errs}")
+        elif not (last and "num_groups" in err) and not (
+                not last and f"rank {size - 1} of {size} failed its own argument checks" in err):
+            failures.append(f"mismatch {what}: rank {rank} raised {err!r}")
+
 failed = comm.allreduce(len(failures), op=MPI.SUM)
 for f in failures:
     print(f"rank {rank}: {f}", flush=True)

@@ -769,6 +769,15 @@ Result backward(const Problem& p, const BackwardArgs& a, const Exec& e) {
 // ------------------------------------------------------------ split phase
 namespace {
 Result fail(Status s, std::string m) { return {s, std::move(m)}; }
+
+// Counts of merged moments are element counts: never negative.
+Result check_counts(const std::int64_t* count, std::int64_t size, const std::string& what) {
+  for (std::int64_t i = 0; i < size; ++i)
+    if (count[i] < 0)
+      return fail(Status::invalid_size, what + "[" + std::to_string(i) + "] is " + std::to_string(count[i]) +
+                                            ": a count must be >= 0");
+  return {};
+}
 }  // namespace
 
 Result moments(const Problem& p, const MomentsArgs& m, const Exec& e) {
@@ -794,17 +803,30 @@ Result merge_moments(std::int64_t size, std::int64_t parts, const std::int64_t* 
   if (size == 0) return {};
   if (!count || !mean || !m2) return fail(Status::null_pointer, "the count, mean and m2 outputs are required");
   if (parts > 0 && (!counts || !means || !m2s)) return fail(Status::null_pointer, "the part arrays are null");
-  for (std::int64_t j = 0; j < parts; ++j)
+  for (std::int64_t j = 0; j < parts; ++j) {
     if (!counts[j] || !means[j] || !m2s[j])
       return fail(Status::null_pointer, "part " + std::to_string(j) + " has a null array");
+    Result r = check_counts(counts[j], size, "part " + std::to_string(j) + " count");
+    if (!r) return r;
+  }
+  // counts add as integers (a double loses them above 2^53), checked before anything is written
+  for (std::int64_t i = 0; i < size; ++i) {
+    std::int64_t total = 0;
+    for (std::int64_t j = 0; j < parts; ++j)
+      if (__builtin_add_overflow(total, counts[j][i], &total))
+        return fail(Status::size_overflow, "the merged count of entry " + std::to_string(i) +
+                                               " does not fit in int64 (parts 0.." + std::to_string(j) + ")");
+  }
   for (std::int64_t i = 0; i < size; ++i) {
     Moments acc;
+    std::int64_t total = 0;
     for (std::int64_t j = 0; j < parts; ++j) {
       Moments b;
       b.n = (double)counts[j][i]; b.mean = means[j][i]; b.m2 = m2s[j][i];
       merge(acc, b);
+      total += counts[j][i];
     }
-    count[i] = (std::int64_t)acc.n; mean[i] = acc.mean; m2[i] = acc.m2;
+    count[i] = total; mean[i] = acc.mean; m2[i] = acc.m2;
   }
   return {};
 }
@@ -817,6 +839,8 @@ Result mean_rstd(std::int64_t size, const std::int64_t* count, const double* mea
   if ((int)dtype < 0 || (int)dtype > 3) return fail(Status::invalid_dtype, "unknown dtype code " + std::to_string((int)dtype));
   if (size == 0) return {};
   if (!count || !mean || !m2) return fail(Status::null_pointer, "count, mean and m2 are required");
+  Result r = check_counts(count, size, "count");
+  if (!r) return r;
   const DType st = stats_dtype(dtype);
   for (std::int64_t i = 0; i < size; ++i) {
     Moments m;
@@ -836,6 +860,10 @@ Result forward(const Problem& p, const ForwardArgs& a, const GivenStats& g, cons
     return fail(Status::invalid_combination, "give either moments (count, mean, m2) or mean/rstd, not both");
   if (p.batch > 0 && (by_moments ? !(g.count && g.mean && g.m2) : !(g.stats_mean && g.stats_rstd)))
     return fail(Status::null_pointer, by_moments ? "moments need count, mean and m2" : "stats need mean and rstd");
+  if (g.count) {
+    r = check_counts(g.count, p.batch * p.groups, "count");
+    if (!r) return r;
+  }
   ForwardPhases ph;
   ph.phase = Phase::apply;
   ph.given = &g;

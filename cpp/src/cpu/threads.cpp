@@ -60,10 +60,29 @@ std::atomic<bool> g_worker_pool{[] {
 void set_worker_pool(bool on) { g_worker_pool.store(on); }
 bool worker_pool() { return g_worker_pool.load(); }
 
+namespace {
+// GNU libgomp is not fork-safe: in a child forked after the parent ran an
+// OpenMP region, the child's first region waits forever for threads that do
+// not exist there. Such a child never enters a region: OpenMP-mode calls run
+// on the calling thread (as PyTorch does after fork); the worker pool, which
+// starts afresh in a child, and an engine's parallel-for are unaffected.
+std::atomic<bool> g_openmp_used{false};
+std::atomic<bool> g_openmp_unusable{false};
+void after_fork_in_child() {
+  if (g_openmp_used.load(std::memory_order_relaxed)) g_openmp_unusable.store(true, std::memory_order_relaxed);
+}
+[[maybe_unused]] const bool g_fork_handler_registered = (pthread_atfork(nullptr, nullptr, after_fork_in_child), true);
+}  // namespace
+
+bool openmp_unusable_after_fork() { return g_openmp_unusable.load(std::memory_order_relaxed); }
+
 namespace detail {
 
 int resolve_threads(const Exec& e) {
-  return e.num_threads > 0 ? std::min(e.num_threads, max_threads()) : get_num_threads();
+  const int n = e.num_threads > 0 ? std::min(e.num_threads, max_threads()) : get_num_threads();
+  // a forked child whose only parallel path would be OpenMP runs serially
+  if (!e.parallel_for && !worker_pool() && openmp_unusable_after_fork()) return 1;
+  return n;
 }
 
 namespace {
@@ -84,6 +103,11 @@ void run_workers(const Exec& e, int workers, WorkerFn fn) {
     return;
   }
 #if defined(GROUPNORM_USE_OPENMP)
+  if (openmp_unusable_after_fork()) {  // see after_fork_in_child: every worker's share, in turn
+    for (int w = 0; w < workers; ++w) fn(w);
+    return;
+  }
+  g_openmp_used.store(true, std::memory_order_relaxed);
 #pragma omp parallel for schedule(static, 1) num_threads(workers)
   for (int w = 0; w < workers; ++w) fn(w);
 #else
