@@ -32,7 +32,8 @@ echo "== fresh venv: the wheel with its test and docs extras (binary packages on
 rm -rf "$OUT/venv"
 "$PY" -m venv "$OUT/venv"
 export PATH="$OUT/venv/bin:$PATH"
-python -m pip install -q --upgrade-strategy only-if-needed --only-binary=:all: "$whl[test,docs]" 2>&1 | grep -v "^WARNING: Location" || true
+python -m pip install -q --only-binary=:all: "$whl[test,docs]" >"$OUT/venv-install.log" 2>&1 ||
+  { grep -v "^WARNING: Location" "$OUT/venv-install.log"; exit 1; }
 python -c "import groupnorm, sys; assert groupnorm.__file__.startswith(sys.prefix), groupnorm.__file__; print('groupnorm', groupnorm.__version__, 'from', groupnorm.__file__)"
 
 echo "== mypy --strict: the package and a user script"

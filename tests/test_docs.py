@@ -3,8 +3,8 @@ executed (a block starting `# torchrun --nproc-per-node K` runs on K ranks with
 torchrun's environment; `# mpiexec -n K` on K ranks under mpiexec), ```c and
 ```cpp blocks are compiled and run against the installed C/C++ library
 (GROUPNORM_PREFIX: a `cmake --install` prefix; without it, the library that
-`pip install .` built under build/, or a CMake build of it). ```bash blocks are not run. Figures the docs give come from a
-named results file."""
+`pip install .` built under build/, or a CMake build of it). ```bash blocks are
+not run. Figures the docs give come from a named results file."""
 import glob
 import os
 import re

@@ -162,7 +162,8 @@ def _ptr(d: Any) -> Any:
     return 0 if d is None else d.ptr
 
 
-def group_norm(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, channels_last: Any, act: Any, out: Any, return_stats: Any, skip: Any, skip_bias: Any,
+def group_norm(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, channels_last: Any, act: Any, out: Any,
+               return_stats: Any, skip: Any, skip_bias: Any,
                sum_out: Any) -> Any:
     _require_cuda("x")
     xd = _Dev(x, "x")
@@ -190,7 +191,8 @@ def group_norm(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, channe
     return (out, mean, rstd) if return_stats else out
 
 
-def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: Any, weight: Any, bias: Any, channels_last: Any, act: Any, out: Any) -> Any:
+def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: Any, weight: Any, bias: Any,
+                        channels_last: Any, act: Any, out: Any) -> Any:
     _require_cuda("x")
     xd = _Dev(x, "x")
     n, c, s = _geometry(xd, channels_last)

@@ -126,7 +126,8 @@ def _crc(*arrays: Any) -> Any:
     return c
 
 
-def _config(call: Any, x_shape: Any, num_groups: Any, dtype: Any, channels_last: Any, activation_code: Any, weight: Any = False, bias: Any = False, eps: Any = 0.0,
+def _config(call: Any, x_shape: Any, num_groups: Any, dtype: Any, channels_last: Any, activation_code: Any,
+            weight: Any = False, bias: Any = False, eps: Any = 0.0,
             skip: Any = False, skip_bias: Any = False, stats_crc: Any = 0) -> Any:
     """The compared part of a header, from arguments that passed this rank's checks."""
     return {2: call, 3: x_shape[0], 4: x_shape[-1] if channels_last else x_shape[1], 5: num_groups,
@@ -365,7 +366,8 @@ def _spatial_of(x: Any, channels_last: Any) -> Any:
     return int(np.prod(sp, dtype=np.int64))
 
 
-def _moments_call(call: Any, gather: Any, x_local: Any, num_groups: Any, channels_last: Any, skip: Any, skip_bias: Any, num_threads: Any, weight: Any = None,
+def _moments_call(call: Any, gather: Any, x_local: Any, num_groups: Any, channels_last: Any, skip: Any,
+                  skip_bias: Any, num_threads: Any, weight: Any = None,
                   bias: Any = None, eps: Any = 0.0, activation: Any = None) -> Any:
     def local() -> Any:
         x = C.as_input(x_local, "x_local")
@@ -388,7 +390,8 @@ def merged_moments(x_local: Any, num_groups: int, *, comm: Any = None, allgather
 
 
 @overload
-def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None, eps: float = 1e-5,
+def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5,
                *, comm: Any = None, allgather: Optional[AllGather] = None, channels_last: bool = False,
                activation: Optional[str] = None, out: Optional[Any] = None, return_stats: Literal[False] = False,
                num_threads: Optional[int] = None, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
@@ -396,7 +399,8 @@ def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias
 
 
 @overload
-def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None, eps: float = 1e-5,
+def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5,
                *, comm: Any = None, allgather: Optional[AllGather] = None, channels_last: bool = False,
                activation: Optional[str] = None, out: Optional[Any] = None, return_stats: Literal[True],
                num_threads: Optional[int] = None, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
@@ -404,18 +408,22 @@ def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias
 
 
 @overload
-def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None, eps: float = 1e-5,
+def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5,
                *, comm: Any = None, allgather: Optional[AllGather] = None, channels_last: bool = False,
                activation: Optional[str] = None, out: Optional[Any] = None, return_stats: bool = False,
                num_threads: Optional[int] = None, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
-               sum_out: Optional[Any] = None) -> Union[NDArray[Any], Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]: ...
+               sum_out: Optional[Any] = None,
+               ) -> Union[NDArray[Any], Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]: ...
 
 
-def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None, eps: float = 1e-5,
+def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5,
                *, comm: Any = None, allgather: Optional[AllGather] = None, channels_last: bool = False,
                activation: Optional[str] = None, out: Optional[Any] = None, return_stats: bool = False,
                num_threads: Optional[int] = None, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
-               sum_out: Optional[Any] = None) -> Union[NDArray[Any], Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]:
+               sum_out: Optional[Any] = None,
+               ) -> Union[NDArray[Any], Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]:
     """``groupnorm.group_norm`` of the tensor whose tiles the ranks hold; returns this rank's y.
 
     Args:

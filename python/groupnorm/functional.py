@@ -109,8 +109,8 @@ def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Opti
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
         if stats is not None:
             raise TypeError("stats= is supported for CPU (NumPy) arrays only")
-        return _cuda.group_norm(x, groups, weight, bias, e, channels_last, act, out, return_stats, skip,  # type: ignore[no-any-return]
-                                skip_bias, sum_out)
+        return _cuda.group_norm(  # type: ignore[no-any-return]
+            x, groups, weight, bias, e, channels_last, act, out, return_stats, skip, skip_bias, sum_out)
     x = C.as_input(x)
     channels = C.channels_of(x, channels_last)
     _core.check(channels, groups, e, None)  # the core's rules, before any allocation

@@ -281,7 +281,8 @@ def _nsc(x: Any, cl: Any) -> Any:
     return n, c, (x.numel() // (n * c) if n * c else 0)
 
 
-def _forward_cuda(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, activation: Any, skip: Any, cl: Any, y: Any, mean: Any, rstd: Any, s: Any) -> Any:
+def _forward_cuda(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, activation: Any, skip: Any, cl: Any,
+                  y: Any, mean: Any, rstd: Any, s: Any) -> Any:
     _require_cuda_build()
     xv = x.movedim(1, -1) if cl else x
     n, c, sp = _nsc(xv, cl)
@@ -295,7 +296,8 @@ def _forward_cuda(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, act
                            _ptr(skip), 0, _ptr(s) if skip is not None else 0, stream)
 
 
-def _backward_cuda(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: Any, weight: Any, bias: Any, activation: Any, cl: Any, gx: Any) -> Any:
+def _backward_cuda(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: Any, weight: Any, bias: Any,
+                   activation: Any, cl: Any, gx: Any) -> Any:
     _require_cuda_build()
     xv = x.movedim(1, -1) if cl else x
     n, c, sp = _nsc(xv, cl)
@@ -470,7 +472,8 @@ def _tile_spatial(x: Any) -> Any:
     return int(np.prod(x.shape[2:], dtype=np.int64))
 
 
-def _sync_config(call: Any, x: Any, num_groups: Any, cl: Any, activation: Any, weight: Any, bias: Any, eps: Any, stats_crc: Any = 0) -> Any:
+def _sync_config(call: Any, x: Any, num_groups: Any, cl: Any, activation: Any, weight: Any, bias: Any, eps: Any,
+                 stats_crc: Any = 0) -> Any:
     """What every rank of a SyncGroupNorm call must agree on (groupnorm.distributed compares it)."""
     shape = tuple(x.shape[:1]) + tuple(x.shape[2:]) + tuple(x.shape[1:2]) if cl else tuple(x.shape)
     return distributed._config(call, shape, num_groups, _NP_DTYPES[x.dtype], cl,
@@ -480,7 +483,8 @@ def _sync_config(call: Any, x: Any, num_groups: Any, cl: Any, activation: Any, w
 
 class _SyncGroupNormFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Any, weight: Any, bias: Any, num_groups: Any, eps: Any, activation: Any, group: Any) -> Any:
+    def forward(ctx: Any, x: Any, weight: Any, bias: Any, num_groups: Any, eps: Any, activation: Any,
+                group: Any) -> Any:
         cl = _channels_last(x)
         x = _canonical(x, cl)
         xa = _array(x, cl)
