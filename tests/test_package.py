@@ -123,3 +123,17 @@ def test_cli_bench_runs_with_torch_and_plots(tmp_path):
     line = next(l for l in p.stdout.splitlines() if l.startswith("2,32,8,8") and "channels-first" in l)
     assert re.search(r"\d\.\d\dx$", line) or "busy" in line, line   # the speedup over torch
     assert png.stat().st_size > 1000
+
+
+def test_one_openmp_runtime_without_torch():
+    """`import groupnorm` alone maps one OpenMP runtime: the wheel's own copy
+    (groupnorm/_libs/libgomp.so.1, found through the extension's RUNPATH) when the
+    package is the wheel, else the system's libgomp.so.1."""
+    code = ("import groupnorm, sys; from groupnorm.__main__ import openmp_runtime; "
+            "groupnorm.group_norm(__import__('numpy').ones((2, 8, 64, 64), 'float32'), 4, num_threads=2); "
+            "assert 'torch' not in sys.modules; print(openmp_runtime())")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    assert "," not in out and "gomp" in out, out
+    vendored = os.path.join(os.path.dirname(groupnorm.__file__), "_libs", "libgomp.so.1")
+    if os.path.exists(vendored):
+        assert os.path.realpath(out) == os.path.realpath(vendored), (out, vendored)
