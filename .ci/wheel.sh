@@ -55,14 +55,19 @@ repaired=$(ls "$WORK"/repaired/groupnorm-*.whl)
 echo "== wheel: vendor libgomp.so.1 as the fallback runtime"
 "$PY" -m wheel unpack -d "$WORK/tree" "$repaired" >/dev/null
 tree=$(ls -d "$WORK"/tree/groupnorm-*)
-gomp=$(readlink -f "$(${CXX:-g++} -print-file-name=libgomp.so.1)")
-[ -f "$gomp" ] || { echo "libgomp.so.1 not found (${CXX:-g++} -print-file-name)" >&2; exit 1; }
+so=$(ls "$tree"/groupnorm/_core*.so)
+# the libgomp.so.1 the extension was linked against: what the loader resolves it to here
+gomp=$(ldd "$so" | awk '$1 == "libgomp.so.1" {print $3}')
+[ -f "$gomp" ] || gomp=$(${CXX:-g++} -print-file-name=libgomp.so.1)
+gomp=$(readlink -f "$gomp")
+[ -f "$gomp" ] || { echo "libgomp.so.1 not found (ldd $so; ${CXX:-g++} -print-file-name)" >&2; exit 1; }
 mkdir -p "$tree/groupnorm/_libs"
 cp "$gomp" "$tree/groupnorm/_libs/libgomp.so.1"
 strip --strip-unneeded "$tree/groupnorm/_libs/libgomp.so.1"
-for so in "$tree"/groupnorm/_core*.so; do
-  patchelf --set-rpath '$ORIGIN/_libs' "$so"
-done
+# $ORIGIN/_libs first, keeping any path auditwheel set for libraries it grafted
+old_rpath=$(patchelf --print-rpath "$so")
+patchelf --set-rpath "\$ORIGIN/_libs${old_rpath:+:$old_rpath}" "$so"
+echo "libgomp.so.1 from $gomp; RUNPATH $(patchelf --print-rpath "$so")"
 mkdir -p "$WORK/final"
 "$PY" -m wheel pack -d "$WORK/final" "$tree" >/dev/null
 final=$(ls "$WORK"/final/groupnorm-*.whl)
