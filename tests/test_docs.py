@@ -1,10 +1,11 @@
 """Every code block of the README and docs/ runs as written: ```python blocks are
 executed (a block starting `# torchrun --nproc-per-node K` runs on K ranks with
-torchrun's environment; `# mpiexec -n K` on K ranks under mpiexec), ```c and
+torchrun's environment; `# mpiexec -n K` on 2 ranks under mpiexec), ```c and
 ```cpp blocks are compiled and run against the installed C/C++ library
 (GROUPNORM_PREFIX: a `cmake --install` prefix; without it, the library that
-`pip install .` built under build/, or a CMake build of it). ```bash blocks are
-not run. Figures the docs give come from a named results file."""
+`pip install .` built under build/, or a CMake build of it). ```bash (and other
+shell or build-file) blocks are not run. Figures the docs give come from a
+named results file."""
 import glob
 import os
 import re
@@ -36,7 +37,9 @@ def test_every_block_has_a_known_language():
     for doc in DOCS:
         with open(os.path.join(ROOT, doc)) as f:
             langs = {m.group(1) for m in FENCE.finditer(f.read())}
-        assert langs <= {"python", "c", "cpp", "bash", ""}, (doc, langs)
+        # run: python, c, cpp; shown only (commands, build files, output): the rest
+        assert langs <= {"python", "c", "cpp", "bash", "sh", "console", "text", "cmake", "toml", "yaml", ""}, \
+            (doc, langs)
 
 
 def _free_port():
