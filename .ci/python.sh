@@ -26,7 +26,11 @@ tar -tzf "$sdist" >"$OUT/sdist.txt"
 for f in CMakeLists.txt pyproject.toml cpp/src/cpu/dispatch.cpp cpp/include/groupnorm/groupnorm.h python/src/bindings.cpp python/groupnorm/__init__.py python/groupnorm/_core.pyi LICENSE README.md; do
   grep -q "^groupnorm-[0-9.]*/$f\$" "$OUT/sdist.txt" || { echo "FAIL: $f is not in $sdist"; exit 1; }
 done
-echo "$(basename "$sdist"): $(wc -l <"$OUT/sdist.txt") files"
+rm -rf "$OUT/sdist-tree" "$OUT/sdist-build" && mkdir -p "$OUT/sdist-tree"
+tar -xzf "$sdist" -C "$OUT/sdist-tree"
+cmake -S "$OUT"/sdist-tree/groupnorm-* -B "$OUT/sdist-build" -DGROUPNORM_BUILD_TESTS=OFF >"$OUT/sdist-configure.log" 2>&1 ||
+  { cat "$OUT/sdist-configure.log"; echo "FAIL: the sdist does not configure"; exit 1; }
+echo "$(basename "$sdist"): $(wc -l <"$OUT/sdist.txt") files; configures (the build itself is the wheel's)"
 
 echo "== fresh venv: the wheel with its test and docs extras (binary packages only)"
 rm -rf "$OUT/venv"
