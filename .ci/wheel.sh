@@ -49,7 +49,10 @@ else
 fi
 
 echo "== wheel: auditwheel repair (libgomp.so.1 kept by soname)"
-"$PY" -m auditwheel repair --exclude libgomp.so.1 -w "$WORK/repaired" "$raw" 2>&1 | tail -2
+# the OpenVINO extension (when built: CMAKE_ARGS=-DGROUPNORM_OPENVINO=ON) links the
+# runtime of the user's openvino wheel, which loads it: never a copy of its own
+"$PY" -m auditwheel repair --exclude libgomp.so.1 --exclude 'libopenvino*.so*' --exclude 'libtbb*.so*' \
+  -w "$WORK/repaired" "$raw" 2>&1 | tail -2
 repaired=$(ls "$WORK"/repaired/groupnorm-*.whl)
 
 echo "== wheel: vendor libgomp.so.1 as the fallback runtime"
