@@ -39,6 +39,13 @@ if ((${#need[@]})); then
   "$PY" -m pip install -q "${need[@]}"
 fi
 
+# the OpenVINO extension only when asked for (CMAKE_ARGS=-DGROUPNORM_OPENVINO=ON, as
+# .ci/openvino.sh sets): an ON left in build/{wheel_tag}'s CMake cache by an earlier
+# build must not slip into a plain wheel
+case " ${CMAKE_ARGS:-} " in
+  *GROUPNORM_OPENVINO=ON*) ;;
+  *) export CMAKE_ARGS="${CMAKE_ARGS:-} -DGROUPNORM_OPENVINO=OFF" ;;
+esac
 if [ -n "$RAW" ]; then
   raw=$RAW
 else
