@@ -46,6 +46,10 @@ case " ${CMAKE_ARGS:-} " in
   *GROUPNORM_OPENVINO=ON*) ;;
   *) export CMAKE_ARGS="${CMAKE_ARGS:-} -DGROUPNORM_OPENVINO=OFF" ;;
 esac
+case " ${CMAKE_ARGS:-} " in
+  *GROUPNORM_EXECUTORCH=ON*) ;;
+  *) export CMAKE_ARGS="${CMAKE_ARGS:-} -DGROUPNORM_EXECUTORCH=OFF" ;;
+esac
 if [ -n "$RAW" ]; then
   raw=$RAW
 else
@@ -56,9 +60,10 @@ else
 fi
 
 echo "== wheel: auditwheel repair (libgomp.so.1 kept by soname)"
-# the OpenVINO extension (when built: CMAKE_ARGS=-DGROUPNORM_OPENVINO=ON) links the
-# runtime of the user's openvino wheel, which loads it: never a copy of its own
+# the OpenVINO extension and the ExecuTorch kernels (when built: CMAKE_ARGS) link the
+# runtime of the user's openvino / executorch wheel, which loads them: never a copy
 "$PY" -m auditwheel repair --exclude libgomp.so.1 --exclude 'libopenvino*.so*' --exclude 'libtbb*.so*' \
+  --exclude 'libexecutorch*.so*' \
   -w "$WORK/repaired" "$raw" 2>&1 | tail -2
 repaired=$(ls "$WORK"/repaired/groupnorm-*.whl)
 
@@ -89,7 +94,7 @@ case $(basename "$final") in
 esac
 show=$("$PY" -m auditwheel show "$final" | tr '\n' ' ' | sed 's/  */ /g')
 echo "$show"
-if grep -q "libgroupnorm_openvino" "$tree"/*.dist-info/RECORD; then
+if grep -qE "libgroupnorm_(openvino|executorch)" "$tree"/*.dist-info/RECORD; then
   # show has no --exclude: it cannot resolve OpenVINO's libraries, which the user's
   # openvino wheel provides (repair above checked the policy with them excluded).
   # That extension links the shared libstdc++ (OpenVINO's C++ API), so such a wheel

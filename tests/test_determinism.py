@@ -257,7 +257,7 @@ _PIPE_CODE = r"""
 import pickle, sys, ml_dtypes, numpy as np, groupnorm as gn
 with open(sys.argv[1], "rb") as f:
     data = pickle.load(f)
-out = {}
+out = {"schedules": set()}
 for key in sorted(k for k in data if k.startswith("x_")):
     x = data[key]; i = key[2:]
     G = data["G_" + i]; act = data["act_" + i] or None
@@ -265,10 +265,12 @@ for key in sorted(k for k in data if k.startswith("x_")):
     for t in (1, 2):
         y, m, r = gn.group_norm(x, G, data["w_" + i], data["b_" + i], skip=skip, activation=act,
                                 return_stats=True, num_threads=t)
+        out["schedules"].add(gn._core.last_schedule()[0])
         out[f"y{t}_{i}"], out[f"m{t}_{i}"], out[f"r{t}_{i}"] = y, m, r
         m, r = gn.group_norm(x, G, return_stats=True)[1:]
         out[f"gx{t}_{i}"], out[f"gw{t}_{i}"], out[f"gb{t}_{i}"] = gn.group_norm_backward(
             data["gy_" + i], x, m, r, G, data["w_" + i], data["b_" + i], activation=act, num_threads=t)
+        out["schedules"].add(gn._core.last_schedule()[0])
 with open(sys.argv[2], "wb") as f:
     pickle.dump(out, f)
 """
@@ -297,16 +299,20 @@ def test_pipelined_walk_matches_phases(gn, rng, dtype, tmp_path):
     assert run.returncode == 0, run.stderr
     with open(dst, "rb") as f:
         phased = pickle.load(f)
+    assert "pipelined" not in phased["schedules"], phased["schedules"]  # GROUPNORM_PIPELINE=0 was read
+    schedules = set()
     for i, (shape, G, act, skip) in enumerate(cases):
         x, w, b = arrays[f"x_{i}"], arrays[f"w_{i}"], arrays[f"b_{i}"]
         sk = arrays.get(f"skip_{i}")
         for t in (1, 2):
             y, m, r = gn.group_norm(x, G, w, b, skip=sk, activation=act, return_stats=True, num_threads=t)
+            schedules.add(gn._core.last_schedule()[0])
             assert_bitwise_equal(y, phased[f"y{t}_{i}"])
             assert_bitwise_equal(m, phased[f"m{t}_{i}"])
             assert_bitwise_equal(r, phased[f"r{t}_{i}"])
             m, r = gn.group_norm(x, G, return_stats=True)[1:]
             grads = gn.group_norm_backward(arrays[f"gy_{i}"], x, m, r, G, w, b, activation=act, num_threads=t)
+            schedules.add(gn._core.last_schedule()[0])
             for name, got in zip(("gx", "gw", "gb"), grads):
                 assert_bitwise_equal(got, phased[f"{name}{t}_{i}"], f"{name}, case {i}, {t} threads")
         gx_ref, _, _ = ref_backward(arrays[f"gy_{i}"], x, G, w, b, activation=act)
@@ -314,3 +320,4 @@ def test_pipelined_walk_matches_phases(gn, rng, dtype, tmp_path):
         assert_close(grads[0], gx_ref, rtol=tol, atol=tol * max(1.0, float(np.abs(gx_ref).max())))
         ref_x = x if sk is None else (x.astype(np.float64) + sk.astype(np.float64)).astype(dtype)
         _assert_ref(y, ref_x, G, w, b, False, activation=act)
+    assert "pipelined" in schedules, schedules  # what the subprocess was compared against

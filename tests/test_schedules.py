@@ -1,10 +1,12 @@
 """Results must not depend on how a call is scheduled.
 
-The scheduler picks per-thread sets or cooperative steps from the cache size,
-and streaming (non-temporal) stores from the output size. Both are tunable by
-environment variables read once per process, so a child process with a tiny
-cache budget and streaming always on must give bitwise the same outputs as
-this process, for every layout, dtype and pass.
+The scheduler picks per-thread sets (pipelined or not) or shared steps from
+the cache size, and streaming (non-temporal) stores from the output size. Both
+are tunable by environment variables read once per process, so a child process
+with a tiny cache budget and streaming always on must give bitwise the same
+outputs as this process, for every layout, dtype and pass; each call reports
+the schedule it took (`_core.last_schedule()`), so the test also checks that
+the forced schedules ran.
 """
 import json
 import os
@@ -42,8 +44,10 @@ for i, (shape, groups, cl, dtype, act, threads) in enumerate(cases):
     b = rng.standard_normal(c).astype(np.float32)
     gy = rng.standard_normal(shape).astype(dt)
     y, m, r = gn.group_norm(x, groups, w, b, channels_last=cl, activation=act, return_stats=True, num_threads=threads)
+    fwd = list(gn._core.last_schedule())
     gx, gw, gb = gn.group_norm_backward(gy, x, m, r, groups, w, b, channels_last=cl, activation=act, num_threads=threads)
-    out[str(i)] = [a.view(np.uint8).tobytes().hex() for a in (y, m, r, gx, gw, gb)]
+    bwd = list(gn._core.last_schedule())
+    out[str(i)] = [a.view(np.uint8).tobytes().hex() for a in (y, m, r, gx, gw, gb)] + [fwd, bwd]
 np.save(sys.argv[2], np.array(json.dumps(out)))
 """
 
@@ -74,6 +78,19 @@ def test_scheduling_does_not_change_results(tmp_path):
     for k in plain:
         for j, name in enumerate(("y", "mean", "rstd", "grad_x", "grad_weight", "grad_bias")):
             assert plain[k][j] == forced[k][j], f"case {_cases()[int(k)]}: {name} differs"
+    # the forced schedules ran: every call planned for more than one thread took
+    # shared steps (a call small enough for one thread has nothing to share), and
+    # every output was planned as streaming stores, which no call of the plain run was
+    plain_taken, changed = set(), 0
+    for k in plain:
+        for p, f, direction in zip(plain[k][6:], forced[k][6:], ("forward", "backward")):
+            case = f"case {_cases()[int(k)]} {direction}"
+            plain_taken.add(p[0])
+            assert f[1] == 1 or f[0] == "shared_steps", f"{case}: forced run took {f[0]} on {f[1]} threads"
+            assert f[2] and not p[2], f"{case}: streaming stores plain {p[2]}, forced {f[2]}"
+            changed += p[0] != f[0]
+    assert plain_taken >= {"pipelined", "whole_sets"}, plain_taken
+    assert changed >= 10, f"only {changed} calls changed schedule"
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["cf", "cl"])

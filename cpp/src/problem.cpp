@@ -7,6 +7,7 @@
 #include <string>
 
 #include "groupnorm/groupnorm.hpp"
+#include "rules.hpp"
 
 namespace groupnorm {
 
@@ -54,7 +55,7 @@ const char* status_name(Status s) {
 namespace {
 constexpr std::int64_t kMaxChannels = std::numeric_limits<std::int32_t>::max();
 constexpr std::int64_t kMaxElements = std::numeric_limits<std::int64_t>::max() / 128;  // 2^56
-Result fail(Status s, std::string m) { return {s, std::move(m)}; }
+using detail::fail;
 std::string str(std::int64_t v) { return std::to_string(v); }
 bool valid_dtype(DType t) { return (int)t >= 0 && (int)t <= 3; }
 
@@ -91,6 +92,16 @@ Result check_overlaps(const Extent (&in)[NI], const Extent (&out)[NO], Allowed a
   return {};
 }
 }  // namespace
+
+namespace detail {
+Result check_counts(const std::int64_t* count, std::int64_t size, const std::string& what) {
+  for (std::int64_t i = 0; i < size; ++i)
+    if (count[i] < 0)
+      return fail(Status::invalid_size, what + "[" + std::to_string(i) + "] is " + std::to_string(count[i]) +
+                                            ": a count must be >= 0");
+  return {};
+}
+}  // namespace detail
 
 Result validate(const Problem& p) {
   if (p.batch < 0) return fail(Status::invalid_size, "batch size must be >= 0, got " + str(p.batch));
@@ -232,7 +243,35 @@ Result validate_args(const Problem& p, const ForwardArgs& a, const GivenStats& g
   auto allowed = [&](const Extent& o, const Extent& i) {
     return (o.p == a.mean && i.p == g.stats_mean) || (o.p == a.rstd && i.p == g.stats_rstd);
   };
-  return check_overlaps(in, out, allowed);
+  r = check_overlaps(in, out, allowed);
+  if (!r) return r;
+  const bool by_moments = g.count || g.mean || g.m2, by_stats = g.stats_mean || g.stats_rstd;
+  if (by_moments && by_stats)
+    return fail(Status::invalid_combination, "give either moments (count, mean, m2) or mean/rstd, not both");
+  if (p.batch > 0 && (by_moments ? !(g.count && g.mean && g.m2) : !(g.stats_mean && g.stats_rstd)))
+    return fail(Status::null_pointer, by_moments ? "moments need count, mean and m2" : "stats need mean and rstd");
+  if (g.count) return detail::check_counts(g.count, p.batch * p.groups, "count");
+  return {};
+}
+
+Result validate_args(const Problem& p, const BackwardArgs& a, const double* sum_dz, const double* sum_dz_xc) {
+  Result r = validate_args(p, a);
+  if (!r) return r;
+  if (p.batch > 0 && (!sum_dz || !sum_dz_xc)) return fail(Status::null_pointer, "sum_dz and sum_dz_xc are required");
+  return {};
+}
+
+Result validate_args(const Problem& p, const BackwardArgs& a, const double* sum_dz, const double* sum_dz_xc,
+                     std::int64_t total_spatial) {
+  Result r = validate_args(p, a, sum_dz, sum_dz_xc);
+  if (!r) return r;
+  if (total_spatial < p.spatial)
+    return fail(Status::invalid_size, "total_spatial " + str(total_spatial) +
+                                          " is smaller than the tile's spatial size " + str(p.spatial));
+  // a tile without elements still owes grad_weight (from rstd) and grad_bias
+  if (p.numel() == 0 && p.batch > 0 && (a.grad_weight || a.grad_bias) && !a.rstd)
+    return fail(Status::null_pointer, "rstd is null");
+  return {};
 }
 
 }  // namespace groupnorm

@@ -213,5 +213,6 @@ int main() {
                "workspace grows with x (cl=%d, %d threads): forward %zu -> %zu, backward %zu -> %zu", (int)cl,
                threads, f1, f4, b1, b4);
     }
+  gt::check_schedule_override();
   return gt::finish("test_core");
 }

@@ -131,5 +131,6 @@ int main() {
         ++k;
       }
   gn::set_isa(isas[0].c_str());
+  gt::check_schedule_override();
   return gt::finish("test_determinism");
 }

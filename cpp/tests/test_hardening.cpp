@@ -268,5 +268,6 @@ int main() {
   check_aliases();
   check_misaligned();
   check_split_phase_overlaps();
+  gt::check_schedule_override();
   return gt::finish("test_hardening");
 }

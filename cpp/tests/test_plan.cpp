@@ -32,19 +32,19 @@ std::string name(const gn::Problem& p) {
 
 // The geometry that decides summation order: must not depend on threads or cache.
 std::vector<std::int64_t> geometry(const gd::Plan& pl) {
-  return {pl.pieces, pl.piece_len, pl.chans_per_tile, pl.rows_per_tile, pl.row_tiles, pl.sub_groups,
-          pl.nsub, pl.cl ? pl.row_tiles * pl.nsub : pl.tiles_per_group};
+  return {pl.pieces, pl.piece_len, pl.channels_per_tile, pl.rows_per_tile, pl.row_tiles, pl.tile_groups,
+          pl.tiles_across, pl.channels_last ? pl.row_tiles * pl.tiles_across : pl.tiles_per_group};
 }
 
 // Every tile of group ng, in merge order, as (offset, rows, cols, stride).
 std::vector<gd::TileRef> group_tiles(const gd::Plan& pl, std::int64_t ng) {
   const std::int64_t n = ng / pl.G, g = ng % pl.G;
-  const std::int64_t set = n * pl.nbands + g / pl.band;
+  const std::int64_t set = n * pl.sets_per_sample + g / pl.groups_per_set;
   std::vector<gd::TileRef> out;
   for (std::int64_t t = 0; t < pl.tiles_per_set; ++t) {
     const gd::TileRef r = gd::tile_of(pl, set, t);
-    // the tile's groups: cf one, cl moments_per_tile starting at group0
-    if (ng >= r.group0 && ng < r.group0 + pl.moments_per_tile) out.push_back(r);
+    // the tile's groups: cf one, cl groups_per_tile starting at group0
+    if (ng >= r.group0 && ng < r.group0 + pl.groups_per_tile) out.push_back(r);
   }
   return out;
 }
@@ -52,15 +52,16 @@ std::vector<gd::TileRef> group_tiles(const gd::Plan& pl, std::int64_t ng) {
 void check_plan_basics(const gn::Problem& p, const gd::Plan& pl, int threads) {
   const std::string w = name(p) + " threads " + std::to_string(threads);
   GT_CHECK(pl.threads >= 1 && pl.threads <= std::max(1, threads), "%s: plan threads %d", w.c_str(), pl.threads);
-  GT_CHECK(pl.G % pl.band == 0 && pl.nbands * pl.band == pl.G, "%s: band %lld", w.c_str(), (long long)pl.band);
-  GT_CHECK(pl.nsets == pl.N * pl.nbands, "%s: sets", w.c_str());
-  GT_CHECK(pl.mode_a || (pl.sets_per_step >= 1 && pl.chunk_tiles >= 1 &&
-                         pl.chunk_tiles <= pl.sets_per_step * pl.tiles_per_set),
-           "%s: mode B step %lld chunk %lld", w.c_str(), (long long)pl.sets_per_step, (long long)pl.chunk_tiles);
+  GT_CHECK(pl.G % pl.groups_per_set == 0 && pl.sets_per_sample * pl.groups_per_set == pl.G, "%s: groups per set %lld",
+           w.c_str(), (long long)pl.groups_per_set);
+  GT_CHECK(pl.num_sets == pl.N * pl.sets_per_sample, "%s: sets", w.c_str());
+  GT_CHECK(pl.whole_sets || (pl.sets_per_step >= 1 && pl.tiles_per_round >= 1 &&
+                         pl.tiles_per_round <= pl.sets_per_step * pl.tiles_per_set),
+           "%s: shared steps: step %lld round %lld", w.c_str(), (long long)pl.sets_per_step, (long long)pl.tiles_per_round);
 }
 
 // Small enough to walk every element: each covered exactly once by the moments
-// tiles of its group, and by the apply walk (band_rows for channels-last).
+// tiles of its group, and by the apply walk (apply_rows for channels-last).
 void check_coverage(const gn::Problem& p) {
   const gd::Plan pl = gd::make_plan(p, 3, 1, &budget_4k, 1 << 30);
   check_plan_basics(p, pl, 3);
@@ -68,12 +69,13 @@ void check_coverage(const gn::Problem& p) {
   std::vector<unsigned char> seen(total, 0);
   std::int64_t outside = 0;
   for (std::int64_t ng = 0; ng < pl.N * pl.G; ++ng) {
-    std::int64_t elems = 0, last_chunk = -1;
+    std::int64_t elems = 0, last_offset = -1;
     for (const gd::TileRef& r : group_tiles(pl, ng)) {
-      GT_CHECK(r.chunk > last_chunk, "%s: group %lld tiles out of order", name(p).c_str(), (long long)ng);
-      last_chunk = r.chunk;
-      const std::int64_t gcols = pl.cl ? pl.Cg : r.cols;  // cl: this group's columns of the tile
-      const std::int64_t col0 = pl.cl ? (ng - r.group0) * pl.Cg : 0;
+      // merge order is tile order, which walks a group front to back
+      GT_CHECK(r.offset > last_offset, "%s: group %lld tiles out of order", name(p).c_str(), (long long)ng);
+      last_offset = r.offset;
+      const std::int64_t gcols = pl.channels_last ? pl.group_channels : r.cols;  // cl: this group's columns of the tile
+      const std::int64_t col0 = pl.channels_last ? (ng - r.group0) * pl.group_channels : 0;
       for (std::int64_t i = 0; i < r.rows; ++i)
         for (std::int64_t j = 0; j < gcols; ++j) {
           const std::int64_t e = r.offset + i * r.stride + col0 + j;
@@ -82,18 +84,18 @@ void check_coverage(const gn::Problem& p) {
         }
       elems += r.rows * gcols;
     }
-    GT_CHECK(elems == pl.Cg * pl.S, "%s: group %lld covers %lld of %lld", name(p).c_str(), (long long)ng,
-             (long long)elems, (long long)(pl.Cg * pl.S));
+    GT_CHECK(elems == pl.group_channels * pl.S, "%s: group %lld covers %lld of %lld", name(p).c_str(), (long long)ng,
+             (long long)elems, (long long)(pl.group_channels * pl.S));
   }
   GT_CHECK(outside == 0, "%s: %lld tile elements outside the tensor", name(p).c_str(), (long long)outside);
   std::int64_t bad = 0;
   for (unsigned char c : seen) bad += c != 1;
   GT_CHECK(bad == 0, "%s: %lld elements not covered exactly once by moments tiles", name(p).c_str(), (long long)bad);
-  if (pl.cl) {  // apply walks whole rows of the band
+  if (pl.channels_last) {  // apply walks whole rows of the set
     std::fill(seen.begin(), seen.end(), 0);
-    for (std::int64_t set = 0; set < pl.nsets; ++set)
+    for (std::int64_t set = 0; set < pl.num_sets; ++set)
       for (std::int64_t rc = 0; rc < pl.row_tiles; ++rc) {
-        const gd::TileRef r = gd::band_rows(pl, set, rc);
+        const gd::TileRef r = gd::apply_rows(pl, set, rc);
         for (std::int64_t i = 0; i < r.rows; ++i)
           for (std::int64_t j = 0; j < r.cols; ++j) ++seen[r.offset + i * r.stride + j];
       }
@@ -117,17 +119,18 @@ void check_huge(const gn::Problem& p) {
         const std::int64_t ng = pl.N * pl.G - 1;  // the last group
         const std::vector<gd::TileRef> ts = group_tiles(pl, ng);
         std::int64_t elems = 0;
-        for (const gd::TileRef& r : ts) elems += r.rows * (pl.cl ? pl.Cg : r.cols);
-        GT_CHECK(elems == pl.Cg * pl.S, "%s: last group covers %lld of %lld", name(p).c_str(), (long long)elems,
-                 (long long)(pl.Cg * pl.S));
+        for (const gd::TileRef& r : ts) elems += r.rows * (pl.channels_last ? pl.group_channels : r.cols);
+        GT_CHECK(elems == pl.group_channels * pl.S, "%s: last group covers %lld of %lld", name(p).c_str(), (long long)elems,
+                 (long long)(pl.group_channels * pl.S));
         const gd::TileRef& last = ts.back();
-        const std::int64_t gcol0 = pl.cl ? (ng - last.group0) * pl.Cg : 0;
-        const std::int64_t end = last.offset + (last.rows - 1) * last.stride + gcol0 + (pl.cl ? pl.Cg : last.cols);
+        const std::int64_t gcol0 = pl.channels_last ? (ng - last.group0) * pl.group_channels : 0;
+        const std::int64_t end =
+            last.offset + (last.rows - 1) * last.stride + gcol0 + (pl.channels_last ? pl.group_channels : last.cols);
         GT_CHECK(end == p.numel(), "%s: last element %lld, tensor %lld", name(p).c_str(), (long long)end,
                  (long long)p.numel());
         const gd::TileRef& first = ts.front();
-        const std::int64_t start = pl.cl ? (pl.N - 1) * pl.S * pl.C + (pl.G - 1) * pl.Cg
-                                         : ((pl.N - 1) * pl.C + (pl.G - 1) * pl.Cg) * pl.S;
+        const std::int64_t start = pl.channels_last ? (pl.N - 1) * pl.S * pl.C + (pl.G - 1) * pl.group_channels
+                                         : ((pl.N - 1) * pl.C + (pl.G - 1) * pl.group_channels) * pl.S;
         GT_CHECK(first.offset + gcol0 == start, "%s: last group starts at %lld, not %lld", name(p).c_str(),
                  (long long)(first.offset + gcol0), (long long)start);
       }

@@ -306,5 +306,6 @@ int main() {
   determinism();
   dtype_rules();
   errors();
+  gt::check_schedule_override();
   return gt::finish("test_split");
 }

@@ -40,6 +40,30 @@ inline int finish(const char* name) {
   return failures() == 0 ? 0 : 1;
 }
 
+// The schedule override of the *_small_cache reruns (ctest sets
+// GROUPNORM_CACHE_BYTES=4096) must take effect: a 2-thread forward whose sets
+// of 64 KB fit any real cache runs as whole sets (pipelined or not), and as
+// shared steps when the cache budget is 4 KB. Without this check those reruns
+// would pass even if the override were never read.
+inline void check_schedule_override() {
+  groupnorm::Problem p;
+  p.batch = 2; p.channels = 32; p.groups = 8; p.spatial = 4096;  // groups of 64 KB
+  std::vector<float> x((std::size_t)p.numel()), y(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = (float)(i % 97) * 0.25f;
+  groupnorm::Exec e;
+  e.num_threads = 2;
+  const groupnorm::Result r = groupnorm::forward(p, x.data(), (const float*)nullptr, (const float*)nullptr,
+                                                 y.data(), nullptr, nullptr, e);
+  GT_CHECK(r.ok(), "schedule probe: %s", r.message.c_str());
+  const groupnorm::ScheduleInfo s = groupnorm::last_schedule();
+  const char* env = std::getenv("GROUPNORM_CACHE_BYTES");
+  const long long budget = env ? std::atoll(env) : 0;
+  const bool small = budget > 0 && budget < (32 << 10);
+  const bool whole = s.schedule == groupnorm::Schedule::pipelined || s.schedule == groupnorm::Schedule::whole_sets;
+  GT_CHECK(small ? s.schedule == groupnorm::Schedule::shared_steps : whole,
+           "GROUPNORM_CACHE_BYTES=%s: the probe ran %s", env ? env : "(unset)", groupnorm::schedule_name(s.schedule));
+}
+
 // ------------------------------------------------------------ 16-bit types
 inline std::uint32_t f2u(float f) { std::uint32_t u; std::memcpy(&u, &f, 4); return u; }
 inline float u2f(std::uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["extension_path", "OP_TYPE", "ENV_VAR"]
+__all__ = ["extension_path", "packaged_path", "OP_TYPE", "ENV_VAR"]
 
 # the operation's type name, as OpenVINO's performance counters report it
 OP_TYPE = "GroupnormGroupNorm"
@@ -34,6 +34,11 @@ _BUILD_HELP = (
     "build it with the package: CMAKE_ARGS=\"-DGROUPNORM_OPENVINO=ON\" pip install --no-build-isolation . "
     "(with the openvino Python package installed), or build the CMake target groupnorm_openvino "
     "(cmake -DGROUPNORM_OPENVINO=ON) and set " + ENV_VAR + " to the library's path")
+
+
+def packaged_path() -> str:
+    """Where a package built with the extension holds it (the file may not exist)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), _NAME)
 
 
 def extension_path() -> str:
@@ -49,7 +54,7 @@ def extension_path() -> str:
             raise FileNotFoundError(f"{ENV_VAR}={env!r} is not a file; unset it to use the library installed with "
                                     f"groupnorm, or {_BUILD_HELP}")
         return os.path.abspath(env)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), _NAME)
+    path = packaged_path()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"groupnorm was built without its OpenVINO extension ({path} does not exist): "
                                 f"{_BUILD_HELP}")

@@ -707,6 +707,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_worker_pool", &gn::set_worker_pool);
   m.def("worker_pool", &gn::worker_pool);
   m.def("max_threads", &gn::max_threads);
+  // how this thread's last CPU call was scheduled: (schedule, threads, streaming stores), for tests
+  m.def("last_schedule", [] {
+    const gn::ScheduleInfo s = gn::last_schedule();
+    return py::make_tuple(gn::schedule_name(s.schedule), s.threads, s.streaming_stores);
+  });
   m.def("active_isa", &gn::active_isa);
   m.def("available_isas", &gn::available_isas);
   m.def("set_isa", [](const std::string& name) { return gn::set_isa(name.c_str()); });

@@ -178,6 +178,23 @@ bool set_isa(const char* name);
 // Names this CPU and build can run, best first, comma separated.
 const char* available_isas();
 
+// Introspection, for tests: how the calling thread's last CPU call over data
+// (forward, backward, moments, or a split-phase apply) was scheduled. Forcing
+// a schedule (GROUPNORM_CACHE_BYTES, GROUPNORM_PIPELINE=0,
+// GROUPNORM_STREAM_BYTES) can be checked to have taken effect.
+//   pipelined:    whole sets of groups per thread, the apply of one set fused
+//                 with the sums of the next
+//   whole_sets:   whole sets of groups per thread, summed then applied from cache
+//   shared_steps: each set's tiles spread over all threads, phase by phase
+enum class Schedule : int { none = 0, pipelined = 1, whole_sets = 2, shared_steps = 3 };
+const char* schedule_name(Schedule s);
+struct ScheduleInfo {
+  Schedule schedule = Schedule::none;  // none: no call on this thread yet
+  int threads = 0;                     // workers the call was planned for
+  bool streaming_stores = false;       // outputs planned as non-temporal stores
+};
+ScheduleInfo last_schedule();
+
 // Typed convenience wrapper.
 template <class T>
 inline Result forward(Problem p, const T* x, const T* weight, const T* bias, T* y,
@@ -240,7 +257,8 @@ struct GivenStats {
 // a.rstd, when given, receive the statistics used.
 Result forward(const Problem& p, const ForwardArgs& a, const GivenStats& stats, const Exec& e = Exec());
 // validate_args(p, a) plus: no output overlaps the given statistics, except
-// mean/rstd written back exactly over stats_mean/stats_rstd.
+// mean/rstd written back exactly over stats_mean/stats_rstd; exactly one of
+// the two kinds of statistics is given, in full.
 Result validate_args(const Problem& p, const ForwardArgs& a, const GivenStats& stats);
 
 // Backward, split: per (n, c) sums over a tile, sum_dz = sum dz and
@@ -249,6 +267,12 @@ Result validate_args(const Problem& p, const ForwardArgs& a, const GivenStats& s
 // ignored. N*C of each.
 Result backward_sums(const Problem& p, const BackwardArgs& a, double* sum_dz, double* sum_dz_xc,
                      const Exec& e = Exec());
+// validate_args(p, a) plus the sums (required when batch > 0); with
+// total_spatial (backward with given sums): total_spatial >= p.spatial, and
+// rstd for grad_weight/grad_bias even when the tile has no elements.
+Result validate_args(const Problem& p, const BackwardArgs& a, const double* sum_dz, const double* sum_dz_xc);
+Result validate_args(const Problem& p, const BackwardArgs& a, const double* sum_dz, const double* sum_dz_xc,
+                     std::int64_t total_spatial);
 // Sums of `parts` arrays of `size` entries, in list order. Outputs may alias the first part.
 Result merge_backward_sums(std::int64_t size, std::int64_t parts, const double* const* sum_dz,
                            const double* const* sum_dz_xc, double* out_dz, double* out_dz_xc);

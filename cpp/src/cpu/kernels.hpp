@@ -19,9 +19,6 @@ struct Moments {
   double n = 0, mean = 0, m2 = 0;
 };
 
-// Chan et al.'s pairwise update; always applied in a fixed order.
-inline void merge(Moments& a, const Moments& b) { chan_merge(a, b); }
-
 struct Tile {
   std::int64_t rows = 0, cols = 0, stride = 0;
   std::int64_t group_width = 1;  // channels-last: channels per group (cols is a multiple)
@@ -40,8 +37,8 @@ struct Tile {
   const void* mean = nullptr;    // group mean of the channel's group
   const void* scale = nullptr;   // weight * rstd
   const void* shift = nullptr;   // bias
-  const void* c2 = nullptr;      // backward: dx = scale*dz + c2*(x-mean) + c3
-  const void* c3 = nullptr;
+  const void* dx_xc = nullptr;     // backward: dx = scale*dz + dx_xc*(x-mean) + dx_shift
+  const void* dx_shift = nullptr;
   void* scratch = nullptr;       // channels-last: worker_scratch(cols) elements of A
   // channels-last: prefetch the rows ahead of the four-row walks (a hint
   // only: results never depend on it)
@@ -65,7 +62,7 @@ struct KernelSet {
   // Per channel of the tile: db += sum dz, ds += sum dz * (x - mean),
   // dz = dy (through silu when asked). db/ds are indexed like the channels.
   void (*backward_sums)(const Tile&, double* db, double* ds);
-  // dx = scale * dz + c2 * (x - mean) + c3.
+  // dx = scale * dz + dx_xc * (x - mean) + dx_shift.
   void (*backward_apply)(const Tile&);
   // Channels-first only: backward_apply(a) and backward_sums(m, db, ds) in one
   // walk, for two tiles of the same geometry; results as the two calls.

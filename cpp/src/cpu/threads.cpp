@@ -8,7 +8,6 @@
 #include <vector>
 #include <cstdlib>
 #include <thread>
-#include <unistd.h>
 
 #if defined(GROUPNORM_USE_OPENMP)
 #include <omp.h>
@@ -145,9 +144,8 @@ struct DynamicJob {
 // Threads for run_dynamic that the caller does not wait for unless they took
 // work. An OpenMP region ends at a barrier every thread must reach: on a busy
 // machine a thread the OS has not scheduled yet holds up the whole call even
-// when the others did all the work (a 2-thread call measured 6x the 1-thread
-// one with another process spinning on a core). Here the calling thread works
-// as worker 0; pool thread k joins as worker k + 1 if it wakes while the job
+// when the others did all the work (bench/contention.py measures it). Here
+// the calling thread works as worker 0; pool thread k joins as worker k + 1 if it wakes while the job
 // is open, and the caller, once no item is left to claim, closes the job and
 // waits only for the workers that joined (each finishing its current item).
 class Pool {
@@ -266,36 +264,6 @@ void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn, cons
 #endif
   // the engine's threads, or OpenMP's when another call holds the pool
   run_workers(e, workers, [&](int w) { job.work(w); });
-}
-
-std::int64_t private_cache_bytes() {
-  static const std::int64_t l2 = [] {
-    long v = 0;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-    v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-    return v > 0 ? (std::int64_t)v : (std::int64_t)1 << 20;
-  }();
-  return l2;
-}
-
-std::int64_t cache_budget(int threads) {
-  static const std::int64_t fixed = [] {
-    const char* s = std::getenv("GROUPNORM_CACHE_BYTES");
-    return s ? std::atoll(s) : 0LL;
-  }();
-  if (fixed > 0) return fixed;
-  const std::int64_t l2 = private_cache_bytes();
-  static const std::int64_t l3 = [] {
-    long v = 0;
-#ifdef _SC_LEVEL3_CACHE_SIZE
-    v = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-    return v > 0 ? (std::int64_t)v : (std::int64_t)0;
-  }();
-  const int t = threads > 0 ? threads : 1;
-  // most of the private L2, plus a fair share of half the shared L3
-  return l2 * 3 / 4 + l3 / 2 / t;
 }
 
 }  // namespace detail

@@ -57,11 +57,5 @@ class ItemFn {
 // item (a pipelined caller finishes the work it held back).
 void run_dynamic(const Exec& e, int workers, std::int64_t items, ItemFn fn, const WorkerFn* done = nullptr);
 
-// Per-thread cache budget in bytes for a call on `threads` threads
-// (GROUPNORM_CACHE_BYTES overrides it). Affects speed only, never results.
-std::int64_t cache_budget(int threads);
-// The private (per-core) cache, the L2, in bytes.
-std::int64_t private_cache_bytes();
-
 }  // namespace detail
 }  // namespace groupnorm

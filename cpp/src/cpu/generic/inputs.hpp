@@ -1,6 +1,10 @@
-// Part of cpu/generic.hpp: inputs: x, or x + skip (+ skip_bias) as stored, and per-row skip bias.
-// Included by generic.hpp alone, inside its namespaces, once per instruction
-// set (GN_ISA_NS); not a header of its own.
+// Part of the generic kernels (cpu/generic/): the input the kernels
+// normalize: x, or x + skip (+ skip_bias) as stored, and per-row skip bias.
+#pragma once
+
+#include "math.hpp"
+
+GN_KERNELS_BEGIN
 
 // x, or x + skip (+ skip_bias) rounded to T as if it had been stored.
 // Full vectors; the _n forms take the first n < L elements (the rest zero).
@@ -62,3 +66,5 @@ template <class T> struct Bias {
     return v;
   }
 };
+
+GN_KERNELS_END

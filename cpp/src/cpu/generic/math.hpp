@@ -1,6 +1,19 @@
-// Part of cpu/generic.hpp: math: storage traits and the vector operations the kernels use (Ops).
-// Included by generic.hpp alone, inside its namespaces, once per instruction
-// set (GN_ISA_NS); not a header of its own.
+// Part of the generic kernels (cpu/generic/): storage traits (loads and
+// stores of each dtype as vectors of its accumulation type) and the vector
+// operations the kernels use (Ops), built on the target's primitives
+// (cpu/arch/).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "groupnorm/groupnorm.hpp"
+#include "namespace.hpp"
+#include GN_ARCH_HEADER
+
+GN_KERNELS_BEGIN
 
 // ---------------------------------------------------------------- storage traits
 template <class T> struct Store;
@@ -47,48 +60,9 @@ template <> struct Store<bfloat16> {
 
 template <class V, class A> GN_INLINE V splat(A a) { return a - V{}; }  // one broadcast (a - 0 keeps -0.0)
 
-// a * b + c with one rounding, on every ISA (hardware FMA where the ISA has it,
-// std::fma on the portable path), so the exp below rounds the same everywhere.
-GN_INLINE vf fma_(vf a, vf b, vf c) {
-#if defined(__AVX512F__)
-  return bitcast<vf>(_mm512_fmadd_ps(bitcast<__m512>(a), bitcast<__m512>(b), bitcast<__m512>(c)));
-#elif defined(__FMA__)
-  vf r;
-  for (int h = 0; h < 2; ++h) {
-    __m256 x, y, z;
-    std::memcpy(&x, reinterpret_cast<const char*>(&a) + 32 * h, 32);
-    std::memcpy(&y, reinterpret_cast<const char*>(&b) + 32 * h, 32);
-    std::memcpy(&z, reinterpret_cast<const char*>(&c) + 32 * h, 32);
-    const __m256 o = _mm256_fmadd_ps(x, y, z);
-    std::memcpy(reinterpret_cast<char*>(&r) + 32 * h, &o, 32);
-  }
-  return r;
-#else
-  vf r;
-  for (int i = 0; i < 16; ++i) r[i] = std::fma(a[i], b[i], c[i]);
-  return r;
-#endif
-}
-GN_INLINE vd fma_(vd a, vd b, vd c) {
-#if defined(__AVX512F__)
-  return bitcast<vd>(_mm512_fmadd_pd(bitcast<__m512d>(a), bitcast<__m512d>(b), bitcast<__m512d>(c)));
-#elif defined(__FMA__)
-  vd r;
-  for (int h = 0; h < 2; ++h) {
-    __m256d x, y, z;
-    std::memcpy(&x, reinterpret_cast<const char*>(&a) + 32 * h, 32);
-    std::memcpy(&y, reinterpret_cast<const char*>(&b) + 32 * h, 32);
-    std::memcpy(&z, reinterpret_cast<const char*>(&c) + 32 * h, 32);
-    const __m256d o = _mm256_fmadd_pd(x, y, z);
-    std::memcpy(reinterpret_cast<char*>(&r) + 32 * h, &o, 32);
-  }
-  return r;
-#else
-  vd r;
-  for (int i = 0; i < 8; ++i) r[i] = std::fma(a[i], b[i], c[i]);
-  return r;
-#endif
-}
+// fma_ (a * b + c with one rounding, hardware FMA where the target has it,
+// std::fma elsewhere), max_ and times_pow2 come from the target, so the exp
+// below rounds the same on every target.
 
 template <class T> struct Ops {
   typedef typename Store<T>::A A;
@@ -119,28 +93,11 @@ template <class T> struct Ops {
     return (double)t[0];
   }
 
-  // exp, sigmoid and silu from the same operations on every ISA. The sigmoid
-  // needs exp(-|z|) only: arguments <= 0, clamped below where exp's result
-  // leaves the normal range (NaN stays NaN: the clamp keeps x unless x < lo).
-  GN_INLINE static vf max_(vf lo, vf x) {
-#if defined(__AVX512F__)
-    return bitcast<vf>(_mm512_max_ps(bitcast<__m512>(lo), bitcast<__m512>(x)));  // lo > x ? lo : x
-#else
-    return lo > x ? lo : x;
-#endif
-  }
-  GN_INLINE static vd max_(vd lo, vd x) {
-#if defined(__AVX512F__)
-    return bitcast<vd>(_mm512_max_pd(bitcast<__m512d>(lo), bitcast<__m512d>(x)));
-#else
-    return lo > x ? lo : x;
-#endif
-  }
+  // exp, sigmoid and silu from the same operations on every target. The
+  // sigmoid needs exp(-|z|) only: arguments <= 0, clamped below where exp's
+  // result leaves the normal range (NaN stays NaN: max_ keeps x unless x < lo).
   GN_INLINE static vf neg_abs(vf x) { return bitcast<vf>(bitcast<vu32>(x) | 0x80000000u); }  // -|x|
-  GN_INLINE static vd neg_abs(vd x) {
-    typedef std::uint64_t vu64 __attribute__((vector_size(64)));
-    return bitcast<vd>(bitcast<vu64>(x) | (vu64{} + 0x8000000000000000ull));
-  }
+  GN_INLINE static vd neg_abs(vd x) { return bitcast<vd>(bitcast<vu64>(x) | (vu64{} + 0x8000000000000000ull)); }
   // exp(x) for x <= 0: x = n ln2 + r (two-part ln2), e^r from a degree-6
   // polynomial fitted on |r| <= ln2/2 (0.52 ulp), times 2^n from the exponent bits
   static GN_INLINE vf exp_neg(vf x) {
@@ -157,12 +114,7 @@ template <class T> struct Ops {
     p = fma_(p, r, splat<vf>(1.0f));
     p = fma_(p, r, splat<vf>(1.0f));
     // p * 2^n is exact and normal here (n >= -126, and p > 1 when n = -126)
-#if defined(__AVX512F__)
-    return bitcast<vf>(_mm512_scalef_ps(bitcast<__m512>(p), bitcast<__m512>(n)));
-#else
-    const vi32 e = (bitcast<vi32>(t) - bitcast<vi32>(magic) + 127) << 23;
-    return p * bitcast<vf>(e);
-#endif
+    return times_pow2(p, n, t, magic);
   }
   static GN_INLINE vd exp_neg(vd x) {
     x = max_(splat<vd>(-708.0), x);
@@ -174,12 +126,7 @@ template <class T> struct Ops {
     const double c[] = {1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
                         1.0 / 720.0,      1.0 / 120.0,     1.0 / 24.0,     1.0 / 6.0,     0.5, 1.0, 1.0};
     for (double ci : c) p = fma_(p, r, splat<vd>(ci));
-#if defined(__AVX512F__)
-    return bitcast<vd>(_mm512_scalef_pd(bitcast<__m512d>(p), bitcast<__m512d>(n)));
-#else
-    const vi64 e = (bitcast<vi64>(t) - bitcast<vi64>(magic) + 1023) << 52;
-    return p * bitcast<vd>(e);
-#endif
+    return times_pow2(p, n, t, magic);
   }
   // sigmoid(z) and 1 - sigmoid(z), from e = exp(-|z|) and r = 1 / (1 + e):
   // r and e*r, which is which by z's sign (neither loses bits to 1 - s)
@@ -202,3 +149,5 @@ template <class T> struct Ops {
     return s * (1 + z * sc);
   }
 };
+
+GN_KERNELS_END

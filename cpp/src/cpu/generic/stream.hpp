@@ -1,39 +1,14 @@
-// Part of cpu/generic.hpp: streaming stores: non-temporal writes of outputs bigger than the cache.
-// Included by generic.hpp alone, inside its namespaces, once per instruction
-// set (GN_ISA_NS); not a header of its own.
+// Part of the generic kernels (cpu/generic/): writing outputs. Outputs too big
+// for the cache are written with non-temporal stores (the target's
+// stream_bytes), so writing y costs one pass over memory (no
+// read-for-ownership), like memcpy; rows are peeled so that full vectors land
+// on vector boundaries.
+#pragma once
 
-// ---------------------------------------------------------------- streaming stores
-// Outputs too big for the cache are written with non-temporal stores, so
-// writing y costs one pass over memory (no read-for-ownership), like memcpy.
-template <int BYTES> inline void stream_bytes(void* p, const void* v) {
-#if defined(__AVX512F__)
-  if (BYTES == 64) { __m512i a; std::memcpy(&a, v, 64); _mm512_stream_si512(static_cast<__m512i*>(p), a); return; }
-#endif
-#if defined(__AVX__)
-  for (int o = 0; o < BYTES; o += 32) {
-    __m256i a;
-    std::memcpy(&a, static_cast<const char*>(v) + o, 32);
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(static_cast<char*>(p) + o), a);
-  }
-#elif defined(__SSE2__)
-  for (int o = 0; o < BYTES; o += 16) {
-    __m128i a;
-    std::memcpy(&a, static_cast<const char*>(v) + o, 16);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(static_cast<char*>(p) + o), a);
-  }
-#else
-  std::memcpy(p, v, BYTES);
-#endif
-}
-inline void stream_fence() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
+#include "math.hpp"
 
-// Writes one row of `cols` outputs: full(i) gives the vector at i, part(i, n)
-// the first n < L. With `stream`, full vectors at 64-byte-aligned addresses
-// use non-temporal stores (the unaligned head goes through the cache).
+GN_KERNELS_BEGIN
+
 // Elements before y reaches a multiple of the vector size (64 bytes; 32 for
 // 16-bit types): always fewer than one vector.
 template <class T> inline std::int64_t align_head(const T* y) {
@@ -74,3 +49,5 @@ inline void write_row(T* y, std::int64_t cols, bool stream, Full full, Part part
   }
   if (i < cols) O::store_n(y + i, part(i, cols - i), cols - i);
 }
+
+GN_KERNELS_END
