@@ -32,7 +32,7 @@ cmake -S "$OUT"/sdist-tree/groupnorm-* -B "$OUT/sdist-build" -DGROUPNORM_BUILD_T
   { cat "$OUT/sdist-configure.log"; echo "FAIL: the sdist does not configure"; exit 1; }
 echo "$(basename "$sdist"): $(wc -l <"$OUT/sdist.txt") files; configures (the build itself is the wheel's)"
 
-echo "== fresh venv: the wheel with its test and docs extras (binary packages only)"
+echo "== fresh venv: the wheel (a file: never built) with its test and docs extras"
 rm -rf "$OUT/venv"
 "$PY" -m venv "$OUT/venv"
 export PATH="$OUT/venv/bin:$PATH"
@@ -40,7 +40,7 @@ export PATH="$OUT/venv/bin:$PATH"
 # engine integration whose tests join the suite adds its extra here, or to [test])
 EXTRAS=${GN_VENV_EXTRAS:-test,docs}
 # --no-compile: no .pyc for all of torch up front (72 s -> 25 s here; imports write them)
-python -m pip install -q --no-compile --only-binary=:all: "$whl[$EXTRAS]" >"$OUT/venv-install.log" 2>&1 ||
+python -m pip install -q --no-compile --prefer-binary "$whl[$EXTRAS]" >"$OUT/venv-install.log" 2>&1 ||
   { grep -v "^WARNING: Location" "$OUT/venv-install.log"; exit 1; }
 python -c "import groupnorm, sys; assert groupnorm.__file__.startswith(sys.prefix), groupnorm.__file__; print('groupnorm', groupnorm.__version__, 'from', groupnorm.__file__)"
 
