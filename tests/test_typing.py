@@ -32,4 +32,4 @@ def test_dir_is_the_api():
     assert set(groupnorm.__all__) - {"__version__"} <= names
     assert not names & {"Dict", "List", "Optional", "np", "annotations", "os", "warnings"}, names
     assert names - set(groupnorm.__all__) <= {"functional", "layer", "split", "distributed", "torch", "onnx",
-                                              "openvino"}, names
+                                              "openvino", "executorch"}, names
