@@ -32,7 +32,8 @@ groupnorm._core.parallel_copy with the case's threads, the same with one thread
 (a split copy waits for its slowest thread, and on a busy machine one thread
 is faster), and, in PyTorch's process, torch's Tensor.copy_ (column copy_impl).
 
-Writes (under --out, default bench/results): results.csv (one row per
+Writes (under --out, default ./bench-results, never the committed bench/results
+unless asked): results.csv (one row per
 measurement), results.png (time / copy time per shape, float32 forward, one
 panel per layout and thread count; backward below), summary.md (headline
 table for the README).
@@ -98,7 +99,8 @@ def parse_args(argv=None):
     ap.add_argument("--gap-ms", type=float, default=0.0,
                     help="pause before each timed sample so other thread pools go idle (default 0)")
     ap.add_argument("--quick", action="store_true", help="short measurements (smoke test; noisier)")
-    ap.add_argument("--out", default=str(HERE / "results"), help="output folder (default bench/results)")
+    ap.add_argument("--out", default="bench-results", help="output folder (default ./bench-results; the committed "
+                    "figures are bench/results: pass --out bench/results to replace them)")
     ap.add_argument("--no-plot", action="store_true", help="do not write results.png")
     ap.add_argument("--no-check", dest="check", action="store_false",
                     help="skip comparing every timed output (ours and peers) with a float64 reference")

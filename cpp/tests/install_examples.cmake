@@ -1,6 +1,6 @@
 # ctest script: install the built library into a fresh prefix, then configure,
 # build and run examples/cpp and examples/c against it with find_package, the
-# README's C++ and C programs (and the C one through pkg-config), and the
+# C++ and C programs of docs/c-cpp.md (and the C one through pkg-config), and the
 # example programs in a parent project that uses add_subdirectory.
 #   cmake -DGN_SOURCE_DIR=... -DGN_BINARY_DIR=... -DGN_WORK_DIR=... [-DGN_GENERATOR=...]
 #         [-DGN_CONFIG=...] [-DGN_C_COMPILER=...] [-DGN_CXX_COMPILER=...] [-DGN_SKIP_SUBDIRECTORY=ON]
@@ -76,13 +76,14 @@ foreach(ex cpp c)
   unset(exe CACHE)
 endforeach()
 
-# The README's C++ and C programs, as pasted: with find_package, and the C one
-# also with the pkg-config line the README gives (no CMake).
-file(READ ${GN_SOURCE_DIR}/README.md readme)
+# The C++ and C programs of docs/c-cpp.md (the README's C++ one is the same), as
+# pasted: with find_package, and the C one also with the pkg-config line the
+# page gives (no CMake).
+file(READ ${GN_SOURCE_DIR}/docs/c-cpp.md readme)
 function(readme_block lang out)
   string(FIND "${readme}" "```${lang}\n" start)
   if(start LESS 0)
-    message(FATAL_ERROR "README.md has no ```${lang} block")
+    message(FATAL_ERROR "docs/c-cpp.md has no ```${lang} block")
   endif()
   string(LENGTH "```${lang}\n" skip)
   math(EXPR start "${start} + ${skip}")

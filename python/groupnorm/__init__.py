@@ -4,13 +4,11 @@
     >>> x = np.random.randn(2, 32, 16, 16).astype(np.float32)
     >>> y = groupnorm.group_norm(x, num_groups=8)
 """
-from __future__ import annotations
-
 import os as _os
 import warnings as _warnings
 from typing import Dict, List, Optional
 
-import numpy as np
+import numpy as _np
 
 from . import _core
 from . import _checks
@@ -21,7 +19,7 @@ from . import split, distributed  # noqa: F401 (groupnorm.distributed needs mpi4
 from .split import Moments, BackwardSums, moments, merge_moments, backward_sums, merge_backward_sums
 
 __version__: str = _core.VERSION
-__all__ = ["group_norm", "group_norm_backward", "GroupNorm", "set_num_threads", "get_num_threads",
+__all__ = ["__version__", "group_norm", "group_norm_backward", "GroupNorm", "set_num_threads", "get_num_threads",
            "available_isas", "active_isa", "set_isa", "bfloat16",
            "Moments", "BackwardSums", "moments", "merge_moments", "backward_sums", "merge_backward_sums",
            "set_buffer_cache_limit", "release_memory", "buffer_cache_info", "set_worker_pool", "worker_pool"]
@@ -98,7 +96,7 @@ def set_buffer_cache_limit(nbytes: int) -> None:
     optional K/M/G (KiB/MiB/GiB, powers of 1024) or KB/MB/GB (powers of 1000)
     suffix; anything else warns and keeps the default.
     """
-    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, _np.integer)):
         raise TypeError(f"nbytes must be an int, got {type(nbytes).__name__}")
     nbytes = int(nbytes)
     if nbytes < 0:
@@ -121,7 +119,7 @@ def buffer_cache_info() -> Dict[str, int]:
     return dict(_core.buffer_cache_info())
 
 
-def _check_isa_env():
+def _check_isa_env() -> None:
     """GROUPNORM_ISA caps the instruction set chosen at import; a value that names
     none this build can run here is reported, not silently ignored."""
     name = _os.environ.get("GROUPNORM_ISA")
@@ -131,7 +129,7 @@ def _check_isa_env():
                        RuntimeWarning, stacklevel=3)
 
 
-def _check_buffer_cache_env():
+def _check_buffer_cache_env() -> None:
     """GROUPNORM_BUFFER_CACHE_BYTES that is not a byte count is reported (the default limit is kept)."""
     if _core.BUFFER_CACHE_ENV_WARNING:
         _warnings.warn(_core.BUFFER_CACHE_ENV_WARNING, RuntimeWarning, stacklevel=3)
@@ -139,3 +137,5 @@ def _check_buffer_cache_env():
 
 _check_isa_env()
 _check_buffer_cache_env()
+# dir(groupnorm) lists the API, not the names the code above used
+del Dict, List, Optional

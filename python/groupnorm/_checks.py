@@ -4,6 +4,7 @@ Rules about the problem itself (groups, eps, activation) live in the C++ core
 and reach Python through its messages; this module checks the arrays: their
 types, shapes, dtypes, contiguity and writability.
 """
+from typing import Any
 import numbers
 import warnings
 import operator
@@ -32,7 +33,7 @@ _CODE_DTYPES = {code: d for d, code in DTYPE_CODES.items()}
 _STATS_DTYPES = {d: _CODE_DTYPES[_core.stats_dtype(code)] for d, code in DTYPE_CODES.items()}
 
 
-def stats_dtype(dtype):
+def stats_dtype(dtype: Any) -> Any:
     """mean/rstd dtype for data of `dtype` (the core's rule: float64 for float64, else float32)."""
     return _STATS_DTYPES[np.dtype(dtype)]
 
@@ -57,7 +58,7 @@ def as_input(x, name="x"):
     return x
 
 
-def from_dlpack(x, name="x"):
+def from_dlpack(x: Any, name: Any = "x") -> Any:
     """A NumPy view (no copy) of a CPU DLPack producer (PyTorch, JAX, CuPy host arrays...).
 
     bfloat16 (which NumPy's DLPack import does not know) is taken from torch
@@ -106,13 +107,13 @@ INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
 
 
-def short(value):
+def short(value: Any) -> Any:
     """repr(value), cut to a readable length for an error message."""
     r = repr(value)
     return r if len(r) <= 40 else r[:30] + f"...({len(r)} chars)"
 
 
-def integer(value, name):
+def integer(value: Any, name: Any) -> Any:
     """value as a Python int; bool and non-integral types are TypeErrors."""
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got bool {value!r}")
@@ -122,7 +123,7 @@ def integer(value, name):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
 
 
-def groups_of(num_groups):
+def groups_of(num_groups: Any) -> Any:
     g = integer(num_groups, "num_groups")
     if g <= 0:
         raise ValueError(f"num_groups must be positive, got {short(g)}")
@@ -131,14 +132,14 @@ def groups_of(num_groups):
     return g
 
 
-def flag(value, name):
+def flag(value: Any, name: Any) -> Any:
     """A bool argument: True/False (or NumPy's bool); anything else is a TypeError."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {type(value).__name__} {short(value)}")
 
 
-def params(x_dtype, channels, **arrays):
+def params(x_dtype: Any, channels: Any, **arrays: Any) -> Any:
     """Per-channel parameters (weight, bias, skip_bias) as contiguous (C,) arrays of one dtype.
 
     The core takes them in one dtype: x's dtype when they all have it, else the
@@ -146,7 +147,7 @@ def params(x_dtype, channels, **arrays):
     float32/half data, float64 for float64 data with any float64 parameter).
     Returns (dict of arrays or None, core dtype code).
     """
-    out = {}
+    out: Any = {}
     for name, p in arrays.items():
         if p is None:
             out[name] = None
@@ -165,7 +166,7 @@ def params(x_dtype, channels, **arrays):
     return out, DTYPE_CODES[pdtype]
 
 
-def weight_bias(weight, bias, x_dtype, channels):
+def weight_bias(weight: Any, bias: Any, x_dtype: Any, channels: Any) -> Any:
     """params() for weight and bias alone, with a copy-free path for the common case."""
     if (type(weight) is np.ndarray and type(bias) is np.ndarray and weight.dtype == bias.dtype
             and (weight.dtype == x_dtype or weight.dtype == _F32) and weight.shape == (channels,)
@@ -175,7 +176,7 @@ def weight_bias(weight, bias, x_dtype, channels):
     return p["weight"], p["bias"], code
 
 
-def stats_arrays(mean, rstd, n, groups, sd):
+def stats_arrays(mean: Any, rstd: Any, n: Any, groups: Any, sd: Any) -> Any:
     """mean and rstd as contiguous (n, groups) arrays of the stats dtype sd."""
     out = []
     for a, name in ((mean, "mean"), (rstd, "rstd")):
@@ -188,7 +189,7 @@ def stats_arrays(mean, rstd, n, groups, sd):
     return out
 
 
-def same_as_x(a, x, name):
+def same_as_x(a: Any, x: Any, name: Any) -> Any:
     a = np.asarray(a)
     if a.dtype != x.dtype:
         raise TypeError(f"{name} must have dtype {x.dtype} like x, got {a.dtype}")
@@ -197,14 +198,14 @@ def same_as_x(a, x, name):
     return np.ascontiguousarray(a)
 
 
-def empty_aligned(shape, dtype):
+def empty_aligned(shape: Any, dtype: Any) -> Any:
     """A new C-contiguous array whose data starts on a 64-byte boundary (see the
     binding's empty_aligned: NumPy aligns to 16 bytes, and misaligned outputs
     are slower to write)."""
     return _core.empty_aligned(tuple(shape), np.dtype(dtype))
 
 
-def output(out, shape, dtype, name="out"):
+def output(out: Any, shape: Any, dtype: Any, name: Any = "out") -> Any:
     """A caller's output array, checked; or a new one (64-byte aligned)."""
     if out is None:
         return empty_aligned(shape, dtype)
@@ -221,7 +222,7 @@ def output(out, shape, dtype, name="out"):
     return out
 
 
-def threads(num_threads):
+def threads(num_threads: Any) -> Any:
     """num_threads as the core's int (0: the default). The one rule, as in C and
     C++: a positive count, capped at the core's max_threads() (4x the hardware
     threads; a request above it warns here), or the default (None in Python, 0
@@ -239,7 +240,7 @@ def threads(num_threads):
     return n
 
 
-def eps_value(eps):
+def eps_value(eps: Any) -> Any:
     """eps as a float: a real number (Python, NumPy); str, bool and None are TypeErrors."""
     if type(eps) is float:
         return eps
@@ -251,7 +252,7 @@ def eps_value(eps):
         raise ValueError(f"eps must be finite, got {short(eps)}") from None
 
 
-def activation(act):
+def activation(act: Any) -> Any:
     if act is None:
         return 0
     if not isinstance(act, str):

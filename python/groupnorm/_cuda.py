@@ -10,6 +10,7 @@ Every array is checked here (GPU or not, shape, dtype, C-contiguity,
 writability of outputs, one device for all) before any CUDA call; the core
 then checks the problem again and runs on the device that holds the arrays.
 """
+from typing import Any, Dict
 import numpy as np
 
 from . import _core
@@ -21,17 +22,17 @@ _CODE_DTYPES = {code: d for d, code in DTYPE_CODES.items()}
 _TYPESTRS = {"<f4": _F32, "<f8": _F64, "<f2": _F16}
 
 
-def is_gpu_array(a):
+def is_gpu_array(a: Any) -> Any:
     return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
 
 
-def _require_cuda(name):
+def _require_cuda(name: Any) -> Any:
     if not _core.HAS_CUDA:
         raise TypeError(f"{name} is a GPU array; this groupnorm build runs on the CPU only "
                         "(rebuild with: pip install . -C cmake.define.GROUPNORM_CUDA=ON)")
 
 
-def _device_of(a):
+def _device_of(a: Any) -> Any:
     """The CUDA device ordinal the array object reports (CuPy: .device.id,
     PyTorch: .device.index), or None when it reports none."""
     d = getattr(a, "device", None)
@@ -45,7 +46,7 @@ def _device_of(a):
 class _Dev:
     """One device array as the core needs it: pointer, shape, dtype, stream, device."""
 
-    def __init__(self, a, name, writable=False):
+    def __init__(self, a: Any, name: Any, writable: Any = False) -> None:
         if not is_gpu_array(a):
             raise TypeError(f"{name} must be a GPU array like x (__cuda_array_interface__), got {type(a).__name__}")
         iface = a.__cuda_array_interface__
@@ -87,7 +88,7 @@ class _Dev:
         self.stream = 0 if stream in (None, 1) else stream
         self.device = _device_of(a)
 
-    def like(self, x, what="x's"):
+    def like(self, x: Any, what: Any = "x's") -> Any:
         if self.shape != x.shape:
             raise ValueError(f"{self.name} must have {what} shape {x.shape}, got {self.shape}")
         if self.dtype != x.dtype:
@@ -95,7 +96,7 @@ class _Dev:
         return self
 
 
-def _one_device(arrays):
+def _one_device(arrays: Any) -> Any:
     """All arrays that report a device report the same one."""
     first = None
     for d in arrays:
@@ -108,9 +109,9 @@ def _one_device(arrays):
                              "put them on one device")
 
 
-def _params(x, channels, **arrays):
+def _params(x: Any, channels: Any, **arrays: Any) -> Any:
     """Per-channel GPU parameters: shape (C,), one dtype, float32 or x's."""
-    out = {}
+    out: Any = {}
     for name, p in arrays.items():
         if p is None:
             out[name] = None
@@ -129,10 +130,10 @@ def _params(x, channels, **arrays):
     return out, pdtype
 
 
-def _empty(shape, dtype, like):
+def _empty(shape: Any, dtype: Any, like: Any) -> Any:
     """A new CuPy array on `like`'s device, allocated on its stream (the kernels')."""
     try:
-        import cupy
+        import cupy  # type: ignore[import-not-found]
     except ImportError:  # depends on the machine
         raise TypeError("GPU outputs are CuPy arrays: install cupy, or pass out= arrays") from None
     dev = like.device if like.device is not None else cupy.cuda.runtime.getDevice()
@@ -151,8 +152,9 @@ def _ptr(d):
     return 0 if d is None else d.ptr
 
 
-def group_norm(x, num_groups, weight, bias, eps, channels_last, act, out, return_stats, skip, skip_bias,
-               sum_out):
+def group_norm(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, channels_last: Any, act: Any, out: Any,
+               return_stats: Any, skip: Any, skip_bias: Any,
+               sum_out: Any) -> Any:
     _require_cuda("x")
     xd = _Dev(x, "x")
     n, c, s = checks.geometry(xd.shape, channels_last)
@@ -181,7 +183,8 @@ def group_norm(x, num_groups, weight, bias, eps, channels_last, act, out, return
     return (out, mean, rstd) if return_stats else out
 
 
-def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight, bias, channels_last, act, out):
+def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: Any, weight: Any, bias: Any,
+                        channels_last: Any, act: Any, out: Any) -> Any:
     _require_cuda("x")
     xd = _Dev(x, "x")
     n, c, s = checks.geometry(xd.shape, channels_last)

@@ -30,16 +30,22 @@ With torch.distributed::
 import math
 import zlib
 
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Union, overload
+
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _checks as checks
 from . import functional
 from . import split
 
-__all__ = ["group_norm", "group_norm_backward"]
+__all__ = ["group_norm", "group_norm_backward", "merged_moments", "AllGather"]
+
+# allgather(this rank's array) -> every rank's array, in rank order
+AllGather = Callable[[NDArray[Any]], List[NDArray[Any]]]
 
 
-def _mpi_allgather(comm):
+def _mpi_allgather(comm: Any) -> Any:
     if comm is None:
         try:
             from mpi4py import MPI
@@ -52,7 +58,7 @@ def _mpi_allgather(comm):
     return comm.allgather
 
 
-def _collective(comm, allgather):
+def _collective(comm: Any, allgather: Any) -> Any:
     if allgather is not None:
         if comm is not None:
             raise ValueError("pass comm= or allgather=, not both")
@@ -84,7 +90,7 @@ _DTYPE_NAMES = {float(code): str(d) for d, code in checks.DTYPE_CODES.items()}
 _ACTIVATIONS = {float(checks.activation(None)): "None", float(checks.activation("silu")): "'silu'"}
 
 
-def _yes_no(v):
+def _yes_no(v: Any) -> Any:
     return "given" if v else "None"
 
 
@@ -109,7 +115,7 @@ _ERROR, _SPATIAL, _CRC, _NONFINITE = 16, 17, 18, 19
 _SLOTS = int(np.prod(_HEADER_SHAPE))
 
 
-def _crc(*arrays):
+def _crc(*arrays: Any) -> Any:
     """CRC-32 of float arrays' float64 bytes, NaNs canonical (a transport may change NaN payloads)."""
     c = 0
     for a in arrays:
@@ -120,15 +126,16 @@ def _crc(*arrays):
     return c
 
 
-def _config(call, x_shape, num_groups, dtype, channels_last, activation_code, weight=False, bias=False, eps=0.0,
-            skip=False, skip_bias=False, stats_crc=0):
+def _config(call: Any, x_shape: Any, num_groups: Any, dtype: Any, channels_last: Any, activation_code: Any,
+            weight: Any = False, bias: Any = False, eps: Any = 0.0,
+            skip: Any = False, skip_bias: Any = False, stats_crc: Any = 0) -> Any:
     """The compared part of a header, from arguments that passed this rank's checks."""
     return {2: call, 3: x_shape[0], 4: x_shape[-1] if channels_last else x_shape[1], 5: num_groups,
             6: checks.DTYPE_CODES[np.dtype(dtype)], 7: bool(channels_last), 8: len(x_shape) - 2, 9: activation_code,
             10: bool(weight), 11: bool(bias), 12: eps, 13: bool(skip), 14: bool(skip_bias), 15: stats_crc}
 
 
-def _header(call, cfg=None, spatial=0, payload=None):
+def _header(call: Any, cfg: Any = None, spatial: Any = 0, payload: Any = None) -> Any:
     h = np.zeros(_SLOTS, np.float64)
     h[0], h[1], h[2] = _MAGIC, _VERSION, call
     if cfg is None:  # this rank's own checks failed
@@ -142,13 +149,13 @@ def _header(call, cfg=None, spatial=0, payload=None):
     return h.reshape(_HEADER_SHAPE)
 
 
-def _ranks(rs):
+def _ranks(rs: Any) -> Any:
     rs = list(rs)
     shown = ", ".join(str(r) for r in rs[:8]) + (", ..." if len(rs) > 8 else "")
     return f"rank {shown}" if len(rs) == 1 else f"ranks {shown}"
 
 
-def _as_parts(parts, what):
+def _as_parts(parts: Any, what: Any) -> Any:
     if isinstance(parts, np.ndarray) or not hasattr(parts, "__iter__"):
         raise TypeError(f"allgather must return a list of arrays (one per rank), got {type(parts).__name__} "
                         f"for the {what}")
@@ -164,7 +171,7 @@ def _as_parts(parts, what):
     return out
 
 
-def _check_part(r, p, sent, what):
+def _check_part(r: Any, p: Any, sent: Any, what: Any) -> Any:
     if p.dtype != sent.dtype:
         raise ValueError(f"allgather returned rank {r}'s {what} as {p.dtype}, sent as {sent.dtype}: it must "
                          "return every rank's array unchanged")
@@ -173,7 +180,7 @@ def _check_part(r, p, sent, what):
                          f"{sent.shape}: it must return every rank's array unchanged")
 
 
-def _header_problem(f):
+def _header_problem(f: Any) -> Any:
     """What is wrong with a gathered header (a list of floats), or None. Plain Python: headers are short."""
     if f[0] != _MAGIC or f[1] != _VERSION:
         return "it does not start with groupnorm's mark and version"
@@ -191,7 +198,7 @@ def _header_problem(f):
     return None
 
 
-def _exchange_headers(gather, h, err):
+def _exchange_headers(gather: Any, h: Any, err: Any) -> Any:
     """All-gathers h; returns every rank's header (lists of floats), or raises the same error on every rank."""
     heads = _as_parts(gather(h), "header")
     for r, p in enumerate(heads):
@@ -220,7 +227,7 @@ def _exchange_headers(gather, h, err):
         vals = [f[slot] for f in heads]
         if len(set(vals)) == 1:
             continue
-        groups = {}
+        groups: Dict[Any, List[int]] = {}
         for r, v in enumerate(vals):
             groups.setdefault(v, []).append(r)
         problems.append(f"{name} differs between ranks: " + ", ".join(
@@ -229,7 +236,7 @@ def _exchange_headers(gather, h, err):
                      "groups, dtype, layout and arguments; only the spatial extent of the tiles may differ)")
 
 
-def _exchange(gather, call, local):
+def _exchange(gather: Any, call: Any, local: Any) -> Any:
     """The two all-gathers of one collective call.
 
     local() runs this rank's checks and computation and returns (cfg, spatial,
@@ -253,7 +260,7 @@ def _exchange(gather, call, local):
     return heads, parts, extra
 
 
-def _check_finite(r, head, p, what, names):
+def _check_finite(r: Any, head: Any, p: Any, what: Any, names: Any) -> Any:
     """Parts of a rank whose own payload was finite must arrive finite (else: a corrupt transport)."""
     if head[_NONFINITE]:
         return
@@ -265,13 +272,13 @@ def _check_finite(r, head, p, what, names):
                              "every rank's array unchanged")
 
 
-def _check_crc(r, head, p, what):
+def _check_crc(r: Any, head: Any, p: Any, what: Any) -> Any:
     if _crc(p) != int(head[_CRC]):
         raise ValueError(f"allgather returned rank {r}'s {what} with values other than those the rank sent "
                          "(checksum differs): it must return every rank's array unchanged")
 
 
-def _parts_clean(heads, A, counts, nonneg):
+def _parts_clean(heads: Any, A: Any, counts: Any, nonneg: Any) -> Any:
     """Every part's counts, finiteness, sign of M2 and checksum as its header says (vectorized)."""
     R = len(A)
     with np.errstate(invalid="ignore"):
@@ -286,7 +293,7 @@ def _parts_clean(heads, A, counts, nonneg):
     return all(_crc(a) == int(h[_CRC]) for a, h in zip(A, heads))
 
 
-def _merge_moments(heads, parts, m):
+def _merge_moments(heads: Any, parts: Any, m: Any) -> Any:
     """The Moments of every rank merged in rank order, after checking each part against its header."""
     n, g = m.shape
     cpg = int(heads[0][4]) // g
@@ -316,7 +323,7 @@ def _merge_moments(heads, parts, m):
                                 for p, count in zip(parts, counts)])
 
 
-def _merge_sums(heads, parts, s):
+def _merge_sums(heads: Any, parts: Any, s: Any) -> Any:
     """The BackwardSums of every rank added in rank order, after checking each part against its header."""
     for r, p in enumerate(parts):
         _check_part(r, p, np.empty((2,) + s.shape), "backward sums")
@@ -330,31 +337,31 @@ def _merge_sums(heads, parts, s):
     return split.merge_backward_sums([split.BackwardSums(p[0], p[1], sp) for p, sp in zip(parts, spatial)])
 
 
-def sync_moments(gather, call, local):
+def sync_moments(gather: Any, call: Any, local: Any) -> Any:
     """Moments merged over the ranks: local() -> (cfg, Moments, spatial) for this rank."""
-    def run():
+    def run() -> Any:
         cfg, m, spatial = local()
         return cfg, spatial, np.stack([m.count.astype(np.float64), m.mean, m.m2]), m
     heads, parts, m = _exchange(gather, call, run)
     return _merge_moments(heads, parts, m)
 
 
-def sync_sums(gather, call, local):
+def sync_sums(gather: Any, call: Any, local: Any) -> Any:
     """BackwardSums added over the ranks: local() -> (cfg, BackwardSums) for this rank."""
-    def run():
+    def run() -> Any:
         cfg, s = local()
         return cfg, s.spatial, np.stack([s.sum_dz, s.sum_dz_xc]), s
     heads, parts, s = _exchange(gather, call, run)
     return _merge_sums(heads, parts, s)
 
 
-def raise_everywhere(gather, call, err):
+def raise_everywhere(gather: Any, call: Any, err: Any) -> Any:
     """This rank failed before its collective call: tell the others (so they raise too), raise err."""
     _exchange_headers(gather, _header(call), err)
     raise err
 
 
-def _spatial_of(x, channels_last):
+def _spatial_of(x: Any, channels_last: Any) -> Any:
     sp = x.shape[1:-1] if channels_last else x.shape[2:]
     return int(np.prod(sp, dtype=np.int64))
 
@@ -372,16 +379,50 @@ def _moments_call(call, gather, x_local, num_groups, channels_last, skip, skip_b
     return sync_moments(gather, call, local)
 
 
-def merged_moments(x_local, num_groups, *, comm=None, allgather=None, channels_last=False, skip=None,
-                   skip_bias=None, num_threads=None):
+def merged_moments(x_local: Any, num_groups: int, *, comm: Any = None, allgather: Optional[AllGather] = None,
+                   channels_last: bool = False, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
+                   num_threads: Optional[int] = None) -> split.Moments:
     """The moments of the whole distributed tensor (a ``groupnorm.Moments``), same on every rank."""
     gather = _collective(comm, allgather)
-    return _moments_call(3.0, gather, x_local, num_groups, channels_last, skip, skip_bias, num_threads)
+    m: split.Moments = _moments_call(3.0, gather, x_local, num_groups, channels_last, skip, skip_bias, num_threads)
+    return m
 
 
-def group_norm(x_local, num_groups, weight=None, bias=None, eps=1e-5, *, comm=None, allgather=None,
-               channels_last=False, activation=None, out=None, return_stats=False, num_threads=None, skip=None,
-               skip_bias=None, sum_out=None):
+@overload
+def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5,
+               *, comm: Any = None, allgather: Optional[AllGather] = None, channels_last: bool = False,
+               activation: Optional[str] = None, out: Optional[Any] = None, return_stats: Literal[False] = False,
+               num_threads: Optional[int] = None, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
+               sum_out: Optional[Any] = None) -> NDArray[Any]: ...
+
+
+@overload
+def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5,
+               *, comm: Any = None, allgather: Optional[AllGather] = None, channels_last: bool = False,
+               activation: Optional[str] = None, out: Optional[Any] = None, return_stats: Literal[True],
+               num_threads: Optional[int] = None, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
+               sum_out: Optional[Any] = None) -> Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]: ...
+
+
+@overload
+def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5,
+               *, comm: Any = None, allgather: Optional[AllGather] = None, channels_last: bool = False,
+               activation: Optional[str] = None, out: Optional[Any] = None, return_stats: bool = False,
+               num_threads: Optional[int] = None, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
+               sum_out: Optional[Any] = None,
+               ) -> Union[NDArray[Any], Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]: ...
+
+
+def group_norm(x_local: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5,
+               *, comm: Any = None, allgather: Optional[AllGather] = None, channels_last: bool = False,
+               activation: Optional[str] = None, out: Optional[Any] = None, return_stats: bool = False,
+               num_threads: Optional[int] = None, skip: Optional[Any] = None, skip_bias: Optional[Any] = None,
+               sum_out: Optional[Any] = None,
+               ) -> Union[NDArray[Any], Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]:
     """``groupnorm.group_norm`` of the tensor whose tiles the ranks hold; returns this rank's y.
 
     Args:
@@ -405,8 +446,11 @@ def group_norm(x_local, num_groups, weight=None, bias=None, eps=1e-5, *, comm=No
                                  stats=m)
 
 
-def group_norm_backward(grad_y_local, x_local, mean, rstd, num_groups, weight=None, bias=None, *, comm=None,
-                        allgather=None, channels_last=False, activation=None, num_threads=None, out=None):
+def group_norm_backward(grad_y_local: Any, x_local: Any, mean: Any, rstd: Any, num_groups: int,
+                        weight: Optional[Any] = None, bias: Optional[Any] = None, *, comm: Any = None,
+                        allgather: Optional[AllGather] = None, channels_last: bool = False,
+                        activation: Optional[str] = None, num_threads: Optional[int] = None, out: Optional[Any] = None,
+                        ) -> Tuple[NDArray[Any], Optional[NDArray[Any]], Optional[NDArray[Any]]]:
     """The backward of :func:`group_norm`: this rank's grad_x, the global grad_weight/grad_bias.
 
     mean and rstd are the global statistics (``return_stats=True`` of the

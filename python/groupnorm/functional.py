@@ -1,9 +1,10 @@
 """Functional group normalization on NumPy arrays."""
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Literal, Optional, Tuple, Union, cast, overload
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _core
 from . import _checks as checks
@@ -14,11 +15,38 @@ _INT62 = 2**62
 _MAX_THREADS = _core.max_threads()  # the core's cap (fixed per process); above it the checked path warns
 
 
+@overload
+def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5, *, channels_last: bool = False, activation: Optional[str] = None,
+               out: Optional[Any] = None, return_stats: Literal[False] = False, num_threads: Optional[int] = None,
+               skip: Optional[Any] = None, skip_bias: Optional[Any] = None, sum_out: Optional[Any] = None,
+               stats: Optional[Any] = None) -> NDArray[Any]: ...
+
+
+@overload
+def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5, *, channels_last: bool = False, activation: Optional[str] = None,
+               out: Optional[Any] = None, return_stats: Literal[True], num_threads: Optional[int] = None,
+               skip: Optional[Any] = None, skip_bias: Optional[Any] = None, sum_out: Optional[Any] = None,
+               stats: Optional[Any] = None,
+               ) -> Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]: ...
+
+
+@overload
 def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
                eps: float = 1e-5, *, channels_last: bool = False, activation: Optional[str] = None,
                out: Optional[Any] = None, return_stats: bool = False, num_threads: Optional[int] = None,
                skip: Optional[Any] = None, skip_bias: Optional[Any] = None, sum_out: Optional[Any] = None,
-               stats: Optional[Any] = None) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+               stats: Optional[Any] = None,
+               ) -> Union[NDArray[Any], Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]: ...
+
+
+def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Optional[Any] = None,
+               eps: float = 1e-5, *, channels_last: bool = False, activation: Optional[str] = None,
+               out: Optional[Any] = None, return_stats: bool = False, num_threads: Optional[int] = None,
+               skip: Optional[Any] = None, skip_bias: Optional[Any] = None, sum_out: Optional[Any] = None,
+               stats: Optional[Any] = None,
+               ) -> Union[NDArray[Any], Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]:
     """Group normalization.
 
     Splits the C channels into ``num_groups`` groups and normalizes each group of
@@ -126,15 +154,15 @@ def forward_checked(x, groups, weight, bias, eps, channels_last, act, num_thread
                             skip=skip, skip_bias=skip_bias, sum_out=sum_out, num_threads=num_threads,
                             **split.given_stats(stats, x.shape[0], groups, x.dtype))
     if return_stats:
-        return y, mean, rstd
-    return y
+        return cast(NDArray[Any], y), cast(NDArray[Any], mean), cast(NDArray[Any], rstd)
+    return cast(NDArray[Any], y)
 
 
 def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: int, weight: Optional[Any] = None,
                         bias: Optional[Any] = None, *, channels_last: bool = False,
                         activation: Optional[str] = None, num_threads: Optional[int] = None,
                         out: Optional[Any] = None, sums: Optional[Any] = None,
-                        ) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+                        ) -> Tuple[NDArray[Any], Optional[NDArray[Any]], Optional[NDArray[Any]]]:
     """Gradients of :func:`group_norm`.
 
     Args:

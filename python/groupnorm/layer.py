@@ -1,9 +1,10 @@
 """GroupNorm layer: parameters, forward, backward with gradient accumulation."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _core
 from . import _checks as checks
@@ -61,7 +62,7 @@ class GroupNorm:
         else:
             self.weight = self.bias = None
         self.zero_grad()
-        self._saved = None
+        self._saved: Optional[Tuple[Any, NDArray[Any], NDArray[Any]]] = None
 
     def zero_grad(self) -> None:
         """Reset the accumulated parameter gradients to zeros."""
@@ -96,6 +97,7 @@ class GroupNorm:
                                          channels_last=self.channels_last, activation=self.activation,
                                          num_threads=num_threads)
         if self.affine:
+            assert gw is not None and gb is not None and self.weight_grad is not None and self.bias_grad is not None
             self.weight_grad += gw.astype(self.weight_grad.dtype)
             self.bias_grad += gb.astype(self.bias_grad.dtype)
         return gx
@@ -104,6 +106,7 @@ class GroupNorm:
         """{"weight": ..., "bias": ...} copies (empty when affine=False)."""
         if not self.affine:
             return {}
+        assert self.weight is not None and self.bias is not None
         return {"weight": self.weight.copy(), "bias": self.bias.copy()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ the reference is not.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -92,10 +92,10 @@ def _epsilon(epsilon: Any) -> float:
 
 
 def _params(a: Any, name: str, x_dtype: np.dtype, length: int, what: str) -> np.ndarray:
-    a = _array(a, name)
-    if a.shape != (length,):
-        raise ValueError(f"{name} must have shape ({length},) ({what}), got {a.shape}")
-    return a
+    arr = _array(a, name)
+    if arr.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},) ({what}), got {arr.shape}")
+    return arr
 
 
 def group_normalization(x: Any, scale: Any, bias: Any, num_groups: int, epsilon: float = 1e-5, *,
@@ -176,7 +176,7 @@ def _skip_like(skip: np.ndarray, x: np.ndarray, channels_last: bool) -> np.ndarr
                      f"sample and channel), got {skip.shape}")
 
 
-def _contrib_args(x: Any, gamma: Any, beta: Any, groups: Any, activation: Any, channels_last: Any):
+def _contrib_args(x: Any, gamma: Any, beta: Any, groups: Any, activation: Any, channels_last: Any) -> Any:
     x = _array(x, "X")
     if x.dtype not in (np.float16, np.float32):
         raise TypeError(f"X must be float16 or float32 (type T of the contrib op), got {x.dtype}")
@@ -260,7 +260,7 @@ def microsoft_skip_group_norm(x: Any, gamma: Any, beta: Any, skip: Any, bias: Op
     return (y, s) if s is not None else y
 
 
-def _attrs(node: Any) -> dict:
+def _attrs(node: Any) -> Dict[str, Any]:
     import onnx  # the onnx package, for reading attributes
 
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

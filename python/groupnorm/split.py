@@ -24,7 +24,10 @@ grad_bias.
 """
 import numbers
 
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _core
 from . import _checks as checks
@@ -37,7 +40,7 @@ _F64 = np.dtype(np.float64)
 _I64_MAX = np.iinfo(np.int64).max
 
 
-def _counts(count):
+def _counts(count: Any) -> Any:
     """count as an int64 array of element counts: integers (or integral floats)
     in [0, 2**63); anything else (negative, fractional, NaN, too large, bool)
     is a ValueError/TypeError naming the first bad entry."""
@@ -57,7 +60,7 @@ def _counts(count):
     return np.ascontiguousarray(a, dtype=_I64)
 
 
-def _spatial_count(spatial):
+def _spatial_count(spatial: Any) -> Any:
     """BackwardSums.spatial as an int in [0, 2**63): an int, or an integral float."""
     if isinstance(spatial, (bool, np.bool_)) or not isinstance(spatial, numbers.Real):
         raise TypeError(f"spatial must be an int, got {type(spatial).__name__}")
@@ -65,9 +68,11 @@ def _spatial_count(spatial):
         f = float(spatial)
         if not (np.isfinite(f) and f == np.floor(f)):
             raise ValueError(f"spatial must be a whole number of elements, got {spatial!r}")
-    if not 0 <= spatial <= _I64_MAX:
+    if not 0 <= spatial <= _I64_MAX:  # type: ignore[operator]
         raise ValueError(f"spatial must be in [0, 2**63), got {spatial!r}")
-    return int(spatial)
+    if isinstance(spatial, numbers.Integral):
+        return int(spatial)
+    return int(float(spatial))  # a whole float (checked above)
 
 
 class Moments:
@@ -83,31 +88,36 @@ class Moments:
 
     __slots__ = ("count", "mean", "m2", "stats_dtype")
 
-    def __init__(self, count, mean, m2, stats_dtype=np.float32):
-        count = _counts(count)
-        mean = np.ascontiguousarray(mean, dtype=_F64)
-        m2 = np.ascontiguousarray(m2, dtype=_F64)
-        if count.ndim != 2 or mean.shape != count.shape or m2.shape != count.shape:
-            raise ValueError(f"count, mean and m2 must have one (N, G) shape, got {count.shape}, "
-                             f"{mean.shape} and {m2.shape}")
-        if (m2 < 0).any():
-            i = tuple(int(k) for k in np.argwhere(m2 < 0)[0])
-            raise ValueError(f"m2{list(i)} is {m2[i].item()!r}: a sum of squared deviations is never negative")
-        self.count, self.mean, self.m2 = count, mean, m2
+    count: NDArray[np.int64]
+    mean: NDArray[np.float64]
+    m2: NDArray[np.float64]
+    stats_dtype: np.dtype[Any]
+
+    def __init__(self, count: ArrayLike, mean: ArrayLike, m2: ArrayLike, stats_dtype: DTypeLike = np.float32) -> None:
+        count_a = _counts(count)
+        mean_a = np.ascontiguousarray(mean, dtype=_F64)
+        m2_a = np.ascontiguousarray(m2, dtype=_F64)
+        if count_a.ndim != 2 or mean_a.shape != count_a.shape or m2_a.shape != count_a.shape:
+            raise ValueError(f"count, mean and m2 must have one (N, G) shape, got {count_a.shape}, "
+                             f"{mean_a.shape} and {m2_a.shape}")
+        if (m2_a < 0).any():
+            i = tuple(int(k) for k in np.argwhere(m2_a < 0)[0])
+            raise ValueError(f"m2{list(i)} is {m2_a[i].item()!r}: a sum of squared deviations is never negative")
+        self.count, self.mean, self.m2 = count_a, mean_a, m2_a
         self.stats_dtype = np.dtype(stats_dtype)
         if self.stats_dtype not in (np.dtype(np.float32), _F64):
             raise TypeError(f"stats_dtype must be float32 or float64, got {self.stats_dtype}")
 
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         """(N, G)."""
         return self.count.shape
 
-    def merge(self, other):
+    def merge(self, other: "Moments") -> "Moments":
         """The moments of this tile and ``other`` (in that order)."""
         return merge_moments([self, other])
 
-    def mean_rstd(self, eps=1e-5):
+    def mean_rstd(self, eps: float = 1e-5) -> Tuple[NDArray[Any], NDArray[Any]]:
         """(mean, rstd), each (N, G) in ``stats_dtype``, rstd = 1/sqrt(m2/count + eps).
 
         Computed as ``group_norm`` computes them; groups with count 0 get NaN.
@@ -118,7 +128,7 @@ class Moments:
                         dtype=checks.DTYPE_CODES[self.stats_dtype], mean_out=mean, rstd_out=rstd)
         return mean, rstd
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Moments(shape={self.shape}, stats_dtype={self.stats_dtype})"
 
 
@@ -134,7 +144,11 @@ class BackwardSums:
 
     __slots__ = ("sum_dz", "sum_dz_xc", "spatial")
 
-    def __init__(self, sum_dz, sum_dz_xc, spatial):
+    sum_dz: NDArray[np.float64]
+    sum_dz_xc: NDArray[np.float64]
+    spatial: int
+
+    def __init__(self, sum_dz: ArrayLike, sum_dz_xc: ArrayLike, spatial: int) -> None:
         sum_dz = np.ascontiguousarray(sum_dz, dtype=_F64)
         sum_dz_xc = np.ascontiguousarray(sum_dz_xc, dtype=_F64)
         if sum_dz.ndim != 2 or sum_dz_xc.shape != sum_dz.shape:
@@ -143,25 +157,26 @@ class BackwardSums:
         self.sum_dz, self.sum_dz_xc, self.spatial = sum_dz, sum_dz_xc, _spatial_count(spatial)
 
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         """(N, C)."""
         return self.sum_dz.shape
 
-    def merge(self, other):
+    def merge(self, other: "BackwardSums") -> "BackwardSums":
         """The sums of this tile and ``other`` (in that order)."""
         return merge_backward_sums([self, other])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"BackwardSums(shape={self.shape}, spatial={self.spatial})"
 
 
-def _cpu_input(x, name):
+def _cpu_input(x: Any, name: Any) -> Any:
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
         raise TypeError(f"{name} is a GPU array: the split-phase API runs on CPU (NumPy) arrays")
     return checks.as_input(x, name)
 
 
-def moments(x_tile, num_groups, *, channels_last=False, skip=None, skip_bias=None, num_threads=None):
+def moments(x_tile: Any, num_groups: int, *, channels_last: bool = False, skip: Optional[Any] = None,
+            skip_bias: Optional[Any] = None, num_threads: Optional[int] = None) -> Moments:
     """Per (sample, group) moments of a tile.
 
     Args:
@@ -197,7 +212,7 @@ def moments(x_tile, num_groups, *, channels_last=False, skip=None, skip_bias=Non
     return Moments(count, mean, m2, checks.stats_dtype(x.dtype))
 
 
-def _check_parts(parts, kind, what):
+def _check_parts(parts: Any, kind: Any, what: Any) -> Any:
     if isinstance(parts, kind):
         raise TypeError(f"{what} takes a list of {kind.__name__}, got one {kind.__name__}: wrap it in a list")
     parts = list(parts)
@@ -212,7 +227,7 @@ def _check_parts(parts, kind, what):
     return parts
 
 
-def merge_moments(parts):
+def merge_moments(parts: Sequence[Moments]) -> Moments:
     """Merges a list of :class:`Moments` of the same (N, G), in list order.
 
     Chan's formula, applied left to right: the same list gives bitwise the same
@@ -242,8 +257,9 @@ def given_stats(stats, n, groups, x_dtype):
     raise TypeError(f"stats must be a groupnorm.Moments or a (mean, rstd) pair, got {type(stats).__name__}")
 
 
-def backward_sums(grad_y_tile, x_tile, mean, rstd, num_groups, weight=None, bias=None, *, channels_last=False,
-                  activation=None, num_threads=None):
+def backward_sums(grad_y_tile: Any, x_tile: Any, mean: Any, rstd: Any, num_groups: int, weight: Optional[Any] = None,
+                  bias: Optional[Any] = None, *, channels_last: bool = False, activation: Optional[str] = None,
+                  num_threads: Optional[int] = None) -> BackwardSums:
     """Per (sample, channel) sums over a tile for the backward.
 
     Args:
@@ -275,7 +291,7 @@ def backward_sums(grad_y_tile, x_tile, mean, rstd, num_groups, weight=None, bias
     return BackwardSums(sum_dz, sum_dz_xc, checks.geometry(x.shape, channels_last)[2])
 
 
-def merge_backward_sums(parts):
+def merge_backward_sums(parts: Sequence[BackwardSums]) -> BackwardSums:
     """Adds a list of :class:`BackwardSums` of the same (N, C), in list order."""
     parts = _check_parts(parts, BackwardSums, "merge_backward_sums")
     shape = parts[0].shape
@@ -288,7 +304,7 @@ def merge_backward_sums(parts):
     return BackwardSums(d, q, spatial)
 
 
-def given_sums(sums, n, channels, spatial):
+def given_sums(sums: Any, n: Any, channels: Any, spatial: Any) -> Any:
     """group_norm_backward's ``sums=`` checked against the tile."""
     if not isinstance(sums, BackwardSums):
         raise TypeError(f"sums must be a groupnorm.BackwardSums, got {type(sums).__name__}")

@@ -29,7 +29,7 @@ second one, importing this module warns.
 import os
 import re
 import warnings
-from typing import Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from . import distributed, functional, split
 __all__ = ["group_norm", "GroupNorm", "replace_group_norm", "SyncGroupNorm", "openmp_runtimes"]
 
 
-def openmp_runtimes():
+def openmp_runtimes() -> List[str]:
     """Paths of the OpenMP runtime libraries mapped in this process (Linux; [] elsewhere)."""
     try:
         with open("/proc/self/maps") as f:
@@ -73,7 +73,7 @@ _EMPTY = (0,)
 # --------------------------------------------------------------------------- tensors <-> arrays
 
 
-def _channels_last(x):
+def _channels_last(x: Any) -> Any:
     """True when x is laid out channels-last: (N, C, *spatial) with C the fastest dim.
 
     A tensor contiguous in both senses (C == 1 or no spatial extent) counts as
@@ -89,14 +89,14 @@ def _channels_last(x):
     return all(st[1] < st[i] for i in range(2, x.dim()) if x.shape[i] > 1) and x.shape[1] > 1
 
 
-def _canonical(x, channels_last):
+def _canonical(x: Any, channels_last: Any) -> Any:
     """x contiguous in the given layout (a copy only when it is not already)."""
     if channels_last:
         return x if x.movedim(1, -1).is_contiguous() else x.movedim(1, -1).contiguous().movedim(-1, 1)
     return x.contiguous()
 
 
-def _array(t, channels_last=False):
+def _array(t: Any, channels_last: Any = False) -> Any:
     """A NumPy view of tensor t ((N, *spatial, C) when channels_last), no copy."""
     if channels_last:
         t = t.movedim(1, -1)
@@ -106,12 +106,12 @@ def _array(t, channels_last=False):
     return t.numpy()
 
 
-def _empty_like_layout(x):
+def _empty_like_layout(x: Any) -> Any:
     """A new tensor like x in x's layout (strides preserved when x is dense)."""
     return torch.empty_like(x, memory_format=torch.preserve_format)
 
 
-def _new_output(x):
+def _new_output(x: Any) -> Any:
     """A new tensor like canonical x (contiguous in its layout) that a kernel will write.
 
     CPU outputs come from groupnorm's output-buffer cache (see
@@ -145,7 +145,7 @@ def _param_array(p):
     return _array(p.contiguous())
 
 
-def _act(activation):
+def _act(activation: Any) -> Any:
     return None if activation == "none" else activation
 
 
@@ -181,7 +181,7 @@ def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
 
 
 @_group_norm_op.register_fake
-def _(x, num_groups, weight, bias, eps, activation, skip):
+def _(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, activation: Any, skip: Any) -> Any:
     y = _empty_like_layout(_canonical(x, _channels_last(x)))
     sd = _stats_dtype(x)
     mean = x.new_empty((x.shape[0], num_groups), dtype=sd)
@@ -209,7 +209,7 @@ def _group_norm_backward_op(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.T
     return gx, _param_grad(gw, weight, x), _param_grad(gb, bias, x)
 
 
-def _param_grad(g, p, x):
+def _param_grad(g: Any, p: Any, x: Any) -> Any:
     if p is None:
         return x.new_empty(_EMPTY)
     if p.dtype == torch.bfloat16:
@@ -218,14 +218,14 @@ def _param_grad(g, p, x):
 
 
 @_group_norm_backward_op.register_fake
-def _(grad_y, x, mean, rstd, num_groups, weight, bias, activation):
+def _(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: Any, weight: Any, bias: Any, activation: Any) -> Any:
     gx = _empty_like_layout(_canonical(x, _channels_last(x)))
     gw = torch.empty_like(weight) if weight is not None else x.new_empty(_EMPTY)
     gb = torch.empty_like(bias) if bias is not None else x.new_empty(_EMPTY)
     return gx, gw, gb
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx: Any, inputs: Any, output: Any) -> Any:
     x, num_groups, weight, bias, eps, activation, skip = inputs
     y, mean, rstd, s = output
     ctx.save_for_backward(s if skip is not None else x, mean, rstd, weight, bias)
@@ -234,7 +234,7 @@ def _setup_context(ctx, inputs, output):
     ctx.has_skip = skip is not None
 
 
-def _backward(ctx, grad_y, grad_mean, grad_rstd, grad_s):
+def _backward(ctx: Any, grad_y: Any, grad_mean: Any, grad_rstd: Any, grad_s: Any) -> Any:
     x, mean, rstd, weight, bias = ctx.saved_tensors
     gx, gw, gb = _group_norm_backward_op(grad_y, x, mean, rstd, ctx.num_groups, weight, bias, ctx.activation)
     if ctx.has_skip and grad_s is not None:
@@ -251,7 +251,7 @@ class DoubleBackwardError(NotImplementedError, ValueError):
     """Gradients of groupnorm's gradients (double backward) are not supported."""
 
 
-def _no_double_backward(ctx, *grads):
+def _no_double_backward(ctx: Any, *grads: Any) -> Any:
     raise DoubleBackwardError(
         "groupnorm does not support double backward (a gradient of its gradient, e.g. "
         "torch.autograd.grad(..., create_graph=True) followed by another backward); use "
@@ -264,7 +264,7 @@ _group_norm_backward_op.register_autograd(_no_double_backward, setup_context=lam
 # --------------------------------------------------------------------------- CUDA
 
 
-def _require_cuda_build():
+def _require_cuda_build() -> Any:
     if not _core.HAS_CUDA:
         raise ValueError("x is on a CUDA device, but this groupnorm build runs on the CPU only "
                          "(rebuild with: pip install . -C cmake.define.GROUPNORM_CUDA=ON)")
@@ -276,7 +276,7 @@ def _codes(x, *params):
     return checks.DTYPE_CODES[dtype], checks.param_code(dtype, [_NP_DTYPES[p.dtype] for p in params if p is not None])
 
 
-def _ptr(t):
+def _ptr(t: Any) -> Any:
     return 0 if t is None or t.numel() == 0 else t.data_ptr()
 
 
@@ -294,7 +294,8 @@ def _forward_cuda(x, num_groups, weight, bias, eps, activation, skip, cl, y, mea
                            skip=_ptr(skip), skip_bias=0, sum_out=_ptr(s) if skip is not None else 0, stream=stream)
 
 
-def _backward_cuda(grad_y, x, mean, rstd, num_groups, weight, bias, activation, cl, gx):
+def _backward_cuda(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: Any, weight: Any, bias: Any,
+                   activation: Any, cl: Any, gx: Any) -> Any:
     _require_cuda_build()
     n, c, sp = checks.geometry(x.shape, False)  # x's logical shape (N, C, *spatial) in either layout
     dtype_code, param_code = _codes(x, weight, bias)
@@ -315,7 +316,7 @@ def _backward_cuda(grad_y, x, mean, rstd, num_groups, weight, bias, activation, 
 # --------------------------------------------------------------------------- the public functions
 
 
-def _check(x, num_groups, weight, bias, eps, activation, skip):
+def _check(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, activation: Any, skip: Any) -> Any:
     """Argument rules, before any work (the NumPy layer's rules, for tensors)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -365,7 +366,9 @@ def _check(x, num_groups, weight, bias, eps, activation, skip):
     return groups, eps, "none" if activation is None else activation
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, activation=None, skip=None):
+def group_norm(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor] = None,
+               bias: Optional[torch.Tensor] = None, eps: float = 1e-5, *, activation: Optional[str] = None,
+               skip: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Group normalization of a tensor, with autograd (like ``torch.nn.functional.group_norm``).
 
     Args:
@@ -385,7 +388,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, activation=No
         y, like x (shape, dtype, device, memory format).
     """
     groups, eps, act = _check(x, num_groups, weight, bias, eps, activation, skip)
-    return _group_norm_op(x, groups, weight, bias, eps, act, skip)[0]
+    y: torch.Tensor = _group_norm_op(x, groups, weight, bias, eps, act, skip)[0]
+    return y
 
 
 class GroupNorm(torch.nn.GroupNorm):
@@ -402,25 +406,25 @@ class GroupNorm(torch.nn.GroupNorm):
         super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
         self.activation = activation
 
-    def _check_channels(self, input):
+    def _check_channels(self, input: Any) -> Any:
         """The layer's own rule, named as such: input's dim 1 must be num_channels."""
         if isinstance(input, torch.Tensor) and input.dim() >= 2 and input.shape[1] != self.num_channels:
             raise ValueError(f"{type(self).__name__}({self.num_groups}, {self.num_channels}) expects "
                              f"{self.num_channels} channels (dim 1), got input of shape {tuple(input.shape)} "
                              f"with {input.shape[1]}")
 
-    def forward(self, input):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_channels(input)
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
                           activation=getattr(self, "activation", None))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         s = super().extra_repr()
         act = getattr(self, "activation", None)
         return s if act is None else f"{s}, activation={act!r}"
 
 
-def replace_group_norm(model):
+def replace_group_norm(model: torch.nn.Module) -> int:
     """Swap every ``torch.nn.GroupNorm`` in ``model`` (itself included) for :class:`GroupNorm`, in place.
 
     The modules keep their parameters, buffers and hooks (their class changes),
@@ -436,7 +440,7 @@ def replace_group_norm(model):
     for m in model.modules():
         if type(m) is torch.nn.GroupNorm:
             m.__class__ = GroupNorm
-            m.activation = None
+            m.activation = None  # type: ignore[assignment]
             count += 1
     return count
 
@@ -444,11 +448,11 @@ def replace_group_norm(model):
 # --------------------------------------------------------------------------- SyncGroupNorm
 
 
-def _gather_over(group):
+def _gather_over(group: Any) -> Any:
     """allgather for groupnorm.distributed's exchange: every rank's float64 array (of one shape), in rank order."""
     import torch.distributed as dist
 
-    def allgather(a):
+    def allgather(a: Any) -> Any:
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
         parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
         dist.all_gather(parts, t, group=group)
@@ -456,17 +460,18 @@ def _gather_over(group):
     return allgather
 
 
-def _world(group):
+def _world(group: Any) -> Any:
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
-def _tile_spatial(x):
+def _tile_spatial(x: Any) -> Any:
     return int(np.prod(x.shape[2:], dtype=np.int64))
 
 
-def _sync_config(call, x, num_groups, cl, activation, weight, bias, eps, stats_crc=0):
+def _sync_config(call: Any, x: Any, num_groups: Any, cl: Any, activation: Any, weight: Any, bias: Any, eps: Any,
+                 stats_crc: Any = 0) -> Any:
     """What every rank of a SyncGroupNorm call must agree on (groupnorm.distributed compares it)."""
     shape = tuple(x.shape[:1]) + tuple(x.shape[2:]) + tuple(x.shape[1:2]) if cl else tuple(x.shape)
     return distributed._config(call, shape, num_groups, _NP_DTYPES[x.dtype], cl,
@@ -476,7 +481,8 @@ def _sync_config(call, x, num_groups, cl, activation, weight, bias, eps, stats_c
 
 class _SyncGroupNormFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, num_groups, eps, activation, group):
+    def forward(ctx: Any, x: Any, weight: Any, bias: Any, num_groups: Any, eps: Any, activation: Any,
+                group: Any) -> Any:
         cl = _channels_last(x)
         x = _canonical(x, cl)
         xa = _array(x, cl)
@@ -484,7 +490,7 @@ class _SyncGroupNormFn(torch.autograd.Function):
         if _world(group):
             # every rank's count, mean, m2, merged in rank order: every rank
             # merges the same bytes in the same order, so all get the same bits
-            def local():
+            def local() -> Any:
                 m = split.moments(xa, num_groups, channels_last=cl, num_threads=threads)
                 return _sync_config(4.0, x, num_groups, cl, activation, weight, bias, eps), m, _tile_spatial(x)
 
@@ -501,7 +507,7 @@ class _SyncGroupNormFn(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad_y):
+    def backward(ctx: Any, grad_y: Any) -> Any:
         x, weight, bias = ctx.saved_tensors
         mean, rstd = ctx.stats
         num_groups, activation, group, cl = ctx.cfg
@@ -510,7 +516,7 @@ class _SyncGroupNormFn(torch.autograd.Function):
         wa, ba = _param_array(weight), _param_array(bias)
         threads = torch.get_num_threads()
 
-        def local():
+        def local() -> Any:
             return split.backward_sums(ga, xa, mean, rstd, num_groups, wa, ba, channels_last=cl, activation=activation,
                                        num_threads=threads)
 
@@ -554,12 +560,13 @@ class SyncGroupNorm(GroupNorm):
         process_group: the group to synchronize over (default: the world).
     """
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *,
-                 activation=None, process_group=None):
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 device: Any = None, dtype: Optional[torch.dtype] = None, *, activation: Optional[str] = None,
+                 process_group: Any = None) -> None:
         super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype, activation=activation)
         self.process_group = process_group
 
-    def forward(self, input):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         try:
             self._check_channels(input)
             groups, eps, act = _check(input, self.num_groups, self.weight, self.bias, self.eps, self.activation,
@@ -570,4 +577,5 @@ class SyncGroupNorm(GroupNorm):
             if _world(self.process_group):  # the other ranks raise too instead of waiting for this one
                 distributed.raise_everywhere(_gather_over(self.process_group), 4.0, e)
             raise
-        return _SyncGroupNormFn.apply(input, self.weight, self.bias, groups, eps, _act(act), self.process_group)
+        return _SyncGroupNormFn.apply(input, self.weight,  # type: ignore[no-untyped-call,no-any-return]
+                                      self.bias, groups, eps, _act(act), self.process_group)
