@@ -99,6 +99,8 @@ def test_cli_version_info_and_help():
     for key in ("version:", "instruction set:", "threads:", "OpenMP runtime:", "worker pool:", "CPU caches:"):
         assert key in p.stdout, p.stdout
     assert groupnorm.active_isa() in p.stdout
+    caches = groupnorm._core.cache_sizes()  # the plan's caches, shown with their source
+    assert f"L2 {caches['l2'] >> 10} KiB ({caches['l2_source']})" in p.stdout, p.stdout
     p = _cli("bench", "--help")
     assert p.returncode == 0 and "usage: python -m groupnorm bench" in p.stdout, p.stdout + p.stderr
     p = _cli("--help")

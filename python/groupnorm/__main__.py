@@ -219,26 +219,14 @@ def openmp_runtime() -> str:
 
 
 def _cache_sizes() -> str:
-    """CPU 0's data and unified caches, from Linux's sysfs (what the kernels' schedules read too)."""
-    out = []
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        entries = sorted(e for e in os.listdir(base) if e.startswith("index"))
-    except OSError:
-        return "unknown"
-    for e in entries:
-        try:
-            with open(f"{base}/{e}/level") as f:
-                level = f.read().strip()
-            with open(f"{base}/{e}/type") as f:
-                kind = f.read().strip()
-            with open(f"{base}/{e}/size") as f:
-                size = f.read().strip()
-        except OSError:
-            continue
-        if kind != "Instruction":
-            out.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
-    return ", ".join(out) or "unknown"
+    """The caches the kernels' schedules are planned for, and where each was read (the core's own view:
+    CPUID, then sysfs, then sysconf), with the per-thread budget at the default thread count."""
+    c = _core.cache_sizes()
+    found = ", ".join(f"{name} {c[key] >> 10} KiB ({c[key + '_source']})"
+                      for name, key in (("L1d", "l1d"), ("L2", "l2"), ("L3", "l3")) if c[key] > 0)
+    budget = _core.cache_budget(groupnorm.get_num_threads()) >> 10
+    forced = " (GROUPNORM_CACHE_BYTES)" if c["forced_budget"] else ""
+    return f"{found or 'unknown'}; budget per thread {budget} KiB{forced}"
 
 
 def info(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
