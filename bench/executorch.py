@@ -159,7 +159,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=2, help="processes per configuration, interleaved")
-    ap.add_argument("--out", default=os.path.join(_HERE, "results", "executorch.md"))
+    ap.add_argument("--out", default=os.path.join("bench-results", "executorch.md"),
+                    help="markdown file to write (default ./bench-results/executorch.md; the committed results are in bench/results/, pass --out bench/results/executorch.md to replace them)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--one", nargs=4, metavar=("BASE", "KERNEL", "THREADS", "REPEATS"), help=argparse.SUPPRESS)
     ap.add_argument("--lower", nargs=2, metavar=("LATENT", "WORKDIR"), help=argparse.SUPPRESS)
@@ -273,7 +274,7 @@ def write_report(args, rows, load):
                 head + f" {fmt_ms(r['total_ms'])} | {fmt_ms(r['gn_ms'])} | {100 * r['gn_ms'] / r['total_ms']:.1f}% | "
                 f"{r['gn_calls']} | {fmt_ms(r['gn_ms'] / max(r['gn_calls'], 1))} | {gn_x} | {total_x} | "
                 f"{r['max_abs_diff']:.1e} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("wrote", args.out)

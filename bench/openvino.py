@@ -218,7 +218,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="each configuration's process runs this many times, "
                     "alternating with the others; decodes pooled, counters from the fastest round")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "openvino.md"))
+    ap.add_argument("--out", default=os.path.join("bench-results", "openvino.md"),
+                    help="markdown file to write (default ./bench-results/openvino.md; the committed results are in bench/results/, pass --out bench/results/openvino.md to replace them)")
     ap.add_argument("--_export", help=argparse.SUPPRESS)
     ap.add_argument("--_config", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -317,6 +318,7 @@ def main():
         lines.append(f"- opset {opset}: decode stock / extension = {s['decode_s'] / e['decode_s']:.2f}x; GroupNorm "
                      f"time, reorders included, stock / extension = {gs / ge:.2f}x.")
     lines.append("")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))

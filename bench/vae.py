@@ -185,7 +185,8 @@ def main():
     ap.add_argument("--layouts", nargs="+", default=["contiguous", "channels_last"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's default)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "vae.md"))
+    ap.add_argument("--out", default=os.path.join("bench-results", "vae.md"),
+                    help="markdown file to write (default ./bench-results/vae.md; the committed results are in bench/results/, pass --out bench/results/vae.md to replace them)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = ap.parse_args()
     if args.one:
@@ -214,7 +215,7 @@ def main():
                         f"{['%.3f' % t for t in r['gn_in_model_ours_all']]}; GN standalone stock "
                         f"{r['gn_alone_stock']:.4f} s; load average at the end {r['loadavg_1min_end']:.1f}"
                         for r in results) + "\n```\n")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
     print(text)
