@@ -4,7 +4,7 @@ Rules about the problem itself (groups, eps, activation) live in the C++ core
 and reach Python through its messages; this module checks the arrays: their
 types, shapes, dtypes, contiguity and writability.
 """
-from typing import Any
+from typing import Any, Iterable, Sequence, Tuple
 import numbers
 import warnings
 import operator
@@ -38,14 +38,14 @@ def stats_dtype(dtype: Any) -> Any:
     return _STATS_DTYPES[np.dtype(dtype)]
 
 
-def param_code(x_dtype, param_dtypes):
+def param_code(x_dtype: Any, param_dtypes: Iterable[Any]) -> int:
     """The core's dtype code for the per-channel parameters, given x's dtype and those the caller's
     parameters have (groupnorm::param_dtype_for; stats_dtype's when there are none)."""
     return _core.param_dtype(dtype=DTYPE_CODES[np.dtype(x_dtype)],
                              present=[DTYPE_CODES[np.dtype(d)] for d in param_dtypes])
 
 
-def as_input(x, name="x"):
+def as_input(x: Any, name: Any = "x") -> Any:
     """x as an ndarray of a supported float dtype, C-contiguous (copied only if needed)."""
     if not isinstance(x, np.ndarray):
         if hasattr(x, "__cuda_array_interface__"):
@@ -78,13 +78,13 @@ def from_dlpack(x: Any, name: Any = "x") -> Any:
         raise TypeError(f"{name} could not be read through DLPack: {e}") from None
 
 
-def _channel_axis(shape, channels_last, name):
+def _channel_axis(shape: Sequence[int], channels_last: Any, name: str) -> int:
     if len(shape) < 2:
         raise ValueError(f"{name} must have at least 2 dims (N, C, *spatial), got shape {tuple(shape)}")
     return len(shape) - 1 if channels_last else 1
 
 
-def geometry(shape, channels_last, name="x"):
+def geometry(shape: Sequence[int], channels_last: Any, name: str = "x") -> Tuple[int, int, int]:
     """(N, C, S) of a shape (N, C, *spatial), or (N, *spatial, C) when channels_last: the
     one rule in Python (the binding's geometry() is the same for NumPy arrays)."""
     shape = tuple(shape)
@@ -96,7 +96,7 @@ def geometry(shape, channels_last, name="x"):
     return shape[0], shape[cdim], s
 
 
-def channels_of(x, channels_last):
+def channels_of(x: Any, channels_last: Any) -> Any:
     """C of an array x (its geometry's, without the spatial product)."""
     return x.shape[_channel_axis(x.shape, channels_last, "x")]
 

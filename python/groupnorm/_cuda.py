@@ -19,7 +19,7 @@ from ._checks import DTYPE_CODES, stats_dtype
 
 _F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 _CODE_DTYPES = {code: d for d, code in DTYPE_CODES.items()}
-_TYPESTRS = {"<f4": _F32, "<f8": _F64, "<f2": _F16}
+_TYPESTRS: Dict[str, np.dtype[Any]] = {"<f4": _F32, "<f8": _F64, "<f2": _F16}
 
 
 def is_gpu_array(a: Any) -> Any:
@@ -148,7 +148,7 @@ def _empty(shape: Any, dtype: Any, like: Any) -> Any:
             return cupy.empty(shape, dtype=dtype)
 
 
-def _ptr(d):
+def _ptr(d: Any) -> Any:
     return 0 if d is None else d.ptr
 
 

@@ -366,9 +366,10 @@ def _spatial_of(x: Any, channels_last: Any) -> Any:
     return int(np.prod(sp, dtype=np.int64))
 
 
-def _moments_call(call, gather, x_local, num_groups, channels_last, skip, skip_bias, num_threads, weight=None,
-                  bias=None, eps=0.0, activation=None):
-    def local():
+def _moments_call(call: Any, gather: Any, x_local: Any, num_groups: Any, channels_last: Any, skip: Any,
+                  skip_bias: Any, num_threads: Any, weight: Any = None,
+                  bias: Any = None, eps: Any = 0.0, activation: Any = None) -> Any:
+    def local() -> Any:
         x = checks.as_input(x_local, "x_local")
         m = split.moments(x, num_groups, channels_last=channels_last, skip=skip, skip_bias=skip_bias,
                           num_threads=num_threads)
@@ -459,7 +460,7 @@ def group_norm_backward(grad_y_local: Any, x_local: Any, mean: Any, rstd: Any, n
     """
     gather = _collective(comm, allgather)
 
-    def local():
+    def local() -> Any:
         x = checks.as_input(x_local, "x_local")
         s = split.backward_sums(grad_y_local, x, mean, rstd, num_groups, weight, bias, channels_last=channels_last,
                                 activation=activation, num_threads=num_threads)

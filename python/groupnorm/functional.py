@@ -111,16 +111,18 @@ def group_norm(x: Any, num_groups: int, weight: Optional[Any] = None, bias: Opti
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
         if stats is not None:
             raise TypeError("stats= is supported for CPU (NumPy) arrays only")
-        return _cuda.group_norm(x, groups, weight, bias, e, channels_last, act, out, return_stats, skip, skip_bias,
-                                sum_out)
+        return _cuda.group_norm(  # type: ignore[no-any-return]
+            x, groups, weight, bias, e, channels_last, act, out, return_stats, skip, skip_bias, sum_out)
     x = checks.as_input(x)
     _core.check(checks.channels_of(x, channels_last), groups, e)  # (channels, groups, eps), before any allocation
     return forward_checked(x, groups, weight, bias, e, channels_last, act, nthreads, out=out, return_stats=return_stats,
                            skip=skip, skip_bias=skip_bias, sum_out=sum_out, stats=stats)
 
 
-def forward_checked(x, groups, weight, bias, eps, channels_last, act, num_threads, *, out=None, return_stats=False,
-                    skip=None, skip_bias=None, sum_out=None, stats=None):
+def forward_checked(x: Any, groups: int, weight: Optional[Any], bias: Optional[Any], eps: float, channels_last: bool,
+                    act: int, num_threads: int, *, out: Optional[Any] = None, return_stats: bool = False,
+                    skip: Optional[Any] = None, skip_bias: Optional[Any] = None, sum_out: Optional[Any] = None,
+                    stats: Optional[Any] = None) -> Union[NDArray[Any], Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]]:
     """group_norm of an ndarray x (as_input's) whose scalar arguments are already checked (groups_of,
     eps_value, flag, the activation's code, threads): checks and converts the arrays and runs the core,
     whose validate() has the last word on the problem's rules. groupnorm.torch's operator calls this."""
@@ -192,15 +194,17 @@ def group_norm_backward(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: i
     if type(x) is not np.ndarray and _cuda.is_gpu_array(x):
         if sums is not None:
             raise TypeError("sums= is supported for CPU (NumPy) arrays only")
-        return _cuda.group_norm_backward(grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, out)
+        return _cuda.group_norm_backward(  # type: ignore[no-any-return]
+            grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, out)
     x = checks.as_input(x)
     _core.check(checks.channels_of(x, channels_last), groups, 0.0)  # (channels, groups, eps)
     return backward_checked(grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, nthreads, out=out,
                             sums=sums)
 
 
-def backward_checked(grad_y, x, mean, rstd, groups, weight, bias, channels_last, act, num_threads, *, out=None,
-                     sums=None):
+def backward_checked(grad_y: Any, x: Any, mean: Any, rstd: Any, groups: int, weight: Optional[Any],
+                     bias: Optional[Any], channels_last: bool, act: int, num_threads: int, *, out: Optional[Any] = None,
+                     sums: Optional[Any] = None) -> Tuple[NDArray[Any], Optional[NDArray[Any]], Optional[NDArray[Any]]]:
     """group_norm_backward of an ndarray x (as_input's) whose scalar arguments are already checked (see
     forward_checked). groupnorm.torch's operator calls this."""
     channels = checks.channels_of(x, channels_last)

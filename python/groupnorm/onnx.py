@@ -67,8 +67,8 @@ _PRECISION = {np.dtype(np.float64): 53, np.dtype(np.float32): 24, np.dtype(np.fl
 
 
 def _array(a: Any, name: str) -> np.ndarray:
-    a = checks.as_input(a, name)
-    return a
+    arr: np.ndarray = checks.as_input(a, name)
+    return arr
 
 
 def _int_attr(value: Any, name: str) -> int:

@@ -24,7 +24,7 @@ grad_bias.
 """
 import numbers
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -244,7 +244,7 @@ def merge_moments(parts: Sequence[Moments]) -> Moments:
     return Moments(count, mean, m2, sd)
 
 
-def given_stats(stats, n, groups, x_dtype):
+def given_stats(stats: Any, n: Any, groups: Any, x_dtype: Any) -> Dict[str, Any]:
     """group_norm's ``stats=`` as the core's keyword arguments: count, gmean,
     gm2 for Moments, smean, srstd for a (mean, rstd) pair."""
     if isinstance(stats, Moments):

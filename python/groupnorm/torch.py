@@ -133,13 +133,13 @@ def _new_output(x: Any) -> Any:
     return t.movedim(-1, 1) if cl else t
 
 
-def _stats_dtype(x):
+def _stats_dtype(x: Any) -> torch.dtype:
     """The torch dtype of mean/rstd for x (the core's rule, through checks.stats_dtype); float32 for
     a dtype the kernels do not take (a traced graph's fake tensors may have one: the rule's 'otherwise')."""
     return _TORCH_DTYPES[checks.stats_dtype(_NP_DTYPES.get(x.dtype, np.dtype(np.float32)))]
 
 
-def _param_array(p):
+def _param_array(p: Any) -> Any:
     if p is None:
         return None
     return _array(p.contiguous())
@@ -270,7 +270,7 @@ def _require_cuda_build() -> Any:
                          "(rebuild with: pip install . -C cmake.define.GROUPNORM_CUDA=ON)")
 
 
-def _codes(x, *params):
+def _codes(x: Any, *params: Any) -> Tuple[int, int]:
     """The core's dtype codes of x and of the parameters (checks.param_code: the core's rule)."""
     dtype = _NP_DTYPES[x.dtype]
     return checks.DTYPE_CODES[dtype], checks.param_code(dtype, [_NP_DTYPES[p.dtype] for p in params if p is not None])
@@ -280,7 +280,8 @@ def _ptr(t: Any) -> Any:
     return 0 if t is None or t.numel() == 0 else t.data_ptr()
 
 
-def _forward_cuda(x, num_groups, weight, bias, eps, activation, skip, cl, y, mean, rstd, s):
+def _forward_cuda(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, activation: Any, skip: Any, cl: Any,
+                  y: Any, mean: Any, rstd: Any, s: Any) -> Any:
     _require_cuda_build()
     n, c, sp = checks.geometry(x.shape, False)  # x's logical shape (N, C, *spatial) in either layout
     dtype_code, param_code = _codes(x, weight, bias)
@@ -400,8 +401,8 @@ class GroupNorm(torch.nn.GroupNorm):
         activation: None or ``"silu"``: applied after the normalization, fused.
     """
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *,
-                 activation=None):
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 device: Any = None, dtype: Optional[torch.dtype] = None, *, activation: Optional[str] = None) -> None:
         checks.activation(activation)
         super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
         self.activation = activation
