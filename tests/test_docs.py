@@ -56,10 +56,20 @@ def _mpiexec():
     return exe
 
 
+def _engine_libraries():
+    import engines
+    import groupnorm.executorch as gne
+    import groupnorm.openvino as gov
+    engines.ensure(gov.ENV_VAR, gov.packaged_path(), "libgroupnorm_openvino.so")
+    engines.ensure("GROUPNORM_EXECUTORCH_LIBRARY", gne.packaged_library_path(), gne.LIBRARY_NAME)
+
+
 @pytest.mark.parametrize("code", _blocks("python"))
 def test_python_block(code, tmp_path):
     script = tmp_path / "this.py"
     script.write_text(code)
+    if "groupnorm.executorch" in code or "groupnorm.openvino" in code:
+        _engine_libraries()  # a package built without them: build them once, as the engine tests do
     env = dict(os.environ, OMP_NUM_THREADS="2")
     first = code.splitlines()[0]
     m = re.match(r"# torchrun --nproc-per-node (\d+)", first)
