@@ -450,3 +450,25 @@ def test_double_backward_says_it_is_not_supported():
     ref = x.detach().requires_grad_()
     F.group_norm(ref, 4, w, None).sum().backward()
     torch.testing.assert_close(x2.grad, ref.grad)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last, "channels_last_3d"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_output_takes_in_place_ops_in_training(fmt, dtype):
+    """Models apply in-place ops to GroupNorm's output (ReLU(inplace=True) in MONAI's SegResNet):
+    the output must not be a view, in any memory format, and the gradient through an in-place op
+    is the one through the same op out of place (and, in float32, torch's)."""
+    shape = (2, 8, 5, 6, 3) if fmt == "channels_last_3d" else (2, 8, 5, 6)
+    memory_format = torch.channels_last_3d if fmt == "channels_last_3d" else fmt
+    gen = torch.Generator().manual_seed(7)
+    x0 = torch.randn(shape, generator=gen).to(dtype=dtype, memory_format=memory_format)
+    gy = torch.randn(shape, generator=gen)
+    grads = []
+    for f, relu in ((gnt.group_norm, torch.relu_), (gnt.group_norm, torch.relu), (F.group_norm, torch.relu_)):
+        x = x0.clone().requires_grad_()
+        y = relu(f(x, 4))
+        (y.float() * gy).sum().backward()
+        grads.append(x.grad.float())
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    if dtype == torch.float32:
+        torch.testing.assert_close(grads[0], grads[2], rtol=1e-4, atol=1e-4)

@@ -72,10 +72,12 @@ def _new_output(x: Any) -> Any:
     shape = tuple(x.movedim(1, -1).shape) if cl else tuple(x.shape)
     a = checks.empty_aligned(shape, _NP_DTYPES[x.dtype])
     if x.dtype == torch.bfloat16:
-        t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    else:
-        t = torch.from_numpy(a)
-    return t.movedim(-1, 1) if cl else t
+        a = a.view(np.int16)
+    # channels-last: the (N, C, *spatial) strides are made on the NumPy side, so the tensor is
+    # not an autograd view of another (a view output of the operator would refuse the in-place
+    # ops models apply to it, e.g. ReLU(inplace=True) after GroupNorm)
+    t = torch.from_numpy(np.moveaxis(a, -1, 1) if cl else a)
+    return t.view(torch.bfloat16) if x.dtype == torch.bfloat16 else t
 
 
 def _stats_dtype(x: Any) -> torch.dtype:
