@@ -88,7 +88,6 @@ def step_fn(net, x, train):
 
 def run_config(model, size, layout, mode, threads, repeats):
     import torch
-    import groupnorm.torch as gnt
     from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(threads)
@@ -98,15 +97,10 @@ def run_config(model, size, layout, mode, threads, repeats):
     else:
         net.eval()
     gns = [m for m in net.modules() if type(m) is torch.nn.GroupNorm]
+    sys.path.insert(0, HERE)
+    from vae import swappers
 
-    def stock():
-        for m in gns:
-            m.__class__ = torch.nn.GroupNorm
-
-    def ours():
-        for m in gns:
-            m.__class__ = gnt.GroupNorm
-            m.activation = None
+    stock, ours = swappers(net)
 
     step = step_fn(net, x, mode == "train")
     variants = [("stock", stock), ("ours", ours)]

@@ -48,6 +48,26 @@ def build_vae():
     return vae.eval()
 
 
+def swappers(model):
+    """(stock, ours): functions that set every torch.nn.GroupNorm of model to torch's class or to
+    groupnorm.torch.GroupNorm, so both run in one process on the same modules and parameters."""
+    import torch
+    import groupnorm.torch as gnt
+
+    gns = [m for m in model.modules() if type(m) is torch.nn.GroupNorm]
+
+    def stock():
+        for m in gns:
+            m.__class__ = torch.nn.GroupNorm
+
+    def ours():
+        for m in gns:
+            m.__class__ = gnt.GroupNorm
+            m.activation = None
+
+    return stock, ours
+
+
 def gn_calls(vae, z):
     """(shape, strides, num_groups, eps, weight, bias) of every GroupNorm call of one decode."""
     import torch
@@ -119,16 +139,7 @@ def run_config(size, channels_last, repeats, threads):
     if channels_last:
         vae = vae.to(memory_format=torch.channels_last)
         z = z.contiguous(memory_format=torch.channels_last)
-    gns = [m for m in vae.modules() if type(m) is torch.nn.GroupNorm]
-
-    def stock():
-        for m in gns:
-            m.__class__ = torch.nn.GroupNorm
-
-    def ours():
-        for m in gns:
-            m.__class__ = gnt.GroupNorm
-            m.activation = None
+    stock, ours = swappers(vae)
 
     calls = gn_calls(vae, z)
     with torch.no_grad():
