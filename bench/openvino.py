@@ -45,16 +45,9 @@ def export(latent, workdir):
 
     sys.path.append(HERE)
     from vae import build_vae, gn_calls
+    from vae import decoder as Decoder
 
     vae = build_vae()
-
-    class Decoder(torch.nn.Module):
-        def __init__(self, vae):
-            super().__init__()
-            self.vae = vae
-
-        def forward(self, z):
-            return self.vae.decode(z).sample
 
     @parse_args("v", "i", "v", "v", "f", "b")
     def group_norm_symbolic(g, x, num_groups, weight, bias, eps, cudnn):

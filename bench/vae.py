@@ -48,6 +48,22 @@ def build_vae():
     return vae.eval()
 
 
+def decoder(vae):
+    """The VAE's decode as a module of its own: latent z -> image (for exporters and runtimes that
+    take a module whose forward returns a tensor)."""
+    import torch
+
+    class Decoder(torch.nn.Module):
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, z):
+            return self.vae.decode(z).sample
+
+    return Decoder(vae)
+
+
 def swappers(model):
     """(stock, ours): functions that set every torch.nn.GroupNorm of model to torch's class or to
     groupnorm.torch.GroupNorm, so both run in one process on the same modules and parameters."""
