@@ -217,13 +217,29 @@ def test_bitwise_equal_to_numpy_api(threads):
         want = groupnorm.group_norm(x.numpy(), 32, model.gn.weight.detach().numpy(),
                                     model.gn.bias.detach().numpy(), 1e-5, num_threads=threads)
         assert np.array_equal(y.numpy(), want)
-        if threads > 1:  # the work ran on ExecuTorch's own pool threads, not only the caller's
-            before = gne.pool_items()
-            for _ in range(5):
-                gne.run(pte, (x,))
-            assert gne.pool_items() > before
+        if threads > 1:
+            _assert_pool_threads_take_part()
     finally:
         gne.set_num_threads(2)
+
+
+def _assert_pool_threads_take_part():
+    """The work runs on ExecuTorch's own pool threads, not only the caller's.
+
+    ExecuTorch's pool lets the calling thread steal items, so on a busy machine one call may run all
+    of them before a pool thread wakes. Items here are a few milliseconds each (a pool thread wakes in
+    microseconds), and up to 50 calls are made: a pool that never runs an item fails; a slow wake-up
+    does not.
+    """
+    model = GN(32, 128).eval()
+    x = torch.randn(4, 128, 96, 96) + 5
+    pte = gne.lower(model, (x,))
+    before = gne.pool_items()
+    for _ in range(50):
+        gne.run(pte, (x,))
+        if gne.pool_items() > before:
+            return
+    raise AssertionError("no item of 50 calls ran on an ExecuTorch pool thread")
 
 
 # --------------------------------------------------------------------------- bad programs
