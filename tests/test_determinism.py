@@ -211,6 +211,39 @@ def test_isa_independence_backward(gn, rng, dtype, case, activation):
             assert_bitwise_equal(a, c, f"{name} on {isa} vs {first}")
 
 
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=dtype_id)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_isa_independence_half_special_outputs(gn, rng, dtype, channels_last):
+    # outputs that are 16-bit denormals, huge (float16: inf), NaN, and -0.0: the
+    # conversions' edge cases on every target (the avx512bf16 target's
+    # instruction flushes denormals, so it must fall back for those vectors)
+    isas = _isas(gn)
+    C, G = 16, 4
+    shape = (2, 40, C) if channels_last else (2, C, 40)
+    x = rng.x(shape, dtype)
+    tiny = 2.0 ** -130 if dtype == BF16 else 2.0 ** -20  # y in the dtype's denormal range
+    w = np.array([tiny, -tiny, 1.0, 3e38 if dtype == BF16 else 6e4] * 4, np.float32)  # float16: overflows
+    b = np.zeros(C, np.float32)
+    b[2::4] = -0.0
+    xn = x.copy()
+    (xn[1, :, 0:4] if channels_last else xn[1, 0:4, :])[...] = np.nan  # a whole group of sample 1
+    results = {}
+    for isa in isas:
+        gn.set_isa(isa)
+        y = gn.group_norm(xn, G, w, b, channels_last=channels_last)
+        dx = gn.group_norm_backward(xn, x, *gn.group_norm(x, G, return_stats=True)[1:], G, w, b,
+                                    channels_last=channels_last)[0]
+        results[isa] = (y, dx)
+    bits = results[isas[0]][0].view(np.uint16)
+    exp = bits & 0x7f80 if dtype == BF16 else bits & 0x7c00
+    assert np.any((exp == 0) & ((bits & 0x7fff) != 0)), "no denormal output: the test would not check them"
+    assert dtype == BF16 or np.any(np.isinf(results[isas[0]][0].astype(np.float32)))
+    assert np.any(np.isnan(results[isas[0]][0].astype(np.float32)))
+    for isa in isas[1:]:
+        for name, a, c in zip(("y", "grad_x"), results[isa], results[isas[0]]):
+            assert_bitwise_equal(a, c, f"{name} on {isa} vs {isas[0]}")
+
+
 @pytest.mark.parametrize("case", BIG, ids=_case_id)
 def test_isa_and_threads_independence_big(gn, rng, case):
     isas = _isas(gn)

@@ -62,7 +62,7 @@ def get_num_threads() -> int:
 
 
 def available_isas() -> List[str]:
-    """Instruction sets this CPU and build can run, best first (e.g. ['avx512', 'avx2', 'portable'])."""
+    """Instruction sets this CPU and build can run, best first (e.g. ['avx512bf16', 'avx512', 'avx2', 'portable'])."""
     return _core.available_isas().split(",")
 
 

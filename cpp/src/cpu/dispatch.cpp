@@ -3,6 +3,9 @@
 // GROUPNORM_ISA=<name> caps the choice (e.g. to test the portable path).
 #include <atomic>
 #include <cstdlib>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <cstring>
 #include <string>
 
@@ -38,6 +41,14 @@ struct Entry {
   __builtin_cpu_init();
   return runs_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+// AVX512_BF16: CPUID leaf 7 subleaf 1, EAX bit 5 (read directly: not every
+// compiler's __builtin_cpu_supports knows it)
+[[maybe_unused]] bool runs_avx512bf16() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!runs_avx512() || __get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 1, a, b, c, d);
+  return (a >> 5) & 1u;
 }
 #endif
 

@@ -2,6 +2,8 @@
 // instruction for each primitive where AVX-512 has one (FMA, max, scalef,
 // float16 and bfloat16 conversions, masked loads and stores of a row's
 // tail, 512-bit non-temporal stores). Primitives listed in arch/portable.hpp.
+// Also the avx512bf16 target's primitives (arch/avx512bf16.hpp: the same
+// with AVX512_BF16's float -> bfloat16 conversion).
 #pragma once
 
 #include <immintrin.h>
@@ -26,22 +28,22 @@ GN_INLINE vd times_pow2(vd p, vd n, vd, vd) {
   return bitcast<vd>(_mm512_scalef_pd(bitcast<__m512d>(p), bitcast<__m512d>(n)));
 }
 
-inline vf half_to_float(vu16 h16) {
+GN_INLINE vf half_to_float(vu16 h16) {
   __m256i h;
   std::memcpy(&h, &h16, 32);
   return bitcast<vf>(_mm512_cvtph_ps(h));
 }
-inline vu16 float_to_half(vf f) {
+GN_INLINE vu16 float_to_half(vf f) {
   const __m256i h = _mm512_cvtps_ph(bitcast<__m512>(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   return bitcast<vu16>(h);
 }
 // bfloat16: fallback.hpp's integer operations, spelled with AVX-512's
 // widening/narrowing moves (the generic vector code compiles to several
 // shuffles per vector here)
-inline vf bf16_to_float(vu16 h16) {
+GN_INLINE vf bf16_to_float(vu16 h16) {
   return bitcast<vf>(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bitcast<__m256i>(h16)), 16));
 }
-inline vu16 float_to_bf16(vf f) {
+inline vu16 float_to_bf16_int(vf f) {
   const __m512i u = bitcast<__m512i>(f);
   const __m512i hi = _mm512_srli_epi32(u, 16);
   const __m512i lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
@@ -50,6 +52,21 @@ inline vu16 float_to_bf16(vf f) {
   const __m512i r = _mm512_mask_or_epi32(rounded, nan, hi, _mm512_set1_epi32(0x40));
   return bitcast<vu16>(_mm512_cvtepi32_epi16(r));
 }
+#if defined(__AVX512BF16__)
+// The avx512bf16 target (arch/avx512bf16.hpp): VCVTNEPS2BF16 rounds to
+// nearest even and quiets NaNs as the integer operations do (x[31:16] | 0x40),
+// but takes denormal inputs as zero (Intel SDM; cpp/tests/test_convert checks
+// all 2^32 inputs): a vector with a denormal lane (VFPCLASSPS) takes the
+// integer operations, so the bits are the same as on every other target.
+__attribute__((noinline, cold)) vu16 float_to_bf16_denormal(vf f) { return float_to_bf16_int(f); }
+GN_INLINE vu16 float_to_bf16(vf f) {
+  const __m512 x = bitcast<__m512>(f);
+  if (__builtin_expect(_mm512_fpclass_ps_mask(x, 0x20) != 0, 0)) return float_to_bf16_denormal(f);  // 0x20: denormal
+  return bitcast<vu16>(_mm512_cvtneps_pbh(x));
+}
+#else
+GN_INLINE vu16 float_to_bf16(vf f) { return float_to_bf16_int(f); }
+#endif
 
 template <class Vec, class E> inline Vec load_first(const E* p, std::int64_t n) {
   if constexpr (sizeof(Vec) == 64 && sizeof(E) == 4) {

@@ -40,15 +40,22 @@ GN_INLINE vd times_pow2_bits(vd p, vd t, vd magic) {
   return p * bitcast<vd>(e);
 }
 
-// IEEE binary16 -> float: exact
+// Lanes where a > b (both below 2^31), all ones or zero, from the sign of
+// b - a; and a bitwise select. Comparisons and ?: on 64-byte integer vectors
+// compile to a loop over the lanes where the target has no 64-byte vectors
+// (GCC 12, SSE2 and AVX2); subtraction, shifts and logic do not.
+GN_INLINE vu32 above(vu32 a, std::uint32_t b) { return bitcast<vu32>(bitcast<vi32>(b - a) >> 31); }
+GN_INLINE vu32 pick(vu32 m, vu32 a, vu32 b) { return (a & m) | (b & ~m); }
+
+// IEEE binary16 -> float: exact; NaNs quiet (as F16C)
 inline vf half_to_float_bits(vu16 h16) {
   const vu32 h = __builtin_convertvector(h16, vu32);
   const vu32 sign = (h & 0x8000u) << 16;
   const vu32 em = h & 0x7fffu;
   // exponent/mantissa moved into place, then rescaled by 2^112 (handles subnormals exactly)
   const vf scaled = bitcast<vf>(em << 13) * 0x1p112f;
-  const vu32 special = (em << 13) | 0x7f800000u;  // inf / nan
-  const vu32 bits = (em >= 0x7c00u) ? special : bitcast<vu32>(scaled);
+  const vu32 special = (em << 13) | 0x7f800000u | (above(em, 0x7c00u) & 0x400000u);  // inf / NaN
+  const vu32 bits = pick(above(em, 0x7bffu), special, bitcast<vu32>(scaled));
   return bitcast<vf>(bits | sign);
 }
 
@@ -58,12 +65,13 @@ inline vu16 float_to_half_bits(vf f) {
   const vu32 sign = (u >> 16) & 0x8000u;
   const vu32 a = u & 0x7fffffffu;
   const vu32 nan = 0x7e00u | ((a >> 13) & 0x3ffu);
-  const vu32 big = (a > 0x7f800000u) ? nan : vu32{} + 0x7c00u;
+  const vu32 big = pick(above(a, 0x7f800000u), nan, vu32{} + 0x7c00u);
   // subnormal results: let the FPU round by adding 0.5 (its ulp is 2^-24)
   const vu32 sub = bitcast<vu32>(bitcast<vf>(a) + 0.5f) - 0x3f000000u;
   const vu32 odd = (a >> 13) & 1u;
   const vu32 norm = (a - 0x38000000u + 0xfffu + odd) >> 13;
-  vu32 r = (a >= 0x477ff000u) ? big : ((a < 0x38800000u) ? sub : norm);
+  // a >= 0x477ff000: inf or NaN; a < 0x38800000: subnormal
+  const vu32 r = pick(above(a, 0x477fefffu), big, pick(above(a, 0x387fffffu), norm, sub));
   return __builtin_convertvector(r | sign, vu16);
 }
 
@@ -73,10 +81,9 @@ inline vf bf16_to_float_bits(vu16 h16) { return bitcast<vf>(__builtin_convertvec
 // float -> bfloat16, round to nearest even, NaN stays NaN (quiet)
 inline vu16 float_to_bf16_bits(vf f) {
   const vu32 u = bitcast<vu32>(f);
-  const vu32 is_nan = (u & 0x7fffffffu) > 0x7f800000u ? vu32{} + 1u : vu32{};
   const vu32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   const vu32 quiet = (u >> 16) | 0x40u;
-  return __builtin_convertvector(is_nan != 0u ? quiet : rounded, vu16);
+  return __builtin_convertvector(pick(above(u & 0x7fffffffu, 0x7f800000u), quiet, rounded), vu16);
 }
 
 // The first n < lanes elements, the rest zero (load) or untouched (store),

@@ -35,27 +35,27 @@ template <> struct Store<double> {
 };
 template <> struct Store<half> {
   typedef float A;
-  static vf load(const half* p) { vu16 h; std::memcpy(&h, p, 32); return half_to_float(h); }
-  static vf load_n(const half* p, std::int64_t n) {
+  GN_INLINE static vf load(const half* p) { vu16 h; std::memcpy(&h, p, 32); return half_to_float(h); }
+  GN_INLINE static vf load_n(const half* p, std::int64_t n) {
     return half_to_float(load_first<vu16>(reinterpret_cast<const std::uint16_t*>(p), n));
   }
-  static void store(half* p, vf v) { vu16 h = float_to_half(v); std::memcpy(p, &h, 32); }
-  static void store_n(half* p, vf v, std::int64_t n) {
+  GN_INLINE static void store(half* p, vf v) { vu16 h = float_to_half(v); std::memcpy(p, &h, 32); }
+  GN_INLINE static void store_n(half* p, vf v, std::int64_t n) {
     store_first(reinterpret_cast<std::uint16_t*>(p), float_to_half(v), n);
   }
-  static vf round_trip(vf v) { return half_to_float(float_to_half(v)); }
+  GN_INLINE static vf round_trip(vf v) { return half_to_float(float_to_half(v)); }
 };
 template <> struct Store<bfloat16> {
   typedef float A;
-  static vf load(const bfloat16* p) { vu16 h; std::memcpy(&h, p, 32); return bf16_to_float(h); }
-  static vf load_n(const bfloat16* p, std::int64_t n) {
+  GN_INLINE static vf load(const bfloat16* p) { vu16 h; std::memcpy(&h, p, 32); return bf16_to_float(h); }
+  GN_INLINE static vf load_n(const bfloat16* p, std::int64_t n) {
     return bf16_to_float(load_first<vu16>(reinterpret_cast<const std::uint16_t*>(p), n));
   }
-  static void store(bfloat16* p, vf v) { vu16 h = float_to_bf16(v); std::memcpy(p, &h, 32); }
-  static void store_n(bfloat16* p, vf v, std::int64_t n) {
+  GN_INLINE static void store(bfloat16* p, vf v) { vu16 h = float_to_bf16(v); std::memcpy(p, &h, 32); }
+  GN_INLINE static void store_n(bfloat16* p, vf v, std::int64_t n) {
     store_first(reinterpret_cast<std::uint16_t*>(p), float_to_bf16(v), n);
   }
-  static vf round_trip(vf v) { return bf16_to_float(float_to_bf16(v)); }
+  GN_INLINE static vf round_trip(vf v) { return bf16_to_float(float_to_bf16(v)); }
 };
 
 template <class V, class A> GN_INLINE V splat(A a) { return a - V{}; }  // one broadcast (a - 0 keeps -0.0)
@@ -70,14 +70,14 @@ template <class T> struct Ops {
   typedef typename VecOf<A>::mask M;
   static constexpr int L = VecOf<A>::lanes;
 
-  static V load(const T* p) { return Store<T>::load(p); }
+  GN_INLINE static V load(const T* p) { return Store<T>::load(p); }
   // first n (< L) elements, the rest zero
-  static V load_n(const T* p, std::int64_t n) { return Store<T>::load_n(p, n); }
-  static void store(T* p, V v) { Store<T>::store(p, v); }
-  static void store_n(T* p, V v, std::int64_t n) { Store<T>::store_n(p, v, n); }
-  static V load_acc(const A* p) { V v; std::memcpy(&v, p, 64); return v; }
-  static V load_acc_n(const A* p, std::int64_t n) { return Store<A>::load_n(p, n); }
-  static void store_acc(A* p, V v) { std::memcpy(p, &v, 64); }
+  GN_INLINE static V load_n(const T* p, std::int64_t n) { return Store<T>::load_n(p, n); }
+  GN_INLINE static void store(T* p, V v) { Store<T>::store(p, v); }
+  GN_INLINE static void store_n(T* p, V v, std::int64_t n) { Store<T>::store_n(p, v, n); }
+  GN_INLINE static V load_acc(const A* p) { V v; std::memcpy(&v, p, 64); return v; }
+  GN_INLINE static V load_acc_n(const A* p, std::int64_t n) { return Store<A>::load_n(p, n); }
+  GN_INLINE static void store_acc(A* p, V v) { std::memcpy(p, &v, 64); }
   static M lanes_below(std::int64_t n) {
     M idx;
     for (int i = 0; i < L; ++i) idx[i] = i;

@@ -21,7 +21,7 @@ template <class T> inline std::int64_t align_head(const T* y) {
 // A hint to bring the line holding p into L2; never changes results.
 GN_INLINE void prefetch_l2(const void* p) { __builtin_prefetch(p, 0, 2); }
 
-template <class T> inline void put(T* y, typename Ops<T>::V v, bool stream) {
+template <class T> GN_INLINE void put(T* y, typename Ops<T>::V v, bool stream) {
   if (stream) {
     T buf[Ops<T>::L];
     Store<T>::store(buf, v);

@@ -1,6 +1,19 @@
 // One target's kernel table: the KernelSet of each dtype, from the entry
 // points the other files of cpu/isa/ define (compiled once per target: entries.hpp).
+// A variant target (gn_add_variant in CMakeLists.txt) defines GN_ISA_BASE_NS and
+// GN_ISA_OWN_DTYPES (GN_OWN(T) for each dtype it compiles): its own kernels for
+// those, its base target's for the others.
 #include "entries.hpp"
+
+#if defined(GN_ISA_BASE_NS)
+namespace groupnorm {
+namespace detail {
+namespace GN_ISA_BASE_NS {
+const IsaKernels& kernels();
+}
+}  // namespace detail
+}  // namespace groupnorm
+#endif
 
 namespace groupnorm {
 namespace detail {
@@ -25,8 +38,19 @@ template <class T> constexpr KernelSet kernel_set() {
 }  // namespace
 
 const IsaKernels& kernels() {
+#if defined(GN_ISA_BASE_NS)
+  static const IsaKernels k = [] {
+    IsaKernels r = GN_ISA_BASE_NS::kernels();
+    r.name = GN_ISA_NAME;
+#define GN_OWN(T) r.by_dtype[(int)dtype_of<T>()] = kernel_set<T>();
+    GN_ISA_OWN_DTYPES
+#undef GN_OWN
+    return r;
+  }();
+#else
   static const IsaKernels k{GN_ISA_NAME,
                             {kernel_set<float>(), kernel_set<double>(), kernel_set<half>(), kernel_set<bfloat16>()}};
+#endif
   return k;
 }
 
