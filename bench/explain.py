@@ -62,6 +62,7 @@ PHASES = [
 ONE_CALL = {"fwd": "forward", "bwd": "backward"}
 FLOORS = {"read_x": "read x", "copy_x": "copy x", "read_x_gy": "read x, grad_y",
           "copy_x_read_gy": "copy x, read grad_y"}
+NOISY_PCT = 25  # a case whose samples spread more than this is flagged
 CSV_FIELDS = ["shape", "dims", "groups", "layout", "dtype", "threads", "phase", "us", "floor_us", "ratio", "bytes",
               "share", "floor", "schedule", "schedule_threads", "streaming_stores", "spread_pct", "floor_impl",
               "isa"]
@@ -256,6 +257,10 @@ def explain_case(shape_name, layout, dtype_name, threads, args, rng, isa):
                      and p[0] != ONE_CALL[d]), key=lambda r: r["ratio"]) for d in ("fwd", "bwd")}
     lines.append("  furthest from its floor: " + "; ".join(
         f"{'forward' if d == 'fwd' else 'backward'} {r['label']} {r['ratio']:.2f}x" for d, r in worst.items()))
+    spread = max(st["spread_pct"] for st in stats.values())
+    if spread > NOISY_PCT:
+        lines.append(f"  noisy: a spread up to {spread:.0f}% (interquartile range / median, floors included): "
+                     "these ratios are not settled; rerun on a quieter machine or with more --repeat")
     for problem in bad:
         lines.append(f"  WRONG {problem}")
     return rows, lines, bad
