@@ -46,3 +46,19 @@ def test_explain_prints_every_phase_against_its_floor(tmp_path):
         assert abs(float(r["ratio"]) - float(r["us"]) / float(r["floor_us"])) <= 0.01 * float(r["ratio"]), r
     one = [r for r in rows if r["phase"] in ("forward", "backward")]
     assert all(r["schedule"] in SCHEDULES and r["schedule_threads"] == "1" for r in one), one
+
+
+def test_parallel_read_reads_every_byte_and_copies():
+    """The benchmark's read floor (_core.parallel_read) reads all of every array (its result is
+    the xor of their 8-byte words) or, given dst, copies the first there and reads the others."""
+    import numpy as np
+    from groupnorm import _core
+    rng = np.random.default_rng()
+    a, b = (rng.integers(0, 2**63, 3 * 4096 + 8 * 37, dtype=np.uint64) for _ in range(2))
+    xa, xb = int(np.bitwise_xor.reduce(a)), int(np.bitwise_xor.reduce(b))
+    for t in (1, 2, 3):
+        assert _core.parallel_read((a,), t) == xa
+        assert _core.parallel_read((a, b), t) == xa ^ xb
+        dst = np.zeros_like(a)
+        assert _core.parallel_read([a, b], t, dst) == xb
+        np.testing.assert_array_equal(dst, a)

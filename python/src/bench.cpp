@@ -67,7 +67,8 @@ std::uint64_t (*const g_read_words)(const char*, std::size_t, std::size_t) =
 // Every byte of each of srcs (all of one size) read once; with dst, srcs[0]
 // is also copied into dst. Each thread takes one range of pages of every
 // array, a block at a time, so the streams interleave as in a kernel's pass.
-// Returns the xor of what was read (so that the reads cannot be left out).
+// Returns the xor of the 8-byte words of the arrays read (all but a copied
+// srcs[0]), so that the reads cannot be left out.
 std::uint64_t parallel_read(const py::sequence& srcs, int num_threads, const py::object& dst_obj) {
   std::vector<py::array> arrays;  // held: their buffers stay alive while the GIL is released
   for (const auto& a : srcs) arrays.push_back(a.cast<py::array>());
