@@ -400,14 +400,15 @@ def test_scheduling_does_not_change_results(tmp_path):
     # the forced schedules ran (each call reports the schedule it took, _core.last_schedule()):
     # every call planned for more than one thread took shared steps (a call small enough for one
     # thread has nothing to share), and every output was planned as streaming stores, which no
-    # call of the plain run was
+    # forward of the plain run was (these tensors are far below the L3)
     plain_taken, changed = set(), 0
     for k in plain:
         for p, f, direction in zip(plain[k][6:], forced[k][6:], ("forward", "backward")):
             case = f"case {_schedule_cases()[int(k)]} {direction}"
             plain_taken.add(p[0])
             assert f[1] == 1 or f[0] == "shared_steps", f"{case}: forced run took {f[0]} on {f[1]} threads"
-            assert f[2] and not p[2], f"{case}: streaming stores plain {p[2]}, forced {f[2]}"
+            assert f[2] and (direction == "backward" or not p[2]), \
+                f"{case}: streaming stores plain {p[2]}, forced {f[2]}"
             changed += p[0] != f[0]
     assert plain_taken >= {"pipelined", "whole_sets"}, plain_taken
     assert changed >= 10, f"only {changed} calls changed schedule"
