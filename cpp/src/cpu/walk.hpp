@@ -84,7 +84,7 @@ Tile base_tile(const Problem& p, const Plan& pl, const TileRef& r, const Scratch
   t.channels_last = pl.channels_last;
   t.stream = pl.stream_outputs;
   t.silu = p.activation == Activation::silu;
-  t.prefetch_rows = pl.channels_last;
+  t.prefetch_rows = pl.prefetch_rows;
   t.x = offset_ptr(x, r.offset, pl.elem_bytes);
   t.mean = s.chan_mean + r.chan0;
   t.scale = s.chan_scale + r.chan0;
