@@ -257,6 +257,11 @@ def explain_case(shape_name, layout, dtype_name, threads, args, rng, isa):
                      and p[0] != ONE_CALL[d]), key=lambda r: r["ratio"]) for d in ("fwd", "bwd")}
     lines.append("  furthest from its floor: " + "; ".join(
         f"{'forward' if d == 'fwd' else 'backward'} {r['label']} {r['ratio']:.2f}x" for d, r in worst.items()))
+    two_pass = {d: next(r for r in rows if r["phase"] == ONE_CALL[d])["us"]
+                / next(r for r in rows if r["phase"] == pair)["floor_us"]
+                for d, pair in (("fwd", "moments+apply"), ("bwd", "sums+dx"))}
+    lines.append(f"  one call against the two-pass floor (its phases' floors added): forward {two_pass['fwd']:.2f}x, "
+                 f"backward {two_pass['bwd']:.2f}x (below 1: the call gains from reusing cache between its phases)")
     spread = max(st["spread_pct"] for st in stats.values())
     if spread > NOISY_PCT:
         lines.append(f"  noisy: a spread up to {spread:.0f}% (interquartile range / median, floors included): "

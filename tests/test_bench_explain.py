@@ -38,6 +38,7 @@ def test_explain_prints_every_phase_against_its_floor(tmp_path):
                 sched = lines[[i for i, ln in enumerate(lines) if ln.startswith("  " + label)][0]]
                 assert any(f"{s}/1" in sched for s in SCHEDULES), sched
         assert "furthest from its floor: forward " in case, case
+        assert re.search(rf"two-pass floor .*: forward {NUM}x, backward {NUM}x", case), case
     with open(tmp_path / "explain.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * len(LABELS)
