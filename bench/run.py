@@ -4,6 +4,7 @@
     python bench/run.py                       # all shapes, cf+cl, float32, threads 1 and all
     python bench/run.py --quick               # the same, with short measurements
     python bench/run.py --shapes sd_unet,tiny --layouts cl --dtypes float32,bfloat16 --threads all
+    python bench/run.py --explain --shapes sd_640   # where the time goes: each phase against its floor
 
 For every (shape, layout, dtype, threads, pass) it reports the median time of
 our call, GB/s, the ratio to a same-size multi-threaded copy of x measured in
@@ -31,6 +32,12 @@ destination are preallocated. The copy floor is the fastest of
 groupnorm._core.parallel_copy with the case's threads, the same with one thread
 (a split copy waits for its slowest thread, and on a busy machine one thread
 is faster), and, in PyTorch's process, torch's Tensor.copy_ (column copy_impl).
+
+--explain times, instead, each phase of our forward and backward (moments,
+apply, backward sums, dx, and the one calls) against the measured floor of the
+bytes that phase moves, in one process, and prints which phase misses and by
+how much, the schedule each call took and the cache sizes found (bench/explain.py;
+writes explain.csv under --out).
 
 Writes (under --out, default ./bench-results, never the committed bench/results
 unless asked): results.csv (one row per
@@ -112,6 +119,10 @@ def parse_args(argv=None):
     ap.add_argument("--only", default=None, help=argparse.SUPPRESS)  # child: "ours" or one peer
     ap.add_argument("--child-rows", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--explain", action="store_true",
+                    help="where the time goes: each phase (moments, apply, backward sums, dx, one call) against "
+                         "the measured floor of the bytes it moves, the schedule it took, the cache sizes "
+                         "(bench/explain.py; our library only, one process; --passes and --peers are ignored)")
     args = ap.parse_args(argv)
 
     n_all = all_threads()
@@ -378,6 +389,9 @@ def cpu_name():
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.explain:
+        import explain
+        return explain.run_explain(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:

@@ -1,18 +1,17 @@
-"""Bitwise determinism: batch size, thread count, instruction set, schedule.
+"""Bitwise determinism: batch size, thread count, instruction set, worker pool.
+(Forced schedules: tests/test_schedules.py.)
 
 These are the only tests that compare groupnorm with itself; each also checks one
 result against the reference so that a consistently wrong answer cannot pass.
 """
-import json
 import os
-import pickle
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import (ALL_DTYPES, BF16, F16, F32, F64, assert_bitwise_equal, assert_close, dtype_id, make_shape,
+from conftest import (BF16, F16, F32, F64, assert_bitwise_equal, assert_close, dtype_id, make_shape,
                       poison, ref_backward, ref_forward)
 
 # (shape, G, channels_last): big ones are split over threads / chunks, small ones are not
@@ -282,168 +281,11 @@ def test_env_var_caps_isa(gn, cap, tmp_path):
     assert lines[1] == gn.group_norm(x, 2).tobytes().hex()
 
 
-# ----------------------------------------------------------------- pipelined walk
-# The channels-first forward applies a worker's previous set in one walk with
-# the moments of its next set (the backward: dx of the previous set with the
-# sums of the next). GROUPNORM_PIPELINE=0 runs the phases one after the other:
-# both must give the same bits (and the right answer).
-_PIPE_CODE = r"""
-import pickle, sys, ml_dtypes, numpy as np, groupnorm as gn
-with open(sys.argv[1], "rb") as f:
-    data = pickle.load(f)
-out = {"schedules": set()}
-for key in sorted(k for k in data if k.startswith("x_")):
-    x = data[key]; i = key[2:]
-    G = data["G_" + i]; act = data["act_" + i] or None
-    skip = data.get("skip_" + i)
-    for t in (1, 2):
-        y, m, r = gn.group_norm(x, G, data["w_" + i], data["b_" + i], skip=skip, activation=act,
-                                return_stats=True, num_threads=t)
-        out["schedules"].add(gn._core.last_schedule()[0])
-        out[f"y{t}_{i}"], out[f"m{t}_{i}"], out[f"r{t}_{i}"] = y, m, r
-        m, r = gn.group_norm(x, G, return_stats=True)[1:]
-        out[f"gx{t}_{i}"], out[f"gw{t}_{i}"], out[f"gb{t}_{i}"] = gn.group_norm_backward(
-            data["gy_" + i], x, m, r, G, data["w_" + i], data["b_" + i], activation=act, num_threads=t)
-        out["schedules"].add(gn._core.last_schedule()[0])
-with open(sys.argv[2], "wb") as f:
-    pickle.dump(out, f)
-"""
-
-
-@pytest.mark.parametrize("dtype", [F32, F64, F16, BF16], ids=dtype_id)
-def test_pipelined_walk_matches_phases(gn, rng, dtype, tmp_path):
-    # (shape, G, activation, skip): one tile per group, several, pieces of a
-    # channel, several groups per set, and a tail that is not a whole vector
-    cases = [((3, 32, 40, 40), 8, None, False), ((2, 16, 4100), 4, "silu", False), ((5, 12, 33, 17), 3, "silu", True),
-             ((4, 64, 9, 9), 32, None, True), ((2, 8, 70001), 8, None, False)]
-    arrays = {}
-    for i, (shape, G, act, skip) in enumerate(cases):
-        arrays[f"x_{i}"], arrays[f"G_{i}"], arrays[f"act_{i}"] = rng.x(shape, dtype, loc=3.0), G, act or ""
-        arrays[f"w_{i}"], arrays[f"b_{i}"] = rng.params(shape[1], F64 if dtype == F64 else np.float32)
-        arrays[f"w_{i}"] *= 3  # spread z over the silu's range
-        arrays[f"gy_{i}"] = rng.normal(shape, dtype)
-        if skip:
-            arrays[f"skip_{i}"] = rng.normal(shape, dtype)
-    src, dst = tmp_path / "in.pkl", tmp_path / "out.pkl"
-    with open(src, "wb") as f:
-        pickle.dump(arrays, f)
-    env = dict(os.environ, GROUPNORM_PIPELINE="0")
-    run = subprocess.run([sys.executable, "-c", _PIPE_CODE, str(src), str(dst)], env=env, capture_output=True,
-                         text=True, timeout=300, cwd=str(tmp_path))
-    assert run.returncode == 0, run.stderr
-    with open(dst, "rb") as f:
-        phased = pickle.load(f)
-    assert "pipelined" not in phased["schedules"], phased["schedules"]  # GROUPNORM_PIPELINE=0 was read
-    schedules = set()
-    for i, (shape, G, act, skip) in enumerate(cases):
-        x, w, b = arrays[f"x_{i}"], arrays[f"w_{i}"], arrays[f"b_{i}"]
-        sk = arrays.get(f"skip_{i}")
-        for t in (1, 2):
-            y, m, r = gn.group_norm(x, G, w, b, skip=sk, activation=act, return_stats=True, num_threads=t)
-            schedules.add(gn._core.last_schedule()[0])
-            assert_bitwise_equal(y, phased[f"y{t}_{i}"])
-            assert_bitwise_equal(m, phased[f"m{t}_{i}"])
-            assert_bitwise_equal(r, phased[f"r{t}_{i}"])
-            m, r = gn.group_norm(x, G, return_stats=True)[1:]
-            grads = gn.group_norm_backward(arrays[f"gy_{i}"], x, m, r, G, w, b, activation=act, num_threads=t)
-            schedules.add(gn._core.last_schedule()[0])
-            for name, got in zip(("gx", "gw", "gb"), grads):
-                assert_bitwise_equal(got, phased[f"{name}{t}_{i}"], f"{name}, case {i}, {t} threads")
-        gx_ref, _, _ = ref_backward(arrays[f"gy_{i}"], x, G, w, b, activation=act)
-        tol = 1e-8 if dtype == F64 else (2e-4 if dtype == F32 else 6e-2)
-        assert_close(grads[0], gx_ref, rtol=tol, atol=tol * max(1.0, float(np.abs(gx_ref).max())))
-        ref_x = x if sk is None else (x.astype(np.float64) + sk.astype(np.float64)).astype(dtype)
-        _assert_ref(y, ref_x, G, w, b, False, activation=act)
-    assert "pipelined" in schedules, schedules  # what the subprocess was compared against
-
-
 # ----------------------------------------------------------------- schedule
-# How a call is scheduled (cache budget: per-thread sets, pipelined or not, or
-# shared steps; streaming stores; the worker pool or OpenMP regions; threads
-# descheduled and their tiles stolen) must not change a bit. The forced run
-# checks that the schedules it forces were taken.
-SCHEDULE_CASES = [
-    # (shape, groups, channels_last)
-    ((2, 32, 40, 33), 8, False),
-    ((1, 16, 9000), 4, False),       # long channels: split into pieces
-    ((3, 17, 19, 24), 6, True),
-    ((1, 50, 40, 32), 4, True),      # many rows, few groups
-    ((5, 48), 12, False),            # no spatial dims
-]
-
-_SCHEDULE_CODE = r"""
-import json, sys
-import numpy as np
-import groupnorm as gn
-import ml_dtypes
-cases = json.loads(sys.argv[1])
-out = {}
-for i, (shape, groups, cl, dtype, act, threads) in enumerate(cases):
-    rng = np.random.default_rng(1000 + i)
-    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bf16" else np.dtype({"f16": "float16", "f32": "float32", "f64": "float64"}[dtype])
-    c = shape[-1] if cl else shape[1]
-    x = (rng.standard_normal(shape) * 3 + 5).astype(dt)
-    w = rng.standard_normal(c).astype(np.float32)
-    b = rng.standard_normal(c).astype(np.float32)
-    gy = rng.standard_normal(shape).astype(dt)
-    y, m, r = gn.group_norm(x, groups, w, b, channels_last=cl, activation=act, return_stats=True, num_threads=threads)
-    fwd = list(gn._core.last_schedule())
-    gx, gw, gb = gn.group_norm_backward(gy, x, m, r, groups, w, b, channels_last=cl, activation=act, num_threads=threads)
-    bwd = list(gn._core.last_schedule())
-    out[str(i)] = [a.view(np.uint8).tobytes().hex() for a in (y, m, r, gx, gw, gb)] + [fwd, bwd]
-np.save(sys.argv[2], np.array(json.dumps(out)))
-"""
-
-
-def _schedule_cases():
-    cases = []
-    for shape, groups, cl in SCHEDULE_CASES:
-        for dtype in ALL_DTYPES:
-            for act in (None, "silu"):
-                cases.append((list(shape), groups, cl, dtype_id(dtype), act, 2))
-    return cases
-
-
-def _run_schedule(env_extra, tmp_path, name):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPNORM_")}
-    env.update(env_extra)
-    path = str(tmp_path / f"{name}.npy")
-    subprocess.run([sys.executable, "-c", _SCHEDULE_CODE, json.dumps(_schedule_cases()), path], env=env, check=True,
-                   cwd=os.path.dirname(__file__))
-    return json.loads(str(np.load(path)))
-
-
-def test_scheduling_does_not_change_results(tmp_path):
-    plain = _run_schedule({}, tmp_path, "plain")
-    # tiny cache: cooperative steps everywhere; streaming stores for every output
-    forced = _run_schedule({"GROUPNORM_CACHE_BYTES": "4096", "GROUPNORM_STREAM_BYTES": "1"}, tmp_path, "forced")
-    assert plain.keys() == forced.keys()
-    # one result against the reference, so that a consistently wrong answer cannot pass
-    i = next(i for i, c in enumerate(_schedule_cases()) if c[3] == dtype_id(F32) and c[4] is None)
-    shape, groups, cl = _schedule_cases()[i][:3]
-    data = np.random.default_rng(1000 + i)  # as the child draws case i
-    x = (data.standard_normal(shape) * 3 + 5).astype(np.float32)
-    w = data.standard_normal(shape[-1] if cl else shape[1]).astype(np.float32)
-    b = data.standard_normal(shape[-1] if cl else shape[1]).astype(np.float32)
-    y = np.frombuffer(bytes.fromhex(plain[str(i)][0]), np.float32).reshape(shape)
-    assert_close(y, ref_forward(x, groups, w, b, channels_last=cl)[0], rtol=3e-5, atol=3e-5)
-    for k in plain:
-        for j, name in enumerate(("y", "mean", "rstd", "grad_x", "grad_weight", "grad_bias")):
-            assert plain[k][j] == forced[k][j], f"case {_schedule_cases()[int(k)]}: {name} differs"
-    # the forced schedules ran (each call reports the schedule it took, _core.last_schedule()):
-    # every call planned for more than one thread took shared steps (a call small enough for one
-    # thread has nothing to share), and every output was planned as streaming stores, which no
-    # call of the plain run was
-    plain_taken, changed = set(), 0
-    for k in plain:
-        for p, f, direction in zip(plain[k][6:], forced[k][6:], ("forward", "backward")):
-            case = f"case {_schedule_cases()[int(k)]} {direction}"
-            plain_taken.add(p[0])
-            assert f[1] == 1 or f[0] == "shared_steps", f"{case}: forced run took {f[0]} on {f[1]} threads"
-            assert f[2] and not p[2], f"{case}: streaming stores plain {p[2]}, forced {f[2]}"
-            changed += p[0] != f[0]
-    assert plain_taken >= {"pipelined", "whole_sets"}, plain_taken
-    assert changed >= 10, f"only {changed} calls changed schedule"
+# Forced schedules (pipelined, whole sets, shared steps, non-temporal stores)
+# giving the same bits, and checked to have run: tests/test_schedules.py.
+# Here: the worker pool or OpenMP regions, and threads descheduled with their
+# tiles stolen, must not change a bit either.
 
 
 @pytest.fixture

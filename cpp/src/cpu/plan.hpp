@@ -59,6 +59,7 @@ struct Plan {
   int threads = 1;
   bool whole_sets = true;        // else shared steps
   bool stream_outputs = false;   // outputs bigger than the cache: non-temporal stores
+  bool prefetch_rows = false;    // channels-last sums request rows ahead (data beyond the L3)
   std::int64_t set_bytes = 0;    // the bytes of one set (all its streams)
   std::int64_t sets_per_step = 1;
   std::int64_t tiles_per_round = 1;  // shared steps: tiles summed per round, so scratch never grows with x

@@ -10,14 +10,34 @@ namespace groupnorm {
 namespace detail {
 
 namespace {
-// Outputs of at least this many bytes are written with non-temporal stores
-// (GROUPNORM_STREAM_BYTES overrides it).
-std::int64_t stream_threshold() {
+// GROUPNORM_STREAM_BYTES: outputs of at least this many bytes are written with
+// non-temporal stores (0: not set, the rule below decides).
+std::int64_t forced_stream_bytes() {
   static const std::int64_t v = [] {
     const char* s = std::getenv("GROUPNORM_STREAM_BYTES");
-    return s && *s ? std::atoll(s) : (std::int64_t)16 << 20;
+    return s && *s ? std::max<std::int64_t>(1, std::atoll(s)) : (std::int64_t)0;
   }();
   return v;
+}
+
+// The output size from which a call writes with non-temporal stores, from the
+// caches found (bench/results/schedules.md has the A/B behind it):
+//   forward: an output of half the L3 or more. Below that y stays in the L3,
+//     where the next reader finds it, and ordinary stores measured faster (a
+//     2-thread forward of a 10 MB tensor was 1.7x slower streaming: two
+//     threads' stores to DRAM share less bandwidth than the L3 gives).
+//   backward: x, grad_y and grad_x together beyond the threads' L2s: dx's
+//     lines were read for ownership only to be evicted before reuse, and
+//     streaming them measured 10-50% faster from 2.6 MB to 10 MB tensors, on
+//     1 and 2 threads. A dx-only call (given sums: no pass before it brought
+//     the lines in) follows the forward's rule: below it, streaming measured
+//     1.7x slower on 2 threads.
+std::int64_t stream_threshold(Direction d, int threads, bool one_phase) {
+  if (forced_stream_bytes() > 0) return forced_stream_bytes();
+  const CacheSizes& c = cache_info();
+  const std::int64_t l3 = c.l3 > 0 ? c.l3 : 8 * c.l2;
+  if (d == Direction::forward || one_phase) return std::max<std::int64_t>(l3 / 2, c.l2);
+  return std::max<std::int64_t>(1, (std::int64_t)std::max(threads, 1) * c.l2 / 3);
 }
 
 thread_local ScheduleInfo t_last_schedule;
@@ -25,7 +45,21 @@ thread_local ScheduleInfo t_last_schedule;
 
 Plan plan_call(const Problem& p, int threads, Direction d, bool one_phase) {
   const int streams = d == Direction::forward ? 1 : 2;
-  return make_plan(p, threads, streams, &cache_budget, stream_threshold(), one_phase);
+  Plan pl = make_plan(p, threads, streams, &cache_budget, stream_threshold(d, threads, one_phase), one_phase);
+  // Channels-last sums walk four strided rows at once, which the hardware
+  // prefetchers follow poorly from DRAM: there, requesting the rows ahead
+  // measured up to 1.7x faster. Inputs that stay in the L3 between calls come
+  // back fast on their own, and the extra requests measured up to 1.4x slower
+  // (bench/results/schedules.md). So: when the inputs the sums read (x; x and
+  // grad_y) exceed half the L3, which neighbours share; and in a forward
+  // whose sets (whole samples) span several L2s, where the apply that follows
+  // measured faster for it.
+  const CacheSizes& c = cache_info();
+  const std::int64_t input_bytes = p.numel() * (std::int64_t)pl.elem_bytes * streams;
+  const bool beyond_l3 = input_bytes > (c.l3 > 0 ? c.l3 : 8 * c.l2) / 2;
+  const bool wide_sets = d == Direction::forward && pl.set_bytes > 4 * c.l2;
+  pl.prefetch_rows = pl.channels_last && (beyond_l3 || wide_sets);
+  return pl;
 }
 
 bool pipeline_on() {

@@ -84,7 +84,7 @@ Tile base_tile(const Problem& p, const Plan& pl, const TileRef& r, const Scratch
   t.channels_last = pl.channels_last;
   t.stream = pl.stream_outputs;
   t.silu = p.activation == Activation::silu;
-  t.prefetch_rows = pl.channels_last;
+  t.prefetch_rows = pl.prefetch_rows;
   t.x = offset_ptr(x, r.offset, pl.elem_bytes);
   t.mean = s.chan_mean + r.chan0;
   t.scale = s.chan_scale + r.chan0;
@@ -153,8 +153,14 @@ template <class Pass> class Walk {
       if (pass_.run_finish)
         for (std::int64_t gi = g0; gi < g0 + unit_groups; ++gi) pass_.finish(group0 + gi, at(totals, gi));
       if (!pass_.run_apply) continue;
-      if (channels_last) for (std::int64_t rc = pl_.row_tiles; rc-- > 0;) pass_.apply(apply_rows(pl_, set, rc), w);
-      else for (std::int64_t t = t0 + unit_tiles; t-- > t0;) pass_.apply(tile_of(pl_, set, t), w);
+      if (!pass_.run_sums) {  // apply alone: nothing of the set is in cache, walk it front to back
+        if (channels_last) for (std::int64_t rc = 0; rc < pl_.row_tiles; ++rc) pass_.apply(apply_rows(pl_, set, rc), w);
+        else for (std::int64_t t = t0; t < t0 + unit_tiles; ++t) pass_.apply(tile_of(pl_, set, t), w);
+      } else if (channels_last) {
+        for (std::int64_t rc = pl_.row_tiles; rc-- > 0;) pass_.apply(apply_rows(pl_, set, rc), w);
+      } else {
+        for (std::int64_t t = t0 + unit_tiles; t-- > t0;) pass_.apply(tile_of(pl_, set, t), w);
+      }
     }
   }
 

@@ -16,7 +16,8 @@ GN_KERNELS_BEGIN
 // hardware prefetchers follow poorly: four streams at once, a new 4 KB page
 // every few rows. With Tile::prefetch_rows, the lines of the four rows `ahead`
 // rows further on, at column j, are requested into L2 as the walk goes
-// (bench/results has what it is worth). A hint only: results do not change.
+// (the plan asks for it only for data beyond the L3: walk.cpp). A hint only:
+// results do not change.
 template <class T> inline std::int64_t rows_ahead(const Tile& t) {
   if (!t.prefetch_rows) return 0;
   const std::int64_t row_bytes = t.stride * (std::int64_t)sizeof(T);

@@ -84,13 +84,22 @@ template <class T> struct Ops {
     return idx < (typename std::remove_reference<decltype(idx[0])>::type)n;
   }
   static V select(M m, V a, V b) { return m ? a : b; }
-  // fixed-order horizontal sum (pairwise halves)
+  // fixed-order horizontal sum (pairwise halves: lane i += lane i + w for
+  // w = L/2, ..., 1), as whole-vector shuffles and adds (lanes past w carry
+  // values no one reads)
   static double hsum(V v) {
-    A t[L];
-    std::memcpy(t, &v, 64);
-    for (int w = L / 2; w >= 1; w /= 2)
-      for (int i = 0; i < w; ++i) t[i] = t[i] + t[i + w];
-    return (double)t[0];
+    if constexpr (L == 16) {
+      v = v + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
+      v = v + __builtin_shufflevector(v, v, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7);
+      v = v + __builtin_shufflevector(v, v, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+      v = v + __builtin_shufflevector(v, v, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1);
+    } else {
+      static_assert(L == 8, "lanes");
+      v = v + __builtin_shufflevector(v, v, 4, 5, 6, 7, 4, 5, 6, 7);
+      v = v + __builtin_shufflevector(v, v, 2, 3, 2, 3, 2, 3, 2, 3);
+      v = v + __builtin_shufflevector(v, v, 1, 1, 1, 1, 1, 1, 1, 1);
+    }
+    return (double)v[0];
   }
 
   // exp, sigmoid and silu from the same operations on every target. The
