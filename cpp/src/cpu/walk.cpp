@@ -10,6 +10,9 @@ namespace groupnorm {
 namespace detail {
 
 namespace {
+// The shared cache the plan reckons with: the L3 found, or 8 L2s where none was.
+std::int64_t shared_cache_bytes(const CacheSizes& c) { return c.l3 > 0 ? c.l3 : 8 * c.l2; }
+
 // GROUPNORM_STREAM_BYTES: outputs of at least this many bytes are written with
 // non-temporal stores (0: not set, the rule below decides).
 std::int64_t forced_stream_bytes() {
@@ -35,7 +38,7 @@ std::int64_t forced_stream_bytes() {
 std::int64_t stream_threshold(Direction d, int threads, bool one_phase) {
   if (forced_stream_bytes() > 0) return forced_stream_bytes();
   const CacheSizes& c = cache_info();
-  const std::int64_t l3 = c.l3 > 0 ? c.l3 : 8 * c.l2;
+  const std::int64_t l3 = shared_cache_bytes(c);
   if (d == Direction::forward || one_phase) return std::max<std::int64_t>(l3 / 2, c.l2);
   return std::max<std::int64_t>(1, (std::int64_t)std::max(threads, 1) * c.l2 / 3);
 }
@@ -52,11 +55,11 @@ Plan plan_call(const Problem& p, int threads, Direction d, bool one_phase) {
   // back fast on their own, and the extra requests measured up to 1.4x slower
   // (bench/results/schedules.md). So: when the inputs the sums read (x; x and
   // grad_y) exceed half the L3, which neighbours share; and in a forward
-  // whose sets (whole samples) span several L2s, where the apply that follows
-  // measured faster for it.
+  // whose sets (whole samples) span several L2s, where the one call measured
+  // 3-8% faster for it (at the edge of this machine's noise).
   const CacheSizes& c = cache_info();
   const std::int64_t input_bytes = p.numel() * (std::int64_t)pl.elem_bytes * streams;
-  const bool beyond_l3 = input_bytes > (c.l3 > 0 ? c.l3 : 8 * c.l2) / 2;
+  const bool beyond_l3 = input_bytes > shared_cache_bytes(c) / 2;
   const bool wide_sets = d == Direction::forward && pl.set_bytes > 4 * c.l2;
   pl.prefetch_rows = pl.channels_last && (beyond_l3 || wide_sets);
   return pl;

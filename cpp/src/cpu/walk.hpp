@@ -153,13 +153,12 @@ template <class Pass> class Walk {
       if (pass_.run_finish)
         for (std::int64_t gi = g0; gi < g0 + unit_groups; ++gi) pass_.finish(group0 + gi, at(totals, gi));
       if (!pass_.run_apply) continue;
-      if (!pass_.run_sums) {  // apply alone: nothing of the set is in cache, walk it front to back
-        if (channels_last) for (std::int64_t rc = 0; rc < pl_.row_tiles; ++rc) pass_.apply(apply_rows(pl_, set, rc), w);
-        else for (std::int64_t t = t0; t < t0 + unit_tiles; ++t) pass_.apply(tile_of(pl_, set, t), w);
-      } else if (channels_last) {
-        for (std::int64_t rc = pl_.row_tiles; rc-- > 0;) pass_.apply(apply_rows(pl_, set, rc), w);
-      } else {
-        for (std::int64_t t = t0 + unit_tiles; t-- > t0;) pass_.apply(tile_of(pl_, set, t), w);
+      // after the sums, last tiles first (the ones still in cache); an apply
+      // alone finds nothing in cache and walks front to back
+      const std::int64_t n = channels_last ? pl_.row_tiles : unit_tiles;
+      for (std::int64_t k = 0; k < n; ++k) {
+        const std::int64_t i = pass_.run_sums ? n - 1 - k : k;
+        pass_.apply(channels_last ? apply_rows(pl_, set, i) : tile_of(pl_, set, t0 + i), w);
       }
     }
   }
